@@ -1,0 +1,124 @@
+"""Configuration: one typed ConfigDict, overridable from the command line, saved as JSON per run.
+
+    python launch.py --config.model=mscan --config.mscan.use_sbe=False --config.seed=1
+
+Defaults follow the authors' configs (issue #3): embedding 32, FFN [512, 256], attention FFN
+[200, 80], dropout 0.2, Adam lr 1e-3 with weight decay 1e-4, global-norm clip 5, batch 1024,
+alpha = 0.1, c per dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_collections
+
+# c of Eq. (12) per dataset: 18 for Ali-CCP (authors' config), 1 to 10 for Cloud Theme.
+DEFAULT_C = {"aliccp": 18.0, "aliccp_csv": 18.0, "cloudtheme": 5.0}
+DATASETS = ("synthetic", "built", "log", "aliccp", "aliccp_csv", "cloudtheme", "recbole")
+PRESETS = ("tiny", "default", "large")
+DTYPES = ("float32", "bfloat16")
+COATTENTION_IMPLS = ("factored", "pairwise")
+
+
+class ConfigError(ValueError):
+  """An invalid configuration: the message names the field and what is valid."""
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = "mscan"
+  c.seed = 0
+  c.embed_dim = 32
+  c.dtype = "float32"              # activations; parameters and loss stay float32
+  c.shard_embeddings = False       # row-shard embedding tables over the mesh (multi-device)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic"        # one of DATASETS
+  c.data.preset = "default"        # synthetic preset: tiny | default | large
+  c.data.path = ""                 # built dataset dir (or raw path for `prepare`-style names)
+  c.data.cache_dir = "data_cache"  # where the synthetic benchmark is generated once
+  c.data.train_scenarios = ()      # restrict TRAINING samples to these scenario ids (() = all)
+  c.data.eval_scenarios = ()       # restrict evaluation to these scenario ids (() = all)
+  c.data.prefetch = 2              # batches prepared ahead of the device
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 1024
+  c.train.eval_batch_size = 4096
+  c.train.learning_rate = 1e-3
+  c.train.weight_decay = 1e-4      # L2 added to the gradient, as torch.optim.Adam(weight_decay=)
+  c.train.clip_norm = 5.0
+  c.train.num_epochs = 5
+  c.train.max_steps = 0            # 0 = num_epochs over the training split
+  c.train.eval_every_steps = 0     # 0 = once per epoch
+  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 0  # 0 = at every evaluation
+  c.train.patience = 2             # evaluations without validation-AUC gain before stopping
+  c.train.init_from = ""           # workdir whose best parameters initialise this run (finetune)
+  c.train.progress = True          # progress bar with examples/s
+  c.train.export_predictions = True
+
+  c.mscan = ml_collections.ConfigDict()
+  c.mscan.use_saca = True          # Scenario-Aware Co-Attention (§3.2); off: no R_h
+  c.mscan.use_sbe = True           # Scenario Bias Eliminator (§3.3); off: train/infer on y_m
+  c.mscan.alpha = 0.1              # Eq. (11)
+  c.mscan.c = -1.0                 # Eq. (12); < 0 = the dataset's default (DEFAULT_C, else 1.0)
+  c.mscan.mlp = (512, 256)         # matching tower, Eq. (6)
+  c.mscan.scenario_mlp = (64,)     # scenario tower, Eq. (7)
+  c.mscan.attn_mlp = (200, 80)     # co-attention FFN, Eq. (15)
+  c.mscan.dropout = 0.2
+  c.mscan.coattention = "factored"  # factored (exact, fast) | pairwise (vmap over pairs)
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""   # host:port; "" = single process or from env
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  return c
+
+
+def resolve_c(config: ml_collections.ConfigDict) -> float:
+  """c of Eq. (12): the configured value, else the dataset's default."""
+  if config.mscan.c >= 0:
+    return float(config.mscan.c)
+  return float(DEFAULT_C.get(config.data.name, 1.0))
+
+
+def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
+  """Raises ConfigError on the first invalid field, listing what is valid."""
+  if model_names is not None and config.model not in model_names:
+    raise ConfigError(f"config.model={config.model!r} is unknown; valid: {', '.join(sorted(model_names))}")
+  if config.data.name not in DATASETS:
+    raise ConfigError(f"config.data.name={config.data.name!r} is unknown; valid: {', '.join(DATASETS)}")
+  if config.data.name == "synthetic" and config.data.preset not in PRESETS:
+    raise ConfigError(f"config.data.preset={config.data.preset!r} is unknown; valid: {', '.join(PRESETS)}")
+  if config.data.name != "synthetic" and not config.data.path:
+    raise ConfigError(f"config.data.path is required for config.data.name={config.data.name!r} "
+                      "(a built dataset directory, see `python -m mscan_jax.data.prepare`)")
+  if config.dtype not in DTYPES:
+    raise ConfigError(f"config.dtype={config.dtype!r} is unknown; valid: {', '.join(DTYPES)}")
+  if config.mscan.alpha < 0:
+    raise ConfigError(f"config.mscan.alpha must be >= 0, got {config.mscan.alpha}")
+  if config.mscan.coattention not in COATTENTION_IMPLS:
+    raise ConfigError(f"config.mscan.coattention={config.mscan.coattention!r}; valid: {', '.join(COATTENTION_IMPLS)}")
+  if not 0 <= config.mscan.dropout < 1:
+    raise ConfigError(f"config.mscan.dropout must be in [0, 1), got {config.mscan.dropout}")
+  for key in ("batch_size", "eval_batch_size"):
+    if config.train[key] < 1:
+      raise ConfigError(f"config.train.{key} must be >= 1, got {config.train[key]}")
+  if config.train.learning_rate <= 0:
+    raise ConfigError(f"config.train.learning_rate must be > 0, got {config.train.learning_rate}")
+  if config.train.num_epochs < 1 and config.train.max_steps < 1:
+    raise ConfigError("config.train.num_epochs or config.train.max_steps must be >= 1")
+  if config.embed_dim < 1:
+    raise ConfigError(f"config.embed_dim must be >= 1, got {config.embed_dim}")
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, default=_default)
+
+
+def _default(o: Any):
+  if isinstance(o, tuple):
+    return list(o)
+  return str(o)

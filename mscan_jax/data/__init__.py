@@ -1,0 +1,1 @@
+"""Data layer: schema and batch contract, sequence builder, splits, loaders, input pipeline."""

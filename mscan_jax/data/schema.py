@@ -1,0 +1,304 @@
+"""The data contract of mscan-jax: schema of a multi-scenario dataset and the batch layout.
+
+Paper §2.1: a sample is a triplet (u, i, s) with a click label y_uis; the model also sees
+S_u, the user's earlier clicked behaviours in the current scenario, and H_u, the user's
+earlier behaviours across all scenarios, each with its scenario id.
+
+Every model (M-scan, its ablations, every baseline) consumes one batch layout:
+
+    user          (B, Fu)      int32  categorical user fields, 0 = padding/unknown
+    item          (B, Fi)      int32  categorical item fields of the candidate item
+    scenario      (B, Fs)      int32  scenario fields; column 0 is the scenario id in 1..P
+    label         (B,)         float32 observed click (0/1)
+    cur_seq       (B, Ls, Fi)  int32  earlier clicked items in the same scenario (S_u), oldest first
+    cur_len       (B,)         int32  number of real steps in cur_seq (the rest is 0-padding)
+    all_seq       (B, Lh, Fi)  int32  earlier behaviours across all scenarios (H_u), oldest first
+    all_len       (B,)         int32
+    all_click     (B, Lh)      int32  click flag of each all_seq behaviour (0 on padding)
+    all_scenario  (B, Lh)      int32  scenario id of each all_seq behaviour (0 on padding)
+    sample_id     (B,)         int64  stable id of the sample (to export predictions)
+    user_id       (B,)         int32  contiguous user index (for GAUC)
+    mask          (B,)         float32 1 for a real sample, 0 for evaluation padding
+  and, on data that knows it (the synthetic benchmark):
+    true_like     (B,)         float32 the liked outcome (M), which real logs never have
+    true_prob     (B,)         float32 its probability
+
+A *built dataset* is a directory:
+
+    schema.json            this module's `Schema`
+    stats.json             statistics printed when it was built
+    log/<array>.npy        one row per event, in time order (the row number *is* the time order)
+        user (E,Fu) item (E,Fi) scenario (E,Fs) label (E,) int8 user_id (E,) int32
+        sample_id (E,) int64, cur_idx (E,Ls) int64, all_idx (E,Lh) int64
+        [true_like (E,) int8, true_prob (E,) float32]
+    splits/{train,valid,test}.npy   int64 row numbers of `log` belonging to each split
+    vocab/<field>.npy      (optional) raw value of each contiguous id, index 0 = padding
+
+`cur_idx` / `all_idx` hold, for every event, row numbers of earlier events of the same
+user (-1 = padding). Sequences are materialised only when a batch is gathered
+(`BuiltDataset.gather`), so a dataset of 100M samples is a few memory-mapped arrays, not
+100M copies of 40 behaviours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+SPLITS = ("train", "valid", "test")
+ALL_SEQ_MODES = ("impressions", "clicks")
+
+# Batch keys every model may read; `true_*` only exist where the data knows the truth.
+BATCH_KEYS = ("user", "item", "scenario", "label", "cur_seq", "cur_len", "all_seq",
+              "all_len", "all_click", "all_scenario", "sample_id", "user_id", "mask")
+TRUTH_KEYS = ("true_like", "true_prob")
+
+
+class DataError(ValueError):
+  """Bad input data: the message names the file, column/field and row."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """A categorical field. Valid ids are 1..vocab_size-1; 0 is padding/unknown."""
+  name: str
+  vocab_size: int
+
+  def __post_init__(self):
+    if self.vocab_size < 2:
+      raise DataError(f"field {self.name!r}: vocab_size must be >= 2 (0 is padding), "
+                      f"got {self.vocab_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+  """Typed schema of a multi-scenario dataset (paper §2.1)."""
+  user_fields: tuple[Field, ...]
+  item_fields: tuple[Field, ...]
+  scenario_fields: tuple[Field, ...]   # [0] is the scenario id, vocab = P + 1
+  max_cur_len: int                     # Ls: cap of S_u (most recent kept)
+  max_all_len: int                     # Lh: cap of H_u (most recent kept)
+  all_seq_mode: str = "impressions"    # H_u holds all impressions (with click flags) or clicks only
+  has_truth: bool = False              # true_like / true_prob stored (synthetic data)
+  name: str = "dataset"
+
+  def __post_init__(self):
+    for group in ("user_fields", "item_fields", "scenario_fields"):
+      if not getattr(self, group):
+        raise DataError(f"schema.{group} must name at least one field")
+    if self.max_cur_len < 1 or self.max_all_len < 1:
+      raise DataError(f"sequence caps must be >= 1, got max_cur_len={self.max_cur_len}, "
+                      f"max_all_len={self.max_all_len}")
+    if self.all_seq_mode not in ALL_SEQ_MODES:
+      raise DataError(f"all_seq_mode must be one of {ALL_SEQ_MODES}, got {self.all_seq_mode!r}")
+
+  @property
+  def num_scenarios(self) -> int:
+    """P: scenario ids are 1..P."""
+    return self.scenario_fields[0].vocab_size - 1
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "Schema":
+    d = dict(d)
+    for group in ("user_fields", "item_fields", "scenario_fields"):
+      d[group] = tuple(Field(**f) for f in d[group])
+    return cls(**d)
+
+
+def save_json(path: str, obj: Any) -> None:
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+    f.write("\n")
+
+
+def _json_default(o):
+  if isinstance(o, np.integer):
+    return int(o)
+  if isinstance(o, np.floating):
+    return float(o)
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+# Expected dtype and trailing shape of each stored log array.
+def log_layout(schema: Schema) -> dict[str, tuple[Any, tuple[int, ...]]]:
+  fu, fi, fs = len(schema.user_fields), len(schema.item_fields), len(schema.scenario_fields)
+  layout = {
+      "user": (np.int32, (fu,)), "item": (np.int32, (fi,)), "scenario": (np.int32, (fs,)),
+      "label": (np.int8, ()), "user_id": (np.int32, ()), "sample_id": (np.int64, ()),
+      "cur_idx": (np.int64, (schema.max_cur_len,)), "all_idx": (np.int64, (schema.max_all_len,)),
+  }
+  if schema.has_truth:
+    layout["true_like"] = (np.int8, ())
+    layout["true_prob"] = (np.float32, ())
+  return layout
+
+
+def write_built(out_dir: str, schema: Schema, log: Mapping[str, np.ndarray],
+                splits: Mapping[str, np.ndarray], stats: Mapping[str, Any],
+                vocab: Mapping[str, np.ndarray] | None = None) -> None:
+  """Writes a built dataset (layout in the module docstring), checking every array."""
+  layout = log_layout(schema)
+  n = None
+  for key, (dtype, tail) in layout.items():
+    if key not in log:
+      raise DataError(f"built log is missing array {key!r}")
+    arr = np.asarray(log[key])
+    if n is None:
+      n = arr.shape[0]
+    if arr.shape != (n,) + tail:
+      raise DataError(f"built log array {key!r}: expected shape {(n,) + tail}, got {arr.shape}")
+  for name in SPLITS:
+    if name not in splits or len(splits[name]) == 0:
+      raise DataError(f"split {name!r} is empty: nothing to {'train on' if name == 'train' else 'evaluate'}")
+  os.makedirs(os.path.join(out_dir, "log"), exist_ok=True)
+  os.makedirs(os.path.join(out_dir, "splits"), exist_ok=True)
+  for key, (dtype, _) in layout.items():
+    np.save(os.path.join(out_dir, "log", f"{key}.npy"), np.ascontiguousarray(log[key], dtype=dtype))
+  for name in SPLITS:
+    np.save(os.path.join(out_dir, "splits", f"{name}.npy"), np.asarray(splits[name], np.int64))
+  if vocab:
+    os.makedirs(os.path.join(out_dir, "vocab"), exist_ok=True)
+    for field, values in vocab.items():
+      np.save(os.path.join(out_dir, "vocab", f"{field}.npy"), np.asarray(values))
+  save_json(os.path.join(out_dir, "schema.json"), schema.to_dict())
+  save_json(os.path.join(out_dir, "stats.json"), dict(stats))
+
+
+class BuiltDataset:
+  """A built dataset opened with memory-mapped arrays; `gather` makes contract batches."""
+
+  def __init__(self, path: str):
+    schema_path = os.path.join(path, "schema.json")
+    if not os.path.exists(schema_path):
+      raise DataError(f"{path}: not a built dataset (no schema.json). Build one with "
+                      "`python -m mscan_jax.data.synthetic --out=DIR` or "
+                      "`python -m mscan_jax.data.prepare ... --out=DIR`")
+    self.path = path
+    with open(schema_path) as f:
+      self.schema = Schema.from_dict(json.load(f))
+    stats_path = os.path.join(path, "stats.json")
+    self.stats = json.load(open(stats_path)) if os.path.exists(stats_path) else {}
+    self.log: dict[str, np.ndarray] = {}
+    for key, (dtype, tail) in log_layout(self.schema).items():
+      f = os.path.join(path, "log", f"{key}.npy")
+      if not os.path.exists(f):
+        raise DataError(f"{f}: missing array of the built dataset")
+      arr = np.load(f, mmap_mode="r")
+      if arr.dtype != dtype or arr.shape[1:] != tail:
+        raise DataError(f"{f}: expected dtype {np.dtype(dtype)} and trailing shape {tail}, "
+                        f"got {arr.dtype} {arr.shape}")
+      self.log[key] = arr
+    self.splits = {name: np.load(os.path.join(path, "splits", f"{name}.npy"), mmap_mode="r")
+                   for name in SPLITS}
+    self.num_events = self.log["label"].shape[0]
+
+  def split_size(self, split: str) -> int:
+    return int(self.splits[split].shape[0])
+
+  def gather(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Materialises the batch layout for log rows `rows` (B,) (sorted or not)."""
+    rows = np.asarray(rows, np.int64)
+    lg = self.log
+    item = lg["item"]
+    batch = {
+        "user": np.asarray(lg["user"][rows]),
+        "item": np.asarray(item[rows]),
+        "scenario": np.asarray(lg["scenario"][rows]),
+        "label": np.asarray(lg["label"][rows], np.float32),
+        "sample_id": np.asarray(lg["sample_id"][rows]),
+        "user_id": np.asarray(lg["user_id"][rows]),
+        "mask": np.ones(rows.shape, np.float32),
+    }
+    cur_idx = np.asarray(lg["cur_idx"][rows])            # (B, Ls)
+    all_idx = np.asarray(lg["all_idx"][rows])            # (B, Lh)
+    cur_valid, all_valid = cur_idx >= 0, all_idx >= 0
+    batch["cur_seq"] = _take_rows(item, cur_idx, cur_valid)            # (B, Ls, Fi)
+    batch["cur_len"] = cur_valid.sum(1).astype(np.int32)
+    batch["all_seq"] = _take_rows(item, all_idx, all_valid)            # (B, Lh, Fi)
+    batch["all_len"] = all_valid.sum(1).astype(np.int32)
+    batch["all_click"] = _take_rows(lg["label"], all_idx, all_valid).astype(np.int32)
+    batch["all_scenario"] = _take_rows(lg["scenario"], all_idx, all_valid)[..., 0]  # (B, Lh)
+    if self.schema.has_truth:
+      batch["true_like"] = np.asarray(lg["true_like"][rows], np.float32)
+      batch["true_prob"] = np.asarray(lg["true_prob"][rows], np.float32)
+    return batch
+
+
+def _take_rows(table: np.ndarray, idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """table[idx] with 0 where idx is padding (-1). idx (B, L) -> (B, L, *table.shape[1:])."""
+  flat = np.where(valid, idx, 0).reshape(-1)
+  # Sorting the gather keeps memory-mapped reads sequential.
+  order = np.argsort(flat, kind="stable")
+  out = np.empty((flat.shape[0],) + table.shape[1:], table.dtype)
+  out[order] = table[flat[order]]
+  out = out.reshape(idx.shape + table.shape[1:])
+  mask = valid.reshape(valid.shape + (1,) * (table.ndim - 1))
+  return np.where(mask, out, 0).astype(table.dtype)
+
+
+def validate_ids(name: str, values: np.ndarray, vocab_size: int, source: str = "") -> None:
+  """Raises DataError naming the first row with an id outside [0, vocab_size)."""
+  values = np.asarray(values)
+  bad = np.flatnonzero((values < 0) | (values >= vocab_size))
+  if bad.size:
+    r = int(bad[0])
+    where = f"{source}: " if source else ""
+    raise DataError(f"{where}field {name!r} row {r}: id {values.reshape(-1)[r]} outside "
+                    f"[0, {vocab_size}) ({bad.size} such rows)")
+
+
+def batch_spec(schema: Schema, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """Shapes and dtypes of one batch: the static shapes every jitted step compiles for."""
+  fu, fi, fs = len(schema.user_fields), len(schema.item_fields), len(schema.scenario_fields)
+  b, ls, lh = batch_size, schema.max_cur_len, schema.max_all_len
+  spec = {
+      "user": ((b, fu), np.int32), "item": ((b, fi), np.int32), "scenario": ((b, fs), np.int32),
+      "label": ((b,), np.float32), "cur_seq": ((b, ls, fi), np.int32), "cur_len": ((b,), np.int32),
+      "all_seq": ((b, lh, fi), np.int32), "all_len": ((b,), np.int32),
+      "all_click": ((b, lh), np.int32), "all_scenario": ((b, lh), np.int32),
+      "sample_id": ((b,), np.int64), "user_id": ((b,), np.int32), "mask": ((b,), np.float32),
+  }
+  if schema.has_truth:
+    spec["true_like"] = ((b,), np.float32)
+    spec["true_prob"] = ((b,), np.float32)
+  return spec
+
+
+def dummy_batch(schema: Schema, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A random batch with valid ids and lengths (for init, tests and benchmarks)."""
+  rng = np.random.default_rng(seed)
+  b, ls, lh = batch_size, schema.max_cur_len, schema.max_all_len
+
+  def ids(fields: Sequence[Field], shape):
+    return np.stack([rng.integers(1, f.vocab_size, size=shape) for f in fields], -1).astype(np.int32)
+
+  cur_len = rng.integers(0, ls + 1, size=b).astype(np.int32)
+  all_len = np.maximum(cur_len, rng.integers(0, lh + 1, size=b)).astype(np.int32).clip(0, lh)
+  cur_m = np.arange(ls)[None] < cur_len[:, None]
+  all_m = np.arange(lh)[None] < all_len[:, None]
+  batch = {
+      "user": ids(schema.user_fields, (b,)), "item": ids(schema.item_fields, (b,)),
+      "scenario": ids(schema.scenario_fields, (b,)),
+      "label": rng.integers(0, 2, size=b).astype(np.float32),
+      "cur_seq": ids(schema.item_fields, (b, ls)) * cur_m[..., None],
+      "cur_len": cur_len,
+      "all_seq": ids(schema.item_fields, (b, lh)) * all_m[..., None],
+      "all_len": all_len,
+      "all_click": rng.integers(0, 2, size=(b, lh)).astype(np.int32) * all_m,
+      "all_scenario": rng.integers(1, schema.num_scenarios + 1, size=(b, lh)).astype(np.int32) * all_m,
+      "sample_id": np.arange(b, dtype=np.int64), "user_id": rng.integers(0, 100, size=b).astype(np.int32),
+      "mask": np.ones(b, np.float32),
+  }
+  if schema.has_truth:
+    batch["true_like"] = rng.integers(0, 2, size=b).astype(np.float32)
+    batch["true_prob"] = rng.random(b).astype(np.float32)
+  return batch

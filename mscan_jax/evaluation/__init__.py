@@ -1,0 +1,1 @@
+"""Evaluation: AUC, GAUC, log loss, RelaImpr, significance tests."""

@@ -1,0 +1,1 @@
+"""Training: the Scenario Bias Eliminator objective, the jitted step, the loop, checkpoints."""

@@ -1,0 +1,64 @@
+"""The Scenario Bias Eliminator (paper §3.1.1 and §3.3): training fusion, loss, debiased inference.
+
+Every model returns a dict of named logits:
+  "y_m" (B,)  the matching (user-interest) logit, Eq. (6); every model has it.
+  "y_s" (B,)  the scenario logit, Eq. (7); only a model with the SBE switched on has it.
+The rules below are the only place that combines them; the trainer and the evaluator call these
+functions and never look at a model's name.
+
+Within one scenario sigmoid(y_s) is one positive constant, so the debiased score
+y_db = (y_m - c) * sigmoid(y_s) is a strictly increasing function of y_m there: it orders the
+samples of one scenario exactly as y_m does, whatever c is. c only changes how samples of
+different scenarios interleave in the pooled (`#All`) ranking.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def has_sbe(out: dict) -> bool:
+  return "y_s" in out
+
+
+def train_logit(out: dict) -> jnp.ndarray:
+  """Eq. (8): y_uis = y_m * sigmoid(y_s); y_m alone without the SBE. (B,)"""
+  if has_sbe(out):
+    return out["y_m"] * jax.nn.sigmoid(out["y_s"])
+  return out["y_m"]
+
+
+def loss_fn(out: dict, label: jnp.ndarray, mask: jnp.ndarray, alpha: float):
+  """Eq. (9)-(11): mean BCE(sigmoid(y_uis), y) + alpha * mean BCE(sigmoid(y_s), y).
+
+  The scenario loss is supervised by the click label (as in the authors' code). Means are over
+  the real samples (mask 1). Returns (loss, {"loss_uis", "loss_s"}), all float32 scalars.
+  """
+  label = label.astype(jnp.float32)
+  mask = mask.astype(jnp.float32)
+  denom = jnp.maximum(mask.sum(), 1.0)
+  logit = train_logit(out).astype(jnp.float32)
+  loss_uis = (optax.sigmoid_binary_cross_entropy(logit, label) * mask).sum() / denom
+  aux = {"loss_uis": loss_uis}
+  loss = loss_uis
+  if has_sbe(out):
+    y_s = out["y_s"].astype(jnp.float32)
+    loss_s = (optax.sigmoid_binary_cross_entropy(y_s, label) * mask).sum() / denom
+    loss = loss + alpha * loss_s
+    aux["loss_s"] = loss_s
+  return loss, aux
+
+
+def inference_score(out: dict, c: float) -> jnp.ndarray:
+  """Eq. (12): y_db = y_m * sigmoid(y_s) - c * sigmoid(y_s); y_m alone without the SBE. (B,)"""
+  if has_sbe(out):
+    p_s = jax.nn.sigmoid(out["y_s"].astype(jnp.float32))
+    return out["y_m"].astype(jnp.float32) * p_s - c * p_s
+  return out["y_m"].astype(jnp.float32)
+
+
+def click_prob(out: dict) -> jnp.ndarray:
+  """The click probability the model was trained to fit, sigmoid(y_uis) (for log loss). (B,)"""
+  return jax.nn.sigmoid(train_logit(out).astype(jnp.float32))
