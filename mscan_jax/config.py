@@ -42,6 +42,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train_scenarios = ()      # restrict TRAINING samples to these scenario ids (() = all)
   c.data.eval_scenarios = ()       # restrict evaluation to these scenario ids (() = all)
   c.data.prefetch = 2              # batches prepared ahead of the device
+  c.data.seed = 0                  # seed of the synthetic benchmark (the data, not the model)
+  # Column mapping of a generic CSV/Parquet log (config.data.name=log, config.data.path=FILE).
+  c.data.columns = ml_collections.ConfigDict()
+  c.data.columns.user = "user_id"
+  c.data.columns.item = "item_id"
+  c.data.columns.scenario = "scenario_id"
+  c.data.columns.label = "label"
+  c.data.columns.time = "timestamp"
+  c.data.columns.user_extra = ()
+  c.data.columns.item_extra = ()
+  c.data.columns.scenario_extra = ()
+  c.data.max_cur_len = 20          # Ls when building from a log
+  c.data.max_all_len = 40          # Lh when building from a log
+  c.data.all_seq_mode = "impressions"
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 1024
@@ -58,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.init_from = ""           # workdir whose best parameters initialise this run (finetune)
   c.train.progress = True          # progress bar with examples/s
   c.train.export_predictions = True
+  c.train.sync_every_steps = 0     # 0 = auto (every 4 steps on multi-device CPU, else at log steps)
 
   c.mscan = ml_collections.ConfigDict()
   c.mscan.use_saca = True          # Scenario-Aware Co-Attention (§3.2); off: no R_h
@@ -70,10 +85,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.mscan.dropout = 0.2
   c.mscan.coattention = "factored"  # factored (exact, fast) | pairwise (vmap over pairs)
 
+  # Baselines (Appendix A.2, issue #4). Sizes left unset take each model's documented DEFAULTS
+  # (mscan_jax/models/<name>.py): () for sizes, 0 for counts, < 0 for the dropout rate.
+  c.baseline = ml_collections.ConfigDict()
+  c.baseline.behaviours = "cur"    # DIN over: cur (paper's w/o SACA, w/o SBE) | cur+all | none
+  c.baseline.tower = ()            # hidden widths of the (per-scenario) tower
+  c.baseline.expert = ()           # hidden widths of an expert (PLE, AESM2: one width per level)
+  c.baseline.num_experts = 0       # shared experts (mmoe, ple, aesm2, m2m)
+  c.baseline.num_specific_experts = 0  # experts per scenario (ple)
+  c.baseline.dropout = -1.0
+  c.baseline.grouped_matmul = "auto"   # per-scenario weights: auto | gather | ragged (experts.py)
+  c.single = ml_collections.ConfigDict()
+  c.single.scenario = 0            # target scenario id of `single` and `finetune` (required)
+
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator_address = ""   # host:port; "" = single process or from env
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
+  c.distributed.auto = False               # read the cluster's environment (SLURM, TPU, ...)
   return c
 
 
@@ -110,6 +139,9 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
     raise ConfigError(f"config.train.learning_rate must be > 0, got {config.train.learning_rate}")
   if config.train.num_epochs < 1 and config.train.max_steps < 1:
     raise ConfigError("config.train.num_epochs or config.train.max_steps must be >= 1")
+  if config.data.max_cur_len < 1 or config.data.max_all_len < 1:
+    raise ConfigError("config.data.max_cur_len and config.data.max_all_len must be >= 1, got "
+                      f"{config.data.max_cur_len} and {config.data.max_all_len}")
   if config.embed_dim < 1:
     raise ConfigError(f"config.embed_dim must be >= 1, got {config.embed_dim}")
 
@@ -122,3 +154,19 @@ def _default(o: Any):
   if isinstance(o, tuple):
     return list(o)
   return str(o)
+
+
+def get_tiny_config() -> ml_collections.ConfigDict:
+  """The default config shrunk for tests and smoke runs: tiny synthetic preset, small towers."""
+  c = get_config()
+  c.data.preset = "tiny"
+  c.embed_dim = 8
+  c.train.batch_size = 64
+  c.train.eval_batch_size = 128
+  c.train.num_epochs = 2
+  c.train.log_every_steps = 5
+  c.train.progress = False
+  c.mscan.mlp = (32, 16)
+  c.mscan.scenario_mlp = (8,)
+  c.mscan.attn_mlp = (16, 8)
+  return c

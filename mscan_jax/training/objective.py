@@ -3,6 +3,8 @@
 Every model returns a dict of named logits:
   "y_m" (B,)  the matching (user-interest) logit, Eq. (6); every model has it.
   "y_s" (B,)  the scenario logit, Eq. (7); only a model with the SBE switched on has it.
+  "aux_loss" (B,)  optional, training only: a model's own weighted regulariser per sample
+              (AESM2's expert-selection KL terms); `loss_fn` adds its masked mean.
 The rules below are the only place that combines them; the trainer and the evaluator call these
 functions and never look at a model's name.
 
@@ -48,6 +50,11 @@ def loss_fn(out: dict, label: jnp.ndarray, mask: jnp.ndarray, alpha: float):
     loss_s = (optax.sigmoid_binary_cross_entropy(y_s, label) * mask).sum() / denom
     loss = loss + alpha * loss_s
     aux["loss_s"] = loss_s
+  if "aux_loss" in out:
+    # A model's own regulariser, per sample (B,), already weighted: AESM2's expert-selection KL.
+    loss_aux = (out["aux_loss"].astype(jnp.float32) * mask).sum() / denom
+    loss = loss + loss_aux
+    aux["loss_aux"] = loss_aux
   return loss, aux
 
 

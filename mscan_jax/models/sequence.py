@@ -1,0 +1,174 @@
+"""Sequence layers of M-scan: the scenario encoder (Eq. 4) and the Scenario-Aware Co-Attention
+(paper §3.2, Eq. 13-17, and the aggregation of Eq. 5).
+
+`MaskedGRU`    the GRU of Eq. (4) over the current-scenario behaviours S_u, written as a
+               `jax.lax.scan` over time that stops updating a row after its last real step, so
+               the returned state is h_{N_us}, not the state at the padded end.
+`CoAttention`  C_jk = FFN([h_bj ⊕ i ⊕ s_bk]) (Eq. 14-15), c_j = max_k C_jk (Eq. 16),
+               beta = softmax_j(c) (Eq. 17), R_h = Σ_j beta_j h_bj (Eq. 5), with padding masks.
+
+Both take sequences padded at the end (the first `len` positions are real), as in
+`mscan_jax.data.schema`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mscan_jax.config import COATTENTION_IMPLS  # ("factored", "pairwise")
+
+Dtype = Any
+
+# Fill for masked scores: large, negative and finite (a -inf would give NaN in exp(-inf - -inf)
+# on all-masked rows and NaN gradients through `where`).
+_MASK_FILL = -1e9
+
+
+def _stacked_orthogonal(key, shape, dtype=jnp.float32):
+  """(H, n*H): n independent orthogonal (H, H) blocks side by side (one per GRU gate)."""
+  h, nh = shape
+  keys = jax.random.split(key, nh // h)
+  return jnp.concatenate([nn.initializers.orthogonal()(k, (h, h), dtype) for k in keys], axis=1)
+
+
+class MaskedGRU(nn.Module):
+  """The scenario encoder, Eq. (4), returning the state after each row's last real step.
+
+      z_k = σ(W_z s_k + U_z h_{k-1} + b_z)
+      r_k = σ(W_r s_k + U_r h_{k-1} + b_r)
+      h_k = (1 - z_k) ⊙ h_{k-1} + z_k ⊙ tanh(W_h s_k + U_h (r_k ⊙ h_{k-1}) + b_h)
+
+  Note Eq. (4) applies the reset gate *before* U_h and weighs the candidate by z (not by 1 - z as
+  `flax.linen.GRUCell` does); this layer follows the paper. h_0 = 0, so a row of length 0 returns
+  the zero vector. Parameters: `kernel_in` (D, 3H) = [W_z | W_r | W_h], `kernel_rec` (H, 3H) =
+  [U_z | U_r | U_h], `bias` (3H,) = [b_z | b_r | b_h].
+
+  `__call__(x, lengths)`: x (B, L, D), lengths (B,) int -> h_{N} (B, H).
+  """
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, lengths: jnp.ndarray) -> jnp.ndarray:
+    b, length, d = x.shape
+    hd = self.hidden
+    w = self.param("kernel_in", nn.initializers.lecun_normal(), (d, 3 * hd)).astype(self.dtype)
+    u = self.param("kernel_rec", _stacked_orthogonal, (hd, 3 * hd)).astype(self.dtype)
+    bias = self.param("bias", nn.initializers.zeros, (3 * hd,)).astype(self.dtype)
+    u_zr, u_h = u[:, :2 * hd], u[:, 2 * hd:]                              # (H, 2H), (H, H)
+
+    xs = jnp.swapaxes(x.astype(self.dtype), 0, 1)                         # (L, B, D)
+    mask = (jnp.arange(length)[:, None] < lengths[None, :])[..., None]    # (L, B, 1)
+
+    def step(h, inputs):                                                  # h (B, H)
+      x_t, m_t = inputs
+      gx = x_t @ w + bias                                                 # (B, 3H)
+      zr = jax.nn.sigmoid(gx[:, :2 * hd] + h @ u_zr)                      # (B, 2H)
+      z, r = zr[:, :hd], zr[:, hd:]
+      cand = jnp.tanh(gx[:, 2 * hd:] + (r * h) @ u_h)                     # (B, H)
+      h_new = (1 - z) * h + z * cand
+      return jnp.where(m_t, h_new, h), None                               # keep h past the length
+
+    h0 = jnp.zeros((b, hd), self.dtype)
+    h_last, _ = jax.lax.scan(step, h0, (xs, mask))
+    return h_last                                                         # (B, H)
+
+
+def masked_softmax(scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """Softmax over the last axis restricted to `mask`; an all-masked row gives all zeros.
+
+  scores (..., L) float, mask (..., L) bool -> (..., L) float32. Finite values and finite
+  gradients on every row (masked entries get weight exactly 0).
+  """
+  scores = jnp.where(mask, scores.astype(jnp.float32), _MASK_FILL)
+  scores = scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
+  e = jnp.exp(scores) * mask
+  denom = e.sum(axis=-1, keepdims=True)
+  return e / jnp.where(denom > 0, denom, 1.0)
+
+
+class CoAttention(nn.Module):
+  """Scenario-Aware Co-Attention, Eq. (14)-(17), and the history read-out R_h of Eq. (5).
+
+  Attn (Eq. 15) is an FFN on [h_bj ⊕ i ⊕ s_bk]: Dense(hidden[0]) -> act -> ... -> Dense(1).
+
+  impl="pairwise": the literal Eq. (15): every (j, k) pair's concatenation is built with
+    `jax.vmap` (B x Lh x Ls vectors of size Dh+Di+Ds) and fed to the FFN.
+  impl="factored" (default): the first Dense layer is linear, so
+    [h_j ⊕ i ⊕ s_k] W + b = h_j W_h + (i W_i + b) + s_k W_s   (W split by rows),
+    computed as O(Lh + Ls) matrix products and a broadcast add. Same numbers, same parameters
+    (`kernel_0` (Dh+Di+Ds, hidden[0]), `bias_0`, `Dense_1`..., `score`): a model trained with
+    one path can be run with the other.
+
+  Edge cases (documented choices, finite values and gradients on every row):
+    * N_us = 0 (no current-scenario behaviour): the max of Eq. (16) over an empty set is
+      replaced by C_j0 = FFN([h_bj ⊕ i ⊕ 0]), the score with s_bk = 0, i.e. the co-attention
+      degrades to DIN-style target attention on (h_bj, i) (Eq. 13) with the same FFN.
+    * N_uh = 0 (no behaviour at all): beta = 0 and R_h = 0.
+
+  `__call__(h, i, s, h_mask, s_mask)`: h (B, Lh, Dh) all-scenario behaviours H_u, i (B, Di)
+  candidate item, s (B, Ls, Ds) current-scenario behaviours S_u, h_mask (B, Lh) and
+  s_mask (B, Ls) bool (True = real) -> (R_h (B, Dh), beta (B, Lh) float32).
+  """
+  hidden: Sequence[int] = (200, 80)
+  impl: str = "factored"
+  activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray, i: jnp.ndarray, s: jnp.ndarray, h_mask: jnp.ndarray,
+               s_mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    if self.impl not in COATTENTION_IMPLS:
+      raise ValueError(f"CoAttention.impl={self.impl!r}; valid: {', '.join(COATTENTION_IMPLS)}")
+    if not self.hidden:
+      raise ValueError("CoAttention.hidden must name at least one layer (Eq. 15 is an FFN)")
+    dt = self.dtype
+    h, i, s = h.astype(dt), i.astype(dt), s.astype(dt)
+    dh, di, ds = h.shape[-1], i.shape[-1], s.shape[-1]
+    kernel = self.param("kernel_0", nn.initializers.lecun_normal(), (dh + di + ds, self.hidden[0]))
+    bias = self.param("bias_0", nn.initializers.zeros, (self.hidden[0],))
+    kernel, bias = kernel.astype(dt), bias.astype(dt)
+
+    if self.impl == "pairwise":
+      def concat(hj, ib, sk):                                             # (Dh,), (Di,), (Ds,)
+        return jnp.concatenate([hj, ib, sk])                              # (Dh+Di+Ds,)
+      over_k = jax.vmap(concat, in_axes=(None, None, 0))                  # -> (Ls, Din)
+      over_j = jax.vmap(over_k, in_axes=(0, None, None))                  # -> (Lh, Ls, Din)
+      over_b = jax.vmap(over_j, in_axes=(0, 0, 0))                        # -> (B, Lh, Ls, Din)
+      a_pairs = over_b(h, i, s) @ kernel + bias                           # (B, Lh, Ls, H0)
+      # Fallback score with s_bk = 0 (N_us = 0), also by concatenation.
+      zeros_s = jnp.zeros(s.shape[:1] + (1, ds), dt)                      # (B, 1, Ds)
+      a_null = (over_b(h, i, zeros_s) @ kernel + bias)[:, :, 0]           # (B, Lh, H0)
+    else:
+      w_h, w_i, w_s = kernel[:dh], kernel[dh:dh + di], kernel[dh + di:]
+      a_hi = h @ w_h + (i @ w_i + bias)[:, None, :]                       # (B, Lh, H0)
+      a_s = s @ w_s                                                       # (B, Ls, H0)
+      a_pairs = a_hi[:, :, None, :] + a_s[:, None, :, :]                  # (B, Lh, Ls, H0)
+      a_null = a_hi                                                       # s_bk = 0
+
+    # The rest of the FFN, one set of parameters for the pairs and for the fallback.
+    dense = [nn.Dense(width, dtype=dt, name=f"Dense_{n}")
+             for n, width in enumerate(self.hidden[1:], start=1)]
+    score = nn.Dense(1, dtype=dt, name="score")
+
+    def tail(a):                                                          # (..., H0) -> (...)
+      a = self.activation(a)
+      for layer in dense:
+        a = self.activation(layer(a))
+      return score(a)[..., 0]
+
+    c_pairs = tail(a_pairs)                                               # (B, Lh, Ls)
+    c_null = tail(a_null)                                                 # (B, Lh)
+
+    # Eq. (16): masked max over the current-scenario behaviours k.
+    c_max = jnp.where(s_mask[:, None, :], c_pairs.astype(jnp.float32), _MASK_FILL).max(-1)
+    has_cur = s_mask.any(axis=-1, keepdims=True)                          # (B, 1)
+    c = jnp.where(has_cur, c_max, c_null.astype(jnp.float32))             # (B, Lh)
+    # Eq. (17): masked softmax over the all-scenario behaviours j; Eq. (5): R_h.
+    beta = masked_softmax(c, h_mask)                                      # (B, Lh) float32
+    r_h = jnp.einsum("bj,bjd->bd", beta.astype(dt), h)                    # (B, Dh)
+    return r_h, beta

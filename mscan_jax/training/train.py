@@ -1,0 +1,398 @@
+"""The trainer: one linear `train_and_evaluate(config, workdir)` that reads top to bottom.
+
+mesh -> data -> model -> train state -> (resume) -> loop of jitted `train_step` with validation
+and early stopping -> best parameters on the test split -> `results.json`, `predictions.parquet`.
+
+The trainer never branches on the model's name: models return named logits, and the Scenario
+Bias Eliminator's rules (`mscan_jax.training.objective`) turn them into the loss and the score.
+Model selection (early stopping, best checkpoint) uses the validation split only, never test.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import queue
+import threading
+import time
+from typing import Any, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mscan_jax import config as config_lib
+from mscan_jax import models
+from mscan_jax.data import pipeline
+from mscan_jax.data.schema import BuiltDataset, DataError, dummy_batch, save_json
+from mscan_jax.evaluation import metrics as metrics_lib
+from mscan_jax.training import objective
+from mscan_jax.training.checkpoint import Checkpointer, restore_best_params
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray      # () int32
+  params: Any
+  opt_state: Any
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A NaN or inf loss: the run stops; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- steps
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with L2 weight decay added to the gradient (torch.optim.Adam(weight_decay=)) after a
+  global-norm clip, as in the authors' configs."""
+  return optax.chain(
+      optax.clip_by_global_norm(config.train.clip_norm),
+      optax.add_decayed_weights(config.train.weight_decay),
+      optax.adam(config.train.learning_rate))
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, alpha: float,
+               base_rng: jax.Array) -> tuple[TrainState, dict]:
+  """One optimisation step; pure. Dropout randomness is fold_in(base_rng, step)."""
+  rng = jax.random.fold_in(base_rng, state.step)
+
+  def loss_of(params):
+    out = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
+    loss, aux = objective.loss_fn(out, batch["label"], batch["mask"], alpha)
+    return loss, (aux, objective.click_prob(out))
+
+  (loss, (aux, prob)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  n = jnp.maximum(batch["mask"].sum(), 1.0)
+  metrics = {"loss": loss, **aux, "grad_norm": optax.global_norm(grads),
+             "mean_label": (batch["label"] * batch["mask"]).sum() / n,
+             "mean_pred": (prob * batch["mask"]).sum() / n}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: dict, c: jnp.ndarray, *, model) -> dict:
+  """Scores of one batch: the debiased score (Eq. 12), the fitted click probability, raw logits."""
+  out = model.apply({"params": params}, batch, train=False)
+  res = {"score": objective.inference_score(out, c), "prob": objective.click_prob(out)}
+  res.update({k: v.astype(jnp.float32) for k, v in out.items()})
+  return res
+
+
+# ----------------------------------------------------------------------------- setup
+
+def load_dataset(config: ml_collections.ConfigDict) -> BuiltDataset:
+  """Opens the configured built dataset, generating the synthetic benchmark once if needed."""
+  name = config.data.name
+  if name == "synthetic":
+    from mscan_jax.data import synthetic
+    path = synthetic.ensure_synthetic(config.data.preset, config.data.get("seed", 0),
+                                      config.data.cache_dir)
+    return BuiltDataset(path)
+  path = config.data.path
+  if not os.path.exists(path):
+    raise DataError(f"config.data.path={path!r} does not exist")
+  if name == "log" and os.path.isfile(path):
+    from mscan_jax.data import log as log_lib
+    return BuiltDataset(log_lib.ensure_built(path, config))
+  if not os.path.exists(os.path.join(path, "schema.json")):
+    raise DataError(f"config.data.path={path!r} is not a built dataset (no schema.json); build it "
+                    f"with `python -m mscan_jax.data.prepare --dataset={name} --raw=RAW --out=DIR`")
+  return BuiltDataset(path)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _to_global(batch: dict, sharding: NamedSharding) -> dict:
+  """Process-local numpy batch -> global jax arrays sharded on the batch axis."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _device_prefetch(it: Iterator[dict], sharding: NamedSharding, size: int) -> Iterator[dict]:
+  """Copies the next `size` batches to the devices on a background thread (overlaps compute)."""
+  if size <= 0:
+    for b in it:
+      yield _to_global(b, sharding)
+    return
+  q: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  sentinel = object()
+
+  def worker():
+    try:
+      for b in it:
+        if stop.is_set():
+          return
+        q.put(_to_global(b, sharding))
+    except BaseException as e:  # surfaced in the consumer
+      q.put(e)
+      return
+    q.put(sentinel)
+
+  t = threading.Thread(target=worker, daemon=True)
+  t.start()
+  try:
+    while True:
+      item = q.get()
+      if item is sentinel:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+def _sync_every(config) -> int:
+  """How often the loop waits for a step's result. On CPU with several devices, many steps
+  dispatched without waiting deadlock XLA's CPU all-reduce (NOTES-jax-stack.md), so the loop
+  waits every few steps there; elsewhere only at log steps."""
+  if config.train.get("sync_every_steps", 0) > 0:
+    return config.train.sync_every_steps
+  if jax.default_backend() == "cpu" and jax.device_count() > 1:
+    return 4
+  return 0
+
+
+def _init_params(model, schema, seed: int):
+  batch = dummy_batch(schema, 2)
+  init = jax.jit(functools.partial(model.init, train=False))   # one compilation, not op by op
+  variables = init({"params": jax.random.PRNGKey(seed), "dropout": jax.random.PRNGKey(seed + 1)}, batch)
+  return variables["params"]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: float, batch_size: int,
+            sharding: NamedSharding, prefetch: int) -> dict[str, np.ndarray]:
+  """Runs `eval_fn` over `rows` (padded last batch) and returns host arrays, one row per sample."""
+  outs: dict[str, list] = {}
+  meta_keys = ("label", "scenario", "user_id", "sample_id", "mask", "true_like")
+  c_arr = jnp.asarray(c, jnp.float32)
+  it = pipeline.eval_batches(dataset, rows, batch_size=batch_size,
+                             process_index=jax.process_index(), process_count=jax.process_count(),
+                             prefetch=prefetch)
+  for local in it:
+    batch = _to_global(local, sharding)
+    res = eval_fn(params, batch, c_arr)
+    res.update({k: batch[k] for k in meta_keys if k in batch})
+    if jax.process_count() > 1:
+      res = multihost_utils.process_allgather(res, tiled=True)
+    for k, v in res.items():
+      outs.setdefault(k, []).append(np.asarray(v))
+  out = {k: np.concatenate(v) for k, v in outs.items()}
+  keep = out.pop("mask") > 0
+  out = {k: v[keep] for k, v in out.items()}
+  out["scenario"] = out["scenario"][:, 0]
+  return out
+
+
+def compute_metrics(pred: dict[str, np.ndarray]) -> dict:
+  return metrics_lib.evaluate_predictions(
+      labels=pred["label"], scores=pred["score"], probs=pred["prob"], scenarios=pred["scenario"],
+      user_ids=pred["user_id"], true_like=pred.get("true_like"))
+
+
+def write_predictions(path: str, pred: dict[str, np.ndarray]) -> None:
+  """predictions.parquet: sample_id, user_id, scenario, label, score (+ y_m, y_s, prob, true_like)."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  cols = ["sample_id", "user_id", "scenario", "label", "score", "prob", "y_m", "y_s", "true_like"]
+  table = pa.table({k: pred[k] for k in cols if k in pred})
+  pq.write_table(table, path)
+
+
+# ----------------------------------------------------------------------------- loop
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains one stage in `workdir` (resuming if it holds a checkpoint) and returns its results."""
+  config_lib.validate(config, models.model_names())
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  # Data.
+  dataset = load_dataset(config)
+  schema = dataset.schema
+  train_rows = pipeline.split_rows(dataset, "train", config.data.train_scenarios)
+  valid_rows = pipeline.split_rows(dataset, "valid", config.data.train_scenarios)
+  test_rows = pipeline.split_rows(dataset, "test", config.data.eval_scenarios)
+  batch_size = config.train.batch_size
+  n_per_epoch = pipeline.steps_per_epoch(len(train_rows), batch_size)
+  total_steps = config.train.max_steps or config.train.num_epochs * n_per_epoch
+  eval_every = config.train.eval_every_steps or n_per_epoch
+  log_every = max(1, min(config.train.log_every_steps, eval_every))
+
+  # Mesh: the batch is sharded on its first axis, parameters are replicated.
+  mesh = make_mesh()
+  for key in ("batch_size", "eval_batch_size"):
+    if config.train[key] % jax.device_count():
+      raise config_lib.ConfigError(f"config.train.{key}={config.train[key]} must be divisible by "
+                                   f"the {jax.device_count()} devices")
+  data_sharding = NamedSharding(mesh, P("data"))
+  replicated = NamedSharding(mesh, P())
+
+  # Model and state.
+  model = models.build_model(config, schema)
+  tx = make_optimizer(config)
+  params = _init_params(model, schema, config.seed)
+  if config.train.init_from:
+    params = restore_best_params(config.train.init_from, params)   # `run` made the path absolute
+  state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
+                  out_shardings=replicated)(params)
+  best_params = state.params
+  meta = {"best_valid_auc": -1.0, "best_step": 0, "bad_evals": 0, "done": False}
+
+  ckpt = Checkpointer(workdir)
+  if ckpt.latest_step() is not None:
+    state, best_params, meta = ckpt.restore(state, best_params)
+    if is_main:
+      print(f"Resumed from {ckpt.directory} at step {int(state.step)}")
+
+  base_rng = jax.random.PRNGKey(config.seed + 2)
+  alpha = float(config.mscan.alpha)
+  c = config_lib.resolve_c(config)
+  p_train_step = jax.jit(functools.partial(train_step, model=model, tx=tx, alpha=alpha,
+                                           base_rng=base_rng),
+                         donate_argnums=0, out_shardings=(replicated, replicated))
+  p_eval_step = jax.jit(functools.partial(eval_step, model=model),
+                        out_shardings=data_sharding)
+  eval_kwargs = dict(eval_fn=p_eval_step, c=c, batch_size=config.train.eval_batch_size,
+                     sharding=data_sharding, prefetch=config.data.prefetch)
+
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config_lib.to_json(config))
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+
+  def log(record: dict) -> None:
+    if is_main:
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+  step = int(state.step)
+  sync_every = _sync_every(config)
+  bar = None
+  if is_main and config.train.progress and not meta["done"] and step < total_steps:
+    from tqdm import tqdm
+    bar = tqdm(total=total_steps * batch_size, initial=step * batch_size, unit="ex",
+               unit_scale=True, desc=f"train {config.model}", dynamic_ncols=True)
+
+  batches = pipeline.train_batches(
+      dataset, train_rows, batch_size=batch_size, seed=config.seed, start_step=step,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      prefetch=config.data.prefetch)
+  pending: list[dict] = []
+  t_log = time.perf_counter()
+  steps_since_log = 0
+  try:
+    for batch in (_device_prefetch(batches, data_sharding, config.data.prefetch)
+                  if not meta["done"] and step < total_steps else ()):
+      state, m = p_train_step(state, batch)
+      step += 1
+      steps_since_log += 1
+      pending.append(m)
+      if sync_every and step % sync_every == 0:
+        jax.block_until_ready(m)
+      do_eval = step % eval_every == 0 or step >= total_steps
+      if step % log_every == 0 or do_eval:
+        host = jax.device_get(pending)
+        pending = []
+        losses = np.array([h["loss"] for h in host])
+        if not np.all(np.isfinite(losses)):
+          bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
+          raise NonFiniteLossError(
+              f"non-finite loss at step {bad + 1}; stopping. The last good checkpoint "
+              f"({ckpt.latest_step()}) in {ckpt.directory} is kept.")
+        dt = time.perf_counter() - t_log
+        record = {"step": step, "split": "train",
+                  **{k: float(np.mean([h[k] for h in host])) for k in host[0]},
+                  "examples_per_s": steps_since_log * batch_size / max(dt, 1e-9)}
+        log(record)
+        t_log, steps_since_log = time.perf_counter(), 0
+        if bar is not None:
+          bar.update(len(host) * batch_size)
+          bar.set_postfix(loss=f"{record['loss']:.4f}")
+      if do_eval:
+        pred = predict(state.params, dataset, valid_rows, **eval_kwargs)
+        val = compute_metrics(pred)
+        auc = val["auc"]["all"]
+        improved = bool(np.isfinite(auc) and auc > meta["best_valid_auc"])
+        if improved:
+          best_params = state.params
+          meta.update(best_valid_auc=float(auc), best_step=step, bad_evals=0)
+        else:
+          meta["bad_evals"] += 1
+        stop = meta["bad_evals"] > config.train.patience or step >= total_steps
+        meta["done"] = bool(stop)
+        log({"step": step, "split": "valid", "auc": auc, "gauc": val["gauc"],
+             "logloss": val["logloss"], "best_valid_auc": meta["best_valid_auc"]})
+        if bar is not None:
+          bar.set_postfix(loss=f"{record['loss']:.4f}", val_auc=f"{auc:.4f}")
+        ckpt.save(step, state, best_params, meta)
+        t_log = time.perf_counter()
+        if stop:
+          break
+  finally:
+    if bar is not None:
+      bar.close()
+
+  # Test with the best-validation parameters.
+  pred = predict(best_params, dataset, test_rows, **eval_kwargs)
+  results = {"model": config.model, "dataset": config.data.name if config.data.name != "synthetic"
+             else f"synthetic-{config.data.preset}", "seed": config.seed, "c": c,
+             "best_step": meta["best_step"], "best_valid_auc": meta["best_valid_auc"],
+             "steps": step, **compute_metrics(pred)}
+  if is_main:
+    save_json(os.path.join(workdir, "results.json"), results)
+    if config.train.export_predictions:
+      write_predictions(os.path.join(workdir, "predictions.parquet"), pred)
+  ckpt.close()
+  return results
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every stage of the configured model (e.g. `finetune` = `mix`, then one scenario)."""
+  config_lib.validate(config, models.model_names())
+  results = None
+  for subdir, stage_config in models.stages(config):
+    stage_dir = os.path.join(workdir, subdir) if subdir else workdir
+    stage_config = stage_config.copy_and_resolve_references()
+    if stage_config.train.init_from and not os.path.isabs(stage_config.train.init_from):
+      with stage_config.unlocked():
+        stage_config.train.init_from = os.path.join(os.path.abspath(workdir),
+                                                    stage_config.train.init_from)
+    results = train_and_evaluate(stage_config, stage_dir)
+  return results
+
+
+def format_results(results: dict) -> str:
+  """A per-scenario table in the shape of the paper's Table 1 (AUC; true-interest AUC if known)."""
+  per = results["auc"]["per_scenario"]
+  truth = results.get("true_interest_auc")
+  n = results.get("n_per_scenario", {})
+  keys = sorted(per, key=lambda k: int(k))
+  head = f"{'Scenario':>9} {'n':>9} {'AUC':>8}" + (f" {'true AUC':>9}" if truth else "")
+  lines = [f"{results['model']} on {results['dataset']} (seed {results.get('seed', 0)}, "
+           f"c={results.get('c')}; best validation step {results.get('best_step')})", head]
+  for k in keys:
+    line = f"{'#' + k:>9} {n.get(k, ''):>9} {per[k]:8.4f}"
+    if truth:
+      line += f" {truth['per_scenario'].get(k, float('nan')):9.4f}"
+    lines.append(line)
+  line = f"{'#All':>9} {results.get('n_test', ''):>9} {results['auc']['all']:8.4f}"
+  if truth:
+    line += f" {truth['all']:9.4f}"
+  lines.append(line)
+  lines.append(f"GAUC {results['gauc']:.4f}   log loss {results['logloss']:.4f}")
+  return "\n".join(lines)
