@@ -4,23 +4,29 @@
     python launch.py --config.model=ple --config.seed=1 --workdir=runs/ple-s1
     python launch.py --config.data.name=aliccp --config.data.path=DIR   # a built dataset
     python launch.py --config.mscan.use_sbe=False      # Table 2 ablation
+    python launch.py --config=mscan_jax/config.py:tiny # seconds: tiny preset, small towers
 
-Multi-host: --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or the cluster's
-environment, as `jax.distributed.initialize` reads it).
+Multi-host: --config.distributed.coordinator_address=HOST:PORT --config.distributed.num_processes=N
+--config.distributed.process_id=I on each process, or --config.distributed.auto=True to read the
+cluster's environment as `jax.distributed.initialize()` does.
 """
 
-from absl import app, flags
+import os
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mscan_jax import config as config_lib
-
-_CONFIG = config_flags.DEFINE_config_dict("config", config_lib.get_config())
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "mscan_jax", "config.py"),
+    "Config file (`mscan_jax/config.py`, or `mscan_jax/config.py:tiny`), then --config.X=Y overrides.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Run folder (default runs/<model>-<dataset>-s<seed>).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)   # Orbax logs every file it writes at INFO
   config = _CONFIG.value
   from mscan_jax.training import distributed, train
   distributed.initialize(config)

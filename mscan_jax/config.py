@@ -26,7 +26,12 @@ class ConfigError(ValueError):
   """An invalid configuration: the message names the field and what is valid."""
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The default config; `arg="tiny"` gives `get_tiny_config()` (`--config=mscan_jax/config.py:tiny`)."""
+  if arg == "tiny":
+    return get_tiny_config()
+  if arg:
+    raise ConfigError(f"unknown config variant {arg!r}; valid: tiny (or none for the default)")
   c = ml_collections.ConfigDict()
   c.model = "mscan"
   c.seed = 0

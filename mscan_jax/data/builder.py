@@ -1,1 +1,444 @@
-"""STUB (to be implemented): turns an event log into a built dataset (see schema.py)."""
+"""Event log -> built dataset: validation, time order, user filter, sequences, splits, statistics.
+
+Every loader (synthetic benchmark, generic CSV/Parquet log, Ali-CCP, Cloud Theme, RecBole) ends
+here, so the paper's protocol (Appendix A.1) is applied in one place:
+
+1. validate the arrays (shapes, integer dtypes, ids within their field's vocabulary, labels in
+   {0, 1}, times present and finite, unique sample ids): the first problem raises one
+   `DataError` naming the source, the column and the (input, 0-based) row;
+2. stable-sort the events by time. Tie-break: events with equal timestamps keep their input row
+   order (the order in which the log lists them), so of two events at the same second the one
+   listed first is "earlier" and may enter the other's sequences, never the reverse;
+3. keep the users with samples in at least `min_scenarios_per_user` (paper: 2) scenarios; the
+   rows dropped are counted in `stats["dropped"]`. A scenario whose samples all belong to
+   dropped users is an error (its tower and metrics would be empty);
+4. build S_u and H_u of every event from strictly earlier events (`sequences.build_sequences`,
+   §2.1);
+5. split the samples chronologically: the most recent `test_fraction` (paper: 40%) are test, the
+   most recent `valid_fraction` of the rest is validation (`splits.chronological_split`);
+6. write the built dataset (`schema.write_built`) with its statistics.
+
+Behaviour-only events (`is_sample=False`, e.g. a purchase log) take part in steps 1-4 as
+history (they may use scenario id 0 or a scenario without samples) and are never in a split.
+`user_id` is stored as given (not re-indexed), so `user_id + 1 == user[:, 0]` stays true for
+loaders that build it that way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from mscan_jax.data import sequences, splits as splits_lib
+from mscan_jax.data.schema import ALL_SEQ_MODES, SPLITS, DataError, Field, Schema, write_built
+
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+@dataclasses.dataclass
+class EventLog:
+  """A multi-scenario log in memory, one row per event (a sample or a behaviour-only event)."""
+  user: np.ndarray          # (E, Fu) int, contiguous ids per field, 0 = unknown
+  item: np.ndarray          # (E, Fi)
+  scenario: np.ndarray      # (E, Fs); column 0 = scenario id in 1..P
+  label: np.ndarray         # (E,) values in {0, 1}
+  user_id: np.ndarray       # (E,) int: the user key that groups sequences (contiguous 0..U-1)
+  user_fields: tuple[Field, ...]
+  item_fields: tuple[Field, ...]
+  scenario_fields: tuple[Field, ...]
+  time: np.ndarray | None = None        # (E,) sortable; None = row order is time order
+  sample_id: np.ndarray | None = None   # (E,) int64; None = original row number
+  is_sample: np.ndarray | None = None   # (E,) bool; False = behaviour only (e.g. a purchase log), never in a split
+  true_like: np.ndarray | None = None   # (E,) {0,1} ground truth (synthetic only)
+  true_prob: np.ndarray | None = None   # (E,) float
+  source: str = "<memory>"              # file name(s), for error messages
+
+
+# ---------------------------------------------------------------------------------------
+# 1. Validation
+
+
+def _first(mask: np.ndarray) -> int:
+  """First row where `mask` (E, ...) holds anywhere."""
+  return int(np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0])
+
+
+def _is_int(arr: np.ndarray) -> bool:
+  return np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
+
+
+def _column(src: str, name: str, value: Any, e: int, *, kind: str = "int",
+            required: bool = True) -> np.ndarray | None:
+  """A 1-D column of length e, of integer ('int'), real ('float') or boolean ('bool') values."""
+  if value is None:
+    if required:
+      raise DataError(f"{src}: column {name!r} is missing")
+    return None
+  arr = np.asarray(value)
+  if arr.shape != (e,):
+    raise DataError(f"{src}: column {name!r} must have shape ({e},) (one value per event), got "
+                    f"{arr.shape}")
+  if kind == "int" and not _is_int(arr):
+    raise DataError(f"{src}: column {name!r} must hold integers, got dtype {arr.dtype}")
+  if kind == "bool" and not _is_int(arr):
+    raise DataError(f"{src}: column {name!r} must be boolean, got dtype {arr.dtype}")
+  if kind == "float" and not (np.issubdtype(arr.dtype, np.floating) or _is_int(arr)):
+    raise DataError(f"{src}: column {name!r} must hold real numbers, got dtype {arr.dtype}")
+  return arr
+
+
+def _check_binary(src: str, name: str, arr: np.ndarray) -> None:
+  bad = (arr != 0) & (arr != 1)
+  if bad.any():
+    r = _first(bad)
+    raise DataError(f"{src}: column {name!r} row {r}: value {arr[r]} is not 0 or 1 "
+                    f"({int(bad.sum())} such rows)")
+
+
+def validate_log(log: EventLog) -> None:
+  """Raises one DataError naming the source, the column and the (input, 0-based) row of the
+  first problem; returns None when the log is valid."""
+  src = log.source
+  label = np.asarray(log.label) if log.label is not None else None
+  if label is None or label.ndim != 1:
+    raise DataError(f"{src}: column 'label' must be a 1-D array (one value per event), got "
+                    f"{None if label is None else label.shape}")
+  e = label.shape[0]
+  lengths = {name: np.shape(v)[0] for name, v in (("user", log.user), ("item", log.item),
+                                                   ("scenario", log.scenario), ("label", label),
+                                                   ("user_id", log.user_id))
+             if v is not None and np.ndim(v) >= 1}
+  if len(set(lengths.values())) > 1:
+    raise DataError(f"{src}: the columns have different numbers of rows: {lengths}")
+  if e == 0:
+    raise DataError(f"{src}: the log has no event")
+  groups = (("user", log.user, log.user_fields), ("item", log.item, log.item_fields),
+            ("scenario", log.scenario, log.scenario_fields))
+  for group, value, fields in groups:
+    names = [f.name for f in fields]
+    if not fields:
+      raise DataError(f"{src}: no {group} field given (at least one is needed)")
+    if value is None:
+      raise DataError(f"{src}: the {group} columns {names} are missing")
+    arr = np.asarray(value)
+    if arr.ndim != 2 or arr.shape[0] != e:
+      raise DataError(f"{src}: {group} ids must have shape ({e}, {len(fields)}) (one column per "
+                      f"field {names}), got {arr.shape}")
+    if arr.shape[1] < len(fields):
+      raise DataError(f"{src}: column {names[arr.shape[1]]!r} ({group} field {arr.shape[1]}) is "
+                      f"missing: {group} ids have {arr.shape[1]} column(s) for fields {names}")
+    if arr.shape[1] > len(fields):
+      raise DataError(f"{src}: {group} ids have {arr.shape[1]} columns but only {len(fields)} "
+                      f"field(s) {names} are declared")
+    if not _is_int(arr):
+      raise DataError(f"{src}: {group} columns {names} must hold integer ids, got dtype {arr.dtype}")
+    for j, field in enumerate(fields):
+      if field.vocab_size - 1 > _INT32_MAX:
+        raise DataError(f"{src}: column {field.name!r}: vocab_size {field.vocab_size} does not fit "
+                        "the stored int32 ids")
+      col = arr[:, j]
+      neg = col < 0
+      if neg.any():
+        r = _first(neg)
+        raise DataError(f"{src}: column {field.name!r} row {r}: negative id {col[r]} (ids are "
+                        f"0..{field.vocab_size - 1}, 0 = unknown; {int(neg.sum())} such rows)")
+      big = col >= field.vocab_size
+      if big.any():
+        r = _first(big)
+        raise DataError(f"{src}: column {field.name!r} row {r}: unknown id {col[r]}, outside the "
+                        f"field's vocabulary [0, {field.vocab_size}) ({int(big.sum())} such rows)")
+  _column(src, "label", label, e)
+  _check_binary(src, "label", label)
+
+  user_id = _column(src, "user_id", log.user_id, e)
+  neg = user_id < 0
+  if neg.any():
+    r = _first(neg)
+    raise DataError(f"{src}: column 'user_id' row {r}: negative user key {user_id[r]}")
+  big = user_id > _INT32_MAX
+  if big.any():
+    r = _first(big)
+    raise DataError(f"{src}: column 'user_id' row {r}: user key {user_id[r]} does not fit int32 "
+                    "(use contiguous keys 0..U-1)")
+
+  is_sample = _column(src, "is_sample", log.is_sample, e, kind="bool", required=False)
+  if is_sample is not None:
+    _check_binary(src, "is_sample", is_sample)
+  sample = np.ones(e, bool) if is_sample is None else is_sample.astype(bool)
+  no_scen = sample & (np.asarray(log.scenario)[:, 0] == 0)
+  if no_scen.any():
+    r = _first(no_scen)
+    raise DataError(f"{src}: column {log.scenario_fields[0].name!r} row {r}: a sample has no "
+                    "scenario (id 0 is padding/unknown; scenario ids are 1..P)")
+
+  if log.time is not None:
+    t = np.asarray(log.time)
+    if t.shape != (e,):
+      raise DataError(f"{src}: column 'time' must have shape ({e},), got {t.shape}")
+    if np.issubdtype(t.dtype, np.datetime64):
+      missing = np.isnat(t)
+    elif np.issubdtype(t.dtype, np.floating):
+      missing = ~np.isfinite(t)
+    elif np.issubdtype(t.dtype, np.integer):
+      missing = None
+    else:
+      raise DataError(f"{src}: column 'time' must be numeric or datetime64, got dtype {t.dtype}")
+    if missing is not None and missing.any():
+      r = _first(missing)
+      raise DataError(f"{src}: column 'time' row {r}: missing or non-finite timestamp {t[r]} "
+                      f"({int(missing.sum())} such rows)")
+
+  sample_id = _column(src, "sample_id", log.sample_id, e, required=False)
+  if sample_id is not None:
+    s = np.sort(sample_id)
+    dup = np.flatnonzero(s[1:] == s[:-1])
+    if dup.size:
+      rows = np.flatnonzero(sample_id == s[dup[0]])
+      raise DataError(f"{src}: column 'sample_id' rows {int(rows[0])} and {int(rows[1])}: "
+                      f"duplicate sample id {s[dup[0]]} (sample ids must be unique)")
+
+  if (log.true_like is None) != (log.true_prob is None):
+    given, absent = ("true_like", "true_prob") if log.true_prob is None else ("true_prob", "true_like")
+    raise DataError(f"{src}: column {absent!r} is missing while {given!r} is given (give both "
+                    "or neither)")
+  if log.true_like is not None:
+    _check_binary(src, "true_like", _column(src, "true_like", log.true_like, e))
+    p = _column(src, "true_prob", log.true_prob, e, kind="float")
+    bad = ~((p >= 0) & (p <= 1))                 # NaN is bad too
+    if bad.any():
+      r = _first(bad)
+      raise DataError(f"{src}: column 'true_prob' row {r}: value {p[r]} is not a probability in "
+                      "[0, 1]")
+
+
+# ---------------------------------------------------------------------------------------
+# 2-6. Build
+
+
+def time_order(time: np.ndarray | None, e: int) -> np.ndarray | None:
+  """Permutation putting the events in time order, equal times keeping their input row order;
+  None when the rows already are in time order."""
+  if time is None:
+    return None
+  t = np.asarray(time)
+  if e < 2 or bool(np.all(t[1:] >= t[:-1])):
+    return None
+  if np.issubdtype(t.dtype, np.datetime64):
+    t = t.view(np.int64)
+  if np.issubdtype(t.dtype, np.integer):
+    lo, span = int(t.min()), int(t.max()) - int(t.min()) + 1
+    if span < (np.iinfo(np.int64).max - e) // e:
+      # (time, row) as one unique int64 key: any sort kind is exact, and the default is fastest.
+      return np.argsort((t.astype(np.int64) - lo) * e + np.arange(e, dtype=np.int64))
+  return np.argsort(t, kind="stable").astype(np.int64, copy=False)
+
+
+def _policy(min_scen: int) -> str:
+  return f"users_in_fewer_than_{min_scen}_scenarios"
+
+
+def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len: int,
+                  all_seq_mode: str = "impressions", test_fraction: float = 0.4,
+                  valid_fraction: float = 0.1, min_scenarios_per_user: int = 2,
+                  name: str = "dataset", extra_stats: dict | None = None,
+                  vocab: dict | None = None) -> dict:
+  """Validates `log`, applies the paper's protocol (module docstring) and writes the built
+  dataset into `out_dir` with `schema.write_built`. Returns the statistics (also in stats.json).
+
+  `extra_stats` (e.g. the loader's counts) is merged into the statistics: its "dropped" dict
+  joins the builder's; a key that the builder itself sets is kept under "extra_<key>".
+  """
+  if all_seq_mode not in ALL_SEQ_MODES:
+    raise DataError(f"all_seq_mode must be one of {ALL_SEQ_MODES}, got {all_seq_mode!r}")
+  if max_cur_len < 1 or max_all_len < 1:
+    raise DataError(f"sequence caps must be >= 1, got max_cur_len={max_cur_len}, "
+                    f"max_all_len={max_all_len}")
+  if min_scenarios_per_user < 1:
+    raise DataError(f"min_scenarios_per_user must be >= 1, got {min_scenarios_per_user}")
+  validate_log(log)
+  src = log.source
+  e = int(np.asarray(log.label).shape[0])
+  has_truth = log.true_like is not None
+  num_scen = log.scenario_fields[0].vocab_size - 1                   # P
+
+  # 2. Time order (stable: equal times keep their input row order).
+  order = time_order(log.time, e)
+  cols: dict[str, np.ndarray] = {
+      "user": np.asarray(log.user), "item": np.asarray(log.item),
+      "scenario": np.asarray(log.scenario), "label": np.asarray(log.label),
+      "user_id": np.asarray(log.user_id),
+      "sample_id": (np.arange(e, dtype=np.int64) if log.sample_id is None
+                    else np.asarray(log.sample_id)),
+      "is_sample": (np.ones(e, bool) if log.is_sample is None else np.asarray(log.is_sample)),
+  }
+  if has_truth:
+    cols["true_like"] = np.asarray(log.true_like)
+    cols["true_prob"] = np.asarray(log.true_prob)
+  dtypes = {"user": np.int32, "item": np.int32, "scenario": np.int32, "label": np.int8,
+            "user_id": np.int32, "sample_id": np.int64, "is_sample": bool, "true_like": np.int8,
+            "true_prob": np.float32}
+  cols = {k: (v if order is None else v[order]).astype(dtypes[k], copy=False)
+          for k, v in cols.items()}
+
+  # 3. Users with samples in at least `min_scenarios_per_user` scenarios (paper A.1).
+  scen_before = cols["scenario"][cols["is_sample"], 0]
+  keep, counts = splits_lib.filter_users(cols["user_id"], cols["scenario"][:, 0],
+                                         min_scenarios=min_scenarios_per_user,
+                                         is_sample=cols["is_sample"])
+  if not keep[cols["is_sample"]].any():
+    raise DataError(f"{src}: no user has samples in at least {min_scenarios_per_user} scenarios, "
+                    "so the paper's user filter (App. A.1) leaves no sample. Multi-scenario data "
+                    "is needed (or lower min_scenarios_per_user)")
+  if not keep.all():
+    cols = {k: v[keep] for k, v in cols.items()}
+  sample = cols["is_sample"]
+  scen = cols["scenario"][:, 0]
+  had = np.bincount(scen_before, minlength=num_scen + 1)[1:]
+  per_scen = np.bincount(scen[sample], minlength=num_scen + 1)[1:]
+  emptied = np.flatnonzero((had > 0) & (per_scen == 0)) + 1
+  if emptied.size:
+    raise DataError(f"{src}: column {log.scenario_fields[0].name!r}: scenario id(s) "
+                    f"{emptied[:20].tolist()} have no sample left after keeping the users with "
+                    f"samples in >= {min_scenarios_per_user} scenarios (all of their "
+                    f"{int(had[emptied - 1].sum())} samples belong to dropped users). Drop those "
+                    "scenarios from the log and re-index the scenario ids, or lower "
+                    "min_scenarios_per_user")
+
+  # 4. S_u and H_u from strictly earlier events (§2.1).
+  cur_idx, all_idx = sequences.build_sequences(
+      cols["user_id"], scen, cols["label"], max_cur_len=max_cur_len, max_all_len=max_all_len,
+      all_seq_mode=all_seq_mode)
+
+  # 5. Chronological split of the samples (behaviour-only rows are in no split).
+  sample_rows = np.flatnonzero(sample).astype(np.int64)
+  split_rows = splits_lib.chronological_split(sample_rows, test_fraction=test_fraction,
+                                              valid_fraction=valid_fraction)
+
+  # 6. Statistics and storage.
+  schema = Schema(user_fields=tuple(log.user_fields), item_fields=tuple(log.item_fields),
+                  scenario_fields=tuple(log.scenario_fields), max_cur_len=max_cur_len,
+                  max_all_len=max_all_len, all_seq_mode=all_seq_mode, has_truth=has_truth,
+                  name=name)
+  stats = _statistics(name, cols, cur_idx, all_idx, split_rows, num_scen, counts,
+                      min_scenarios_per_user, schema, ordered_by="time" if log.time is not None
+                      else "row order")
+  _merge_extra(stats, extra_stats)
+  stored = {k: v for k, v in cols.items() if k != "is_sample"}
+  stored.update(cur_idx=cur_idx, all_idx=all_idx)
+  write_built(out_dir, schema, stored, split_rows, stats, vocab=vocab)
+  return stats
+
+
+def _merge_extra(stats: dict[str, Any], extra: dict | None) -> None:
+  if not extra:
+    return
+  for k, v in extra.items():
+    if k == "dropped" and isinstance(v, dict):
+      stats["dropped"].update(v)
+    elif k in stats:
+      stats[f"extra_{k}"] = v
+    else:
+      stats[k] = v
+
+
+def _rate_per_scenario(values: np.ndarray, scen: np.ndarray, num_scen: int) -> dict[str, float]:
+  """Mean of `values` per scenario id 1..P (scenarios with samples only)."""
+  n = np.bincount(scen, minlength=num_scen + 1)
+  s = np.bincount(scen, weights=values.astype(np.float64), minlength=num_scen + 1)
+  return {str(k): float(s[k] / n[k]) for k in range(1, num_scen + 1) if n[k]}
+
+
+def _num_distinct(values: np.ndarray) -> int:
+  idx, k = splits_lib.dense_index(values)
+  return int(np.count_nonzero(np.bincount(idx, minlength=k)))
+
+
+def _mean_len(idx: np.ndarray, sample: np.ndarray, block: int = 1 << 16) -> float:
+  """Mean number of real (>= 0) entries of idx (E, L) over the rows where `sample` holds."""
+  total = 0
+  for lo in range(0, idx.shape[0], block):
+    real = idx[lo:lo + block] >= 0                                   # (b, L)
+    keep = sample[lo:lo + block]
+    total += int(np.count_nonzero(real if keep.all() else real[keep]))
+  return total / max(int(sample.sum()), 1)
+
+
+def _statistics(name: str, cols: dict[str, np.ndarray], cur_idx: np.ndarray, all_idx: np.ndarray,
+                split_rows: dict[str, np.ndarray], num_scen: int, counts: dict[str, int],
+                min_scen: int, schema: Schema, ordered_by: str) -> dict[str, Any]:
+  sample = cols["is_sample"]
+  scen = cols["scenario"][sample, 0]                                 # (N,) of the samples
+  label = cols["label"][sample]
+  per = np.bincount(scen, minlength=num_scen + 1)
+  per_test = np.bincount(cols["scenario"][split_rows["test"], 0], minlength=num_scen + 1)
+  items = cols["item"][:, 0]
+  policy = _policy(min_scen)
+  stats: dict[str, Any] = {
+      "name": name,
+      "num_events": int(sample.shape[0]),
+      "num_samples": int(sample.sum()),
+      "num_behaviour_events": int(sample.shape[0] - sample.sum()),
+      "num_users": _num_distinct(cols["user_id"]),
+      "num_items": _num_distinct(items[items > 0]),                 # distinct known item ids
+      "num_scenarios": int(num_scen),
+      "samples": {k: int(split_rows[k].shape[0]) for k in SPLITS},
+      "click_rate": float(label.mean()),
+      "click_rate_per_split": {k: float(cols["label"][v].mean()) for k, v in split_rows.items()},
+      "samples_per_scenario": {str(k): int(per[k]) for k in range(1, num_scen + 1)},
+      "test_samples_per_scenario": {str(k): int(per_test[k]) for k in range(1, num_scen + 1)},
+      "click_rate_per_scenario": _rate_per_scenario(label, scen, num_scen),
+      "mean_cur_len": _mean_len(cur_idx, sample),
+      "mean_all_len": _mean_len(all_idx, sample),
+      "max_cur_len": schema.max_cur_len,
+      "max_all_len": schema.max_all_len,
+      "all_seq_mode": schema.all_seq_mode,
+      "time_order": f"by {ordered_by}; equal times keep their input row order",
+      "users_before_filter": counts["users_before"],
+      "dropped": {f"{policy}_rows": counts["rows_dropped"], f"{policy}_users": counts["users_dropped"]},
+  }
+  if "true_like" in cols:
+    truth = cols["true_like"][sample]
+    stats["true_interest_rate"] = float(truth.mean())
+    stats["true_interest_rate_per_scenario"] = _rate_per_scenario(truth, scen, num_scen)
+  return stats
+
+
+def format_stats(stats: dict) -> str:
+  """A readable multi-line summary of a built dataset's statistics: sizes, samples per split,
+  click rate (and true-interest rate when known) per scenario, rows dropped by each policy."""
+  s = stats
+  get = s.get
+  lines = [f"dataset {get('name', '?')}: {get('num_users', 0):,} users, {get('num_items', 0):,} "
+           f"items, {get('num_scenarios', 0)} scenarios, {get('num_samples', get('num_events', 0)):,} "
+           f"samples ({get('num_events', 0):,} events)"]
+  if "samples" in s:
+    lines.append("samples per split: " + ", ".join(f"{k} {v:,}" for k, v in s["samples"].items()))
+  if "click_rate" in s:
+    lines.append(f"click rate {s['click_rate']:.4f}" + (
+        f", true-interest rate {s['true_interest_rate']:.4f}" if "true_interest_rate" in s else ""))
+  if "mean_cur_len" in s:
+    lines.append(f"mean sequence lengths per sample: S_u {s['mean_cur_len']:.2f} (cap "
+                 f"{get('max_cur_len', '?')}), H_u {s['mean_all_len']:.2f} (cap "
+                 f"{get('max_all_len', '?')}, {get('all_seq_mode', '?')})")
+  truth = s.get("true_interest_rate_per_scenario")
+  per = s.get("samples_per_scenario", {})
+  if per:
+    test = s.get("test_samples_per_scenario", {})
+    clicks = s.get("click_rate_per_scenario", {})
+    lines.append(f"{'scenario':>9} {'samples':>10} {'test':>9} {'click rate':>11}"
+                 + (f" {'true rate':>10}" if truth else ""))
+    for k, n in per.items():
+      line = (f"{'#' + k:>9} {n:>10,} {test.get(k, 0):>9,} "
+              f"{clicks.get(k, float('nan')):>11.4f}")
+      if truth:
+        line += f" {truth.get(k, float('nan')):>10.4f}"
+      lines.append(line)
+  # The builder's policies, then the loader's counts of rows it dropped (keys naming "dropped").
+  dropped = dict(s.get("dropped", {}))
+  dropped.update({k: v for k, v in s.items() if "dropped" in k and k != "dropped"
+                  and isinstance(v, (int, np.integer)) and not isinstance(v, bool)})
+  for policy, count in dropped.items():
+    lines.append(f"dropped by policy {policy}: {count:,}")
+  return "\n".join(lines)

@@ -33,6 +33,7 @@ from mscan_jax.data import pipeline
 from mscan_jax.data.schema import BuiltDataset, DataError, dummy_batch, save_json
 from mscan_jax.evaluation import metrics as metrics_lib
 from mscan_jax.training import objective
+from mscan_jax.training import sharding as sharding_lib
 from mscan_jax.training.checkpoint import Checkpointer, restore_best_params
 
 
@@ -109,9 +110,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> BuiltDataset:
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  """A 1-D data-parallel mesh over every device of every process (`sharding.make_mesh`)."""
+  return sharding_lib.make_mesh()
 
 
 def _to_global(batch: dict, sharding: NamedSharding) -> dict:
@@ -120,7 +120,9 @@ def _to_global(batch: dict, sharding: NamedSharding) -> dict:
 
 
 def _device_prefetch(it: Iterator[dict], sharding: NamedSharding, size: int) -> Iterator[dict]:
-  """Copies the next `size` batches to the devices on a background thread (overlaps compute)."""
+  """Copies the next `size` batches to the devices on a background thread, so that gathering a
+  batch on the host and its host-to-device copy overlap the running step. Closing the generator
+  (early stopping) stops the thread: it never stays blocked on a full queue."""
   if size <= 0:
     for b in it:
       yield _to_global(b, sharding)
@@ -129,18 +131,26 @@ def _device_prefetch(it: Iterator[dict], sharding: NamedSharding, size: int) -> 
   stop = threading.Event()
   sentinel = object()
 
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
   def worker():
     try:
       for b in it:
-        if stop.is_set():
+        if stop.is_set() or not put(_to_global(b, sharding)):
           return
-        q.put(_to_global(b, sharding))
     except BaseException as e:  # surfaced in the consumer
-      q.put(e)
+      put(e)
       return
-    q.put(sentinel)
+    put(sentinel)
 
-  t = threading.Thread(target=worker, daemon=True)
+  t = threading.Thread(target=worker, daemon=True, name="device_prefetch")
   t.start()
   try:
     while True:
@@ -152,17 +162,24 @@ def _device_prefetch(it: Iterator[dict], sharding: NamedSharding, size: int) -> 
       yield item
   finally:
     stop.set()
+    t.join(timeout=10)
+
+
+_CPU_SYNC_EVERY = 4   # never hung in 6 of 6 runs at 1, 5 or 20; 50 hung 4 of 6 (NOTES-jax-stack.md)
 
 
 def _sync_every(config) -> int:
-  """How often the loop waits for a step's result. On CPU with several devices, many steps
-  dispatched without waiting deadlock XLA's CPU all-reduce (NOTES-jax-stack.md), so the loop
-  waits every few steps there; elsewhere only at log steps."""
-  if config.train.get("sync_every_steps", 0) > 0:
-    return config.train.sync_every_steps
+  """How often the loop waits for a step's result (0 = only at log steps).
+
+  On CPU with several devices, many steps dispatched without waiting deadlock XLA's CPU
+  all-reduce (NOTES-jax-stack.md), so there the loop waits at least every `_CPU_SYNC_EVERY`
+  steps whatever `config.train.sync_every_steps` says (a smaller value is kept). On accelerators
+  it waits only at log steps unless `sync_every_steps` asks for more.
+  """
+  every = int(config.train.get("sync_every_steps", 0) or 0)
   if jax.default_backend() == "cpu" and jax.device_count() > 1:
-    return 4
-  return 0
+    return min(every, _CPU_SYNC_EVERY) if every > 0 else _CPU_SYNC_EVERY
+  return max(every, 0)
 
 
 def _init_params(model, schema, seed: int):
@@ -233,24 +250,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_every = config.train.eval_every_steps or n_per_epoch
   log_every = max(1, min(config.train.log_every_steps, eval_every))
 
-  # Mesh: the batch is sharded on its first axis, parameters are replicated.
+  # Mesh: the batch is sharded on its first axis; parameters are replicated, or with
+  # config.shard_embeddings the embedding tables (and their Adam moments) are row-sharded
+  # (mscan_jax.training.sharding).
   mesh = make_mesh()
   for key in ("batch_size", "eval_batch_size"):
     if config.train[key] % jax.device_count():
       raise config_lib.ConfigError(f"config.train.{key}={config.train[key]} must be divisible by "
                                    f"the {jax.device_count()} devices")
-  data_sharding = NamedSharding(mesh, P("data"))
-  replicated = NamedSharding(mesh, P())
+  data_sharding = sharding_lib.data_sharding(mesh)
+  replicated = sharding_lib.replicated(mesh)
 
   # Model and state.
   model = models.build_model(config, schema)
   tx = make_optimizer(config)
   params = _init_params(model, schema, config.seed)
+  if config.shard_embeddings:   # tables padded with zero rows to a multiple of the device count
+    model = sharding_lib.RowPadded(model, sharding_lib.embedding_rows(params))
+    params = sharding_lib.pad_embeddings(params, mesh.size)
   if config.train.init_from:
     params = restore_best_params(config.train.init_from, params)   # `run` made the path absolute
-  state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
-                  out_shardings=replicated)(params)
-  best_params = state.params
+  params = jax.device_get(params)   # host values, the same in every process; placed just below
+  new_state = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))  # noqa: E731
+  state_sharding = sharding_lib.state_shardings(jax.eval_shape(new_state, params), mesh,
+                                                config.shard_embeddings)
+  state = jax.jit(new_state, out_shardings=state_sharding)(params)
+  # A copy, never an alias of state.params: the train step donates (deletes) the state's buffers.
+  copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_sharding.params)
+  best_params = copy_params(state.params)
   meta = {"best_valid_auc": -1.0, "best_step": 0, "bad_evals": 0, "done": False}
 
   ckpt = Checkpointer(workdir)
@@ -264,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   c = config_lib.resolve_c(config)
   p_train_step = jax.jit(functools.partial(train_step, model=model, tx=tx, alpha=alpha,
                                            base_rng=base_rng),
-                         donate_argnums=0, out_shardings=(replicated, replicated))
+                         donate_argnums=0, out_shardings=(state_sharding, replicated))
   p_eval_step = jax.jit(functools.partial(eval_step, model=model),
                         out_shardings=data_sharding)
   eval_kwargs = dict(eval_fn=p_eval_step, c=c, batch_size=config.train.eval_batch_size,
@@ -329,12 +356,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         auc = val["auc"]["all"]
         improved = bool(np.isfinite(auc) and auc > meta["best_valid_auc"])
         if improved:
-          best_params = state.params
+          best_params = copy_params(state.params)
           meta.update(best_valid_auc=float(auc), best_step=step, bad_evals=0)
         else:
           meta["bad_evals"] += 1
-        stop = meta["bad_evals"] > config.train.patience or step >= total_steps
-        meta["done"] = bool(stop)
+        meta["done"] = bool(meta["bad_evals"] > config.train.patience)   # early stopped
+        stop = meta["done"] or step >= total_steps
         log({"step": step, "split": "valid", "auc": auc, "gauc": val["gauc"],
              "logloss": val["logloss"], "best_valid_auc": meta["best_valid_auc"]})
         if bar is not None:

@@ -1,0 +1,144 @@
+"""Behaviour sequences S_u and H_u of every sample, as row indices into a time-ordered log.
+
+Paper §2.1: for a sample (u, i, s) the model sees S_u, the user's earlier *clicked* behaviours
+in the current scenario s, and H_u, the user's earlier behaviours in all scenarios (each with
+its scenario id). "Earlier" is strict: a sample never sees itself nor any later event, so no
+label leaks into its own features.
+
+Time order is the row order of the log: the caller has stable-sorted the events by timestamp
+(ties keep their input row order, see `builder.build_dataset`), so an event with the same
+timestamp as the sample but an earlier row counts as earlier. That is the documented, stable
+tie-break; it is the order in which the log was written.
+
+The construction is vectorised: one sort of the events by (group, row), an exclusive cumulative
+count of the *eligible* history events (all events, or clicked events only) in that order, and
+index arithmetic. For the event at sorted position p, the eligible events of its group that
+precede it are `K[c(p) - n(p) : c(p)]`, where K lists the eligible events in sorted order, c(p)
+is the number of eligible events before p, and n(p) that count restricted to p's group (capped
+at L, the most recent kept). Cost O(E log E + E * L); no Python loop over users or rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mscan_jax.data.schema import ALL_SEQ_MODES
+
+# Elements per block when the (E, L) index arrays are filled: keeps temporaries in cache.
+_BLOCK_ELEMENTS = 1 << 16
+
+
+def build_sequences(user_id: np.ndarray, scenario: np.ndarray, click: np.ndarray, *, max_cur_len: int,
+                    max_all_len: int, all_seq_mode: str = "impressions") -> tuple[np.ndarray, np.ndarray]:
+  """Row indices of S_u (cur_idx) and H_u (all_idx) for every event of a time-ordered log.
+
+  Events are in time order (row number = time; the caller has already stable-sorted by timestamp,
+  ties by input row order). Returns cur_idx (E, Ls) int64 and all_idx (E, Lh) int64: row numbers
+  of strictly earlier events of the same user, -1 = padding, left-aligned and oldest first (padding
+  at the end), keeping the most recent when over the cap.
+    cur_idx: earlier CLICKED events of the same user in the same scenario (S_u).
+    all_idx: earlier events of the same user in any scenario (H_u): all impressions
+      ("impressions", the authors' choice; the click flags travel with the batch as `all_click`)
+      or clicked events only ("clicks").
+
+  Args:
+    user_id: (E,) integer user key.
+    scenario: (E,) integer scenario id.
+    click: (E,) 0/1 click label (bool or integer).
+    max_cur_len: Ls >= 1.
+    max_all_len: Lh >= 1.
+    all_seq_mode: one of `schema.ALL_SEQ_MODES`.
+  """
+  user_id, scenario, click = np.asarray(user_id), np.asarray(scenario), np.asarray(click)
+  e = user_id.shape[0] if user_id.ndim == 1 else -1
+  for name, arr in (("user_id", user_id), ("scenario", scenario), ("click", click)):
+    if arr.ndim != 1 or arr.shape[0] != e:
+      raise ValueError(f"build_sequences: {name} must be 1-D of length {max(e, 0)} like user_id, "
+                       f"got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+      raise ValueError(f"build_sequences: {name} must be integer, got dtype {arr.dtype}")
+  if all_seq_mode not in ALL_SEQ_MODES:
+    raise ValueError(f"build_sequences: all_seq_mode must be one of {ALL_SEQ_MODES}, got {all_seq_mode!r}")
+  if max_cur_len < 1 or max_all_len < 1:
+    raise ValueError(f"build_sequences: caps must be >= 1, got max_cur_len={max_cur_len}, "
+                     f"max_all_len={max_all_len}")
+  clicked = click.astype(bool, copy=False)
+  if e > 0 and not np.array_equal(clicked, click):
+    raise ValueError("build_sequences: click must hold only 0 and 1")
+  if e > 0 and (user_id.min() < 0 or scenario.min() < 0):
+    raise ValueError("build_sequences: user_id and scenario must be non-negative")
+
+  user = user_id.astype(np.int64, copy=False)
+  # S_u: group = (user, scenario); history = clicked events only.
+  num_scen = int(scenario.max()) + 1 if e else 1
+  cur_idx = _earlier_in_group(user * num_scen + scenario.astype(np.int64, copy=False), clicked,
+                              max_cur_len)
+  # H_u: group = user; history = all impressions or clicked events only.
+  all_idx = _earlier_in_group(user, None if all_seq_mode == "impressions" else clicked, max_all_len)
+  return cur_idx, all_idx
+
+
+def _group_order(group: np.ndarray) -> np.ndarray:
+  """Permutation sorting events by (group, row). (E,) int64."""
+  e = group.shape[0]
+  gmax = int(group.max()) if e else 0
+  if e and gmax < (np.iinfo(np.int64).max - e) // e:
+    # Unique combined key: any sort kind is exact, and the default (SIMD quicksort) is the fastest.
+    return np.argsort(group * e + np.arange(e, dtype=np.int64))
+  return np.argsort(group, kind="stable")
+
+
+def _earlier_in_group(group: np.ndarray, eligible: np.ndarray | None, cap: int) -> np.ndarray:
+  """(E, cap) int64: rows of the last `cap` eligible events of the same group strictly before each row.
+
+  `eligible` (E,) bool marks the events that may appear in a history (None = all). Rows are
+  left-aligned, oldest first, -1 padding at the end.
+  """
+  e = group.shape[0]
+  out = np.empty((e, cap), np.int64)
+  if e == 0:
+    return out
+  order = _group_order(group)                                        # (E,) sorted pos -> row
+  g_sorted = group[order]
+  start = np.empty(e, bool)
+  start[0] = True
+  np.not_equal(g_sorted[1:], g_sorted[:-1], out=start[1:])           # first event of each group
+  if eligible is None:
+    keys = order                                                     # every event is history
+    before = np.arange(e, dtype=np.int64)                            # eligible events before p
+  else:
+    elig_sorted = eligible[order]
+    keys = order[elig_sorted]                                        # (K,) eligible rows, sorted
+    before = np.cumsum(elig_sorted, dtype=np.int64)
+    before -= elig_sorted                                            # exclusive cumulative count
+  # Eligible events before the group's first event, broadcast over the group.
+  group_start = np.maximum.accumulate(np.where(start, np.arange(e), 0))
+  count = before - before[group_start]                               # eligible earlier, same group
+  # Back to row order: history length and first kept index into `keys` of every row.
+  n = np.empty(e, np.int64)
+  n[order] = np.minimum(count, cap)                                  # (E,)
+  base = np.empty(e, np.int64)
+  base[order] = before
+  base -= n
+  # `windows[k]` is the (cap * 8)-byte run keys[k : k + cap], seen as one item (an overlapping
+  # strided view, read only), so a row's history is copied with one fancy-index gather; the
+  # slots past its length are then overwritten with -1, where `is_pad[k]` (cap bytes) marks the
+  # padding slots of a length-k history. The -1 tail of `keys` keeps every run in bounds.
+  keys = np.concatenate([keys, np.full(cap, -1, np.int64)])
+  row_t, mask_t = np.dtype((np.void, cap * 8)), np.dtype((np.void, cap))
+  windows = np.ndarray(shape=(keys.shape[0] - cap + 1,), dtype=row_t, buffer=keys, strides=(8,))
+  out_rows = out.view(row_t).reshape(e)
+  j = np.arange(cap, dtype=np.int64)
+  is_pad = np.ascontiguousarray(j >= np.arange(cap + 1)[:, None]).view(mask_t).reshape(cap + 1)
+  block = max(1, _BLOCK_ELEMENTS // cap)
+  pad = np.empty((block, cap), bool)
+  pad_rows = pad.view(mask_t).reshape(block)
+  for lo in range(0, e, block):
+    hi = min(lo + block, e)
+    out_rows[lo:hi] = windows[base[lo:hi]]                           # (b,) rows of cap
+    nb = n[lo:hi]
+    if nb.min() < cap:
+      pad_rows[:hi - lo] = is_pad[nb]                                # (b, cap) bool
+      np.putmask(out[lo:hi], pad[:hi - lo], -1)
+  return out
+

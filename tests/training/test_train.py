@@ -1,0 +1,153 @@
+"""The trainer end to end on the tiny synthetic preset: outputs, compilations, resume, NaN stop."""
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mscan_jax import config as config_lib
+from mscan_jax.training import objective, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _tiny(tmp_path, **train_overrides):
+  c = config_lib.get_tiny_config()
+  c.data.cache_dir = str(tmp_path.parent / "data_cache")   # shared by the tests of this session
+  for k, v in train_overrides.items():
+    c.train[k] = v
+  return c
+
+
+class _CompileCounter(logging.Handler):
+  def __init__(self):
+    super().__init__()
+    self.names = []
+
+  def emit(self, record):
+    msg = record.getMessage()
+    if msg.startswith("Compiling "):
+      self.names.append(msg.split()[1])
+
+
+def test_train_and_evaluate_compiles_each_step_once_and_writes_outputs(tmp_path):
+  c = _tiny(tmp_path, num_epochs=3, patience=10)
+  counter = _CompileCounter()
+  logger = logging.getLogger("jax._src.interpreters.pxla")
+  logger.addHandler(counter)
+  jax.config.update("jax_log_compiles", True)
+  try:
+    results = train.train_and_evaluate(c, str(tmp_path / "run"))
+  finally:
+    jax.config.update("jax_log_compiles", False)
+    logger.removeHandler(counter)
+  # 3 epochs, 3 validations and 1 test pass: one compilation of each step, none after.
+  assert counter.names.count("jit(train_step)") == 1, counter.names
+  assert counter.names.count("jit(eval_step)") == 1, counter.names
+
+  run = tmp_path / "run"
+  saved = json.loads((run / "results.json").read_text())
+  assert saved["model"] == "mscan" and saved["dataset"] == "synthetic-tiny"
+  assert set(saved["auc"]) == {"all", "per_scenario"} and "true_interest_auc" in saved
+  assert 0.0 <= saved["auc"]["all"] <= 1.0
+  table = pq.read_table(run / "predictions.parquet")
+  assert table.num_rows == saved["n_test"]
+  assert {"sample_id", "user_id", "scenario", "label", "score", "y_m", "y_s"} <= set(table.column_names)
+  sample_ids = table.column("sample_id").to_numpy()
+  assert len(np.unique(sample_ids)) == len(sample_ids)          # every test sample exactly once
+  lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+  assert sum(l["split"] == "valid" for l in lines) == 3
+  assert json.loads((run / "config.json").read_text())["model"] == "mscan"
+  assert "#All" in train.format_results(results)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  c = _tiny(tmp_path, max_steps=20, eval_every_steps=10, log_every_steps=1, patience=100)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)          # a good run with checkpoints up to step 20
+  assert "20" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+  real_loss_fn = objective.loss_fn
+
+  def nan_loss(out, label, mask, alpha):        # the objective diverges from now on
+    loss, aux = real_loss_fn(out, label, mask, alpha)
+    return loss * jnp.nan, aux
+
+  monkeypatch.setattr(train.objective, "loss_fn", nan_loss)
+  c.train.max_steps = 40                        # resumes at 20, diverges at step 21
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss at step 21\b"):
+    train.train_and_evaluate(c, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+  assert not os.path.exists(os.path.join(workdir, "results.json")) or \
+      json.loads(open(os.path.join(workdir, "results.json")).read())["steps"] == 20
+
+
+def _launch(workdir, extra=()):
+  cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config=" + os.path.join(ROOT, "mscan_jax", "config.py") + ":tiny",
+         f"--workdir={workdir}", "--config.train.max_steps=60", "--config.train.eval_every_steps=10",
+         "--config.train.patience=100", *extra]
+  return cmd
+
+
+def test_resume_after_sigkill_gives_same_results_as_uninterrupted(tmp_path):
+  cache = str(tmp_path.parent / "data_cache")
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  common = [f"--config.data.cache_dir={cache}"]
+  ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+  subprocess.run(_launch(ref_dir, common), check=True, cwd=ROOT, env=env, timeout=300,
+                 capture_output=True)
+  proc = subprocess.Popen(_launch(killed_dir, common), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = killed_dir / "checkpoints" / "10"
+  deadline = time.time() + 240
+  while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=30)
+  assert ckpt.exists(), "the run never wrote its first checkpoint"
+  assert not (killed_dir / "results.json").exists(), "the run finished before it could be killed"
+  subprocess.run(_launch(killed_dir, common), check=True, cwd=ROOT, env=env, timeout=300,
+                 capture_output=True)
+  ref = json.loads((ref_dir / "results.json").read_text())
+  got = json.loads((killed_dir / "results.json").read_text())
+  assert got["steps"] == ref["steps"] == 60
+  assert got["best_step"] == ref["best_step"]
+  np.testing.assert_allclose(got["auc"]["all"], ref["auc"]["all"], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(got["logloss"], ref["logloss"], rtol=0, atol=1e-6)
+  for k, v in ref["auc"]["per_scenario"].items():
+    np.testing.assert_allclose(got["auc"]["per_scenario"][k], v, rtol=0, atol=1e-6)
+
+
+def test_launch_rejects_unknown_model_and_lists_valid_ones(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config.model=nope",
+                         f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "config.model='nope' is unknown; valid:" in proc.stderr and "mscan" in proc.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.mscan.alpha=-1", "config.mscan.alpha must be >= 0"),
+    ("--config.data.max_cur_len=0", "config.data.max_cur_len and config.data.max_all_len must be >= 1"),
+    ("--config.data.name=nope", "config.data.name='nope' is unknown; valid:"),
+    ("--config.data.name=aliccp", "config.data.path is required for config.data.name='aliccp'"),
+])
+def test_invalid_config_fields_give_one_clear_error(override, message):
+  c = config_lib.get_config()
+  key, value = override[len("--config."):].split("=")
+  node = c
+  *path, leaf = key.split(".")
+  for p in path:
+    node = node[p]
+  node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], str) else value
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    config_lib.validate(c)
