@@ -89,6 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mscan.attn_mlp = (200, 80)     # co-attention FFN, Eq. (15)
   c.mscan.dropout = 0.2
   c.mscan.coattention = "factored"  # factored (exact, fast) | pairwise (vmap over pairs)
+  c.mscan.history_context = True   # H_u behaviours also embed their click flag and scenario id
+  c.mscan.gru_hidden = 0           # 0 = the behaviour dimension Fi * embed_dim
 
   # Baselines (Appendix A.2, issue #4). Sizes left unset take each model's documented DEFAULTS
   # (mscan_jax/models/<name>.py): () for sizes, 0 for counts, < 0 for the dropout rate.

@@ -8,7 +8,10 @@ Scenario-Aware Co-Attention, and the scenario tower of the Scenario Bias Elimina
     y_s      = Scenario FFN(s)                         Eq. (7)
 
 A behaviour (of S_u or H_u) is the concatenation of its item fields' embeddings, from the same
-tables as the candidate item. Unlike the authors' code, h_{N_us} really feeds Eq. (6).
+tables as the candidate item; with `history_context` (default) a behaviour of H_u also carries an
+embedding of its click flag and of its scenario id (the paper's §2.1 gives every h_bj its scenario
+id; the authors' code feeds the click flags of the impressions). Unlike the authors' code,
+h_{N_us} really feeds Eq. (6).
 
 The scenario tower reads the shared scenario embedding s (Eq. 7 says s is the scenario feature
 embedding); it has no tables of its own. Its hidden layers use the same dropout as the matching
@@ -54,6 +57,7 @@ class MScan(nn.Module):
   use_sbe: bool = True
   coattention: str = "factored"
   gru_hidden: int = 0
+  history_context: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -68,6 +72,15 @@ class MScan(nn.Module):
     cur, hist = emb["cur"], emb["all"]                       # (B, Ls, Fi*D), (B, Lh, Fi*D)
     cur_len = batch["cur_len"].astype(jnp.int32)
     all_len = batch["all_len"].astype(jnp.int32)
+    if self.history_context:
+      # A behaviour of H_u also carries what the log knows of it (§2.1): its click flag (H_u
+      # holds impressions with flags by default) and its scenario id. Padding embeds to zero.
+      all_mask = length_mask(all_len, sch.max_all_len)[..., None].astype(dt)       # (B, Lh, 1)
+      click = nn.Embed(2, self.embed_dim, dtype=dt, name="history_click")(
+          jnp.clip(batch["all_click"], 0, 1))                                      # (B, Lh, D)
+      scen = nn.Embed(sch.num_scenarios + 1, self.embed_dim, dtype=dt, name="history_scenario")(
+          batch["all_scenario"])                                                   # (B, Lh, D)
+      hist = jnp.concatenate([hist, click * all_mask, scen * all_mask], axis=-1)   # (B, Lh, Fi*D+2D)
 
     # Eq. (4): scenario encoder over S_u; zeros for a user with no current-scenario behaviour.
     hidden = self.gru_hidden or cur.shape[-1]
@@ -75,7 +88,7 @@ class MScan(nn.Module):
 
     parts = [u, i, s, h_cur]
     if self.use_saca:
-      # Eq. (14)-(17) and (5): R_h (B, Fi*D).
+      # Eq. (14)-(17) and (5): R_h (B, Dh).
       r_h, _ = CoAttention(self.attn_mlp, self.coattention, dtype=dt, name="coattention")(
           hist, i, cur, length_mask(all_len, sch.max_all_len), length_mask(cur_len, sch.max_cur_len))
       parts.append(r_h)
@@ -123,5 +136,6 @@ def from_config(config: ml_collections.ConfigDict, schema: Schema) -> MScan:
       use_sbe=bool(m.use_sbe),
       coattention=str(m.coattention),
       gru_hidden=int(m.get("gru_hidden", 0) or 0),
+      history_context=bool(m.get("history_context", True)),
       dtype=activation_dtype(config),
   )

@@ -88,8 +88,9 @@ def test_outputs_grads_and_ablation_params(use_saca, use_sbe, impl):
   tree = params["params"]
   assert ("coattention" in tree) == use_saca
   assert ("scenario_tower" in tree) == use_sbe
-  # Eq. (6) input width: u (2*4) + i (2*4) + s (1*4) + h_{N_us} (8) [+ R_h (8)].
-  assert tree["matching_tower"]["Dense_0"]["kernel"].shape[0] == 28 + (8 if use_saca else 0)
+  # Eq. (6) input width: u (2*4) + i (2*4) + s (1*4) + h_{N_us} (8) [+ R_h: item fields (8)
+  # + click flag (4) + scenario id (4) of the H_u behaviours].
+  assert tree["matching_tower"]["Dense_0"]["kernel"].shape[0] == 28 + (16 if use_saca else 0)
   # h_{N_us} really feeds the predictor (the GRU gets a gradient), and so does R_h.
   g = grads["params"]
   assert float(jnp.abs(g["scenario_encoder"]["kernel_in"]).sum()) > 0
@@ -108,7 +109,7 @@ def test_padding_changes_no_output_but_real_positions_do():
                                rng.integers(1, 5, size=batch["cur_seq"].shape))
   noisy["all_seq"] = jnp.where(all_m[..., None], batch["all_seq"],
                                rng.integers(1, 5, size=batch["all_seq"].shape))
-  # M-scan does not read these two (a behaviour is its item fields); guards a future use.
+  # The click flag and scenario id of padded H_u positions are ignored too.
   noisy["all_click"] = jnp.where(all_m, batch["all_click"], 1)
   noisy["all_scenario"] = jnp.where(all_m, batch["all_scenario"], 3)
   assert not np.array_equal(noisy["cur_seq"], batch["cur_seq"])
@@ -120,6 +121,10 @@ def test_padding_changes_no_output_but_real_positions_do():
       batch["cur_seq"][row_c, 0, 0] % 19 + 1))
   real_all = dict(batch, all_seq=batch["all_seq"].at[row_a, 0, 0].set(
       batch["all_seq"][row_a, 0, 0] % 19 + 1))
+  all_len = np.asarray(batch["all_len"])
+  row_k = int(np.argmin(np.where(all_len > 0, all_len, 10**6)))   # shortest non-empty H_u
+  real_click = dict(batch, all_click=batch["all_click"].at[row_k, 0].set(
+      1 - batch["all_click"][row_k, 0]))
 
   for impl in ("factored", "pairwise"):
     model = _model(coattention=impl)
@@ -132,9 +137,9 @@ def test_padding_changes_no_output_but_real_positions_do():
     # Embedding gradients differ only at the ids the padding now holds; the rest is the same.
     np.testing.assert_allclose(pert_g["params"]["matching_tower"]["Dense_0"]["kernel"],
                                base_g["params"]["matching_tower"]["Dense_0"]["kernel"], atol=1e-6)
-    for real, row in ((real_cur, row_c), (real_all, row_a)):
+    for real, row in ((real_cur, row_c), (real_all, row_a), (real_click, row_k)):
       moved, _ = run(params, real)
-      assert abs(float(moved["y_m"][row] - base["y_m"][row])) > 1e-5, impl
+      assert abs(float(moved["y_m"][row] - base["y_m"][row])) > 1e-6, impl   # float32 noise ~1e-8
 
 
 def test_paths_share_parameters_and_agree():
