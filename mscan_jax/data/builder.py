@@ -101,10 +101,12 @@ def validate_log(log: EventLog) -> None:
   """Raises one DataError naming the source, the column and the (input, 0-based) row of the
   first problem; returns None when the log is valid."""
   src = log.source
-  label = np.asarray(log.label) if log.label is not None else None
-  if label is None or label.ndim != 1:
-    raise DataError(f"{src}: column 'label' must be a 1-D array (one value per event), got "
-                    f"{None if label is None else label.shape}")
+  if log.label is None:
+    raise DataError(f"{src}: column 'label' is missing")
+  label = np.asarray(log.label)
+  if label.ndim != 1:
+    raise DataError(f"{src}: column 'label' must be 1-D (one value per event), got shape "
+                    f"{label.shape}")
   e = label.shape[0]
   lengths = {name: np.shape(v)[0] for name, v in (("user", log.user), ("item", log.item),
                                                    ("scenario", log.scenario), ("label", label),
@@ -313,8 +315,11 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
 
   # 5. Chronological split of the samples (behaviour-only rows are in no split).
   sample_rows = np.flatnonzero(sample).astype(np.int64)
-  split_rows = splits_lib.chronological_split(sample_rows, test_fraction=test_fraction,
-                                              valid_fraction=valid_fraction)
+  try:
+    split_rows = splits_lib.chronological_split(sample_rows, test_fraction=test_fraction,
+                                                valid_fraction=valid_fraction)
+  except DataError as err:
+    raise DataError(f"{src}: {err}") from None
 
   # 6. Statistics and storage.
   schema = Schema(user_fields=tuple(log.user_fields), item_fields=tuple(log.item_fields),

@@ -69,8 +69,10 @@ def build_sequences(user_id: np.ndarray, scenario: np.ndarray, click: np.ndarray
     raise ValueError("build_sequences: user_id and scenario must be non-negative")
 
   user = user_id.astype(np.int64, copy=False)
-  # S_u: group = (user, scenario); history = clicked events only.
   num_scen = int(scenario.max()) + 1 if e else 1
+  if e and int(user.max()) >= np.iinfo(np.int64).max // num_scen:
+    user = np.unique(user, return_inverse=True)[1].reshape(-1)       # ranks: the key fits int64
+  # S_u: group = (user, scenario); history = clicked events only.
   cur_idx = _earlier_in_group(user * num_scen + scenario.astype(np.int64, copy=False), clicked,
                               max_cur_len)
   # H_u: group = user; history = all impressions or clicked events only.

@@ -56,6 +56,9 @@ def filter_users(user_id: np.ndarray, scenario: np.ndarray, *, min_scenarios: in
     return np.zeros(0, bool), {"users_before": 0, "users_dropped": 0, "rows_dropped": 0}
   user_idx, num_users = dense_index(user_id)                         # (E,) in 0..U-1
   scen_idx, num_scen_ids = dense_index(scenario)                     # (E,) in 0..S-1
+  if num_users * num_scen_ids > np.iinfo(np.int64).max:              # ranks keep the pair id in int64
+    user_idx, num_users = dense_index(user_id, rank=True)
+    scen_idx, num_scen_ids = dense_index(scenario, rank=True)
   pairs = user_idx * num_scen_ids + scen_idx                         # (E,) one id per (user, scenario)
   if is_sample is not None:
     pairs = pairs[is_sample]
@@ -75,17 +78,17 @@ def filter_users(user_id: np.ndarray, scenario: np.ndarray, *, min_scenarios: in
   return keep, counts
 
 
-def dense_index(values: np.ndarray) -> tuple[np.ndarray, int]:
+def dense_index(values: np.ndarray, *, rank: bool = False) -> tuple[np.ndarray, int]:
   """(E,) int64 indices in 0..K-1 of integer `values`, and K.
 
   Non-negative values below max(4 E, 2^20) are their own index (K = max + 1, some indices
-  unused); others are replaced by their rank among the distinct values (a sort).
+  unused) unless `rank`; others are replaced by their rank among the distinct values (a sort).
   """
   v = np.asarray(values).astype(np.int64, copy=False)
   if v.size == 0:
     return v, 0
   lo, hi = int(v.min()), int(v.max())
-  if lo >= 0 and hi < max(4 * v.size, 1 << 20):
+  if not rank and lo >= 0 and hi < max(4 * v.size, 1 << 20):
     return v, hi + 1
   uniq, inv = np.unique(v, return_inverse=True)
   return inv.reshape(-1).astype(np.int64, copy=False), int(uniq.size)

@@ -1,0 +1,219 @@
+"""Dataset builder (mscan_jax.data.builder): time order, user filter, sequences, splits, statistics
+and every bad-input error. Expected values are worked out by hand in the comments."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mscan_jax.data import builder
+from mscan_jax.data.builder import EventLog, build_dataset, format_stats
+from mscan_jax.data.schema import BuiltDataset, DataError, Field
+
+SRC = "mylog.csv"
+#                 input row: 0  1  2  3  4  5  6  7  8  9  10
+USER_ID = np.array([0, 1, 0, 2, 1, 0, 1, 0, 1, 0, 2])
+SCEN = np.array([1, 2, 2, 1, 1, 1, 2, 1, 1, 2, 1])
+ITEM = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2])
+LABEL = np.array([1, 0, 1, 1, 1, 0, 1, 1, 0, 0, 0])
+TIME = np.array([5, 1, 3, 2, 3, 3, 7, 8, 9, 10, 4])    # rows 2, 4, 5 share t = 3
+# Stable time order: 1, 3, 2, 4, 5, 10, 0, 6, 7, 8, 9. User 2 (rows 3, 10) has samples in scenario
+# 1 only and is dropped, leaving 9 events; new row k holds input row KEPT[k]:
+KEPT = [1, 2, 4, 5, 0, 6, 7, 8, 9]
+# new row:  0      1      2      3      4      5      6      7      8
+# user:     u1     u0     u1     u0     u0     u1     u0     u1     u0
+# scenario: 2      2      1      1      1      2      1      1      2
+# label:    0      1      1      0      1      1      1      0      0
+
+
+def make_log(**changes) -> EventLog:
+  log = EventLog(
+      user=(USER_ID + 1)[:, None], item=np.stack([ITEM, ITEM % 3], 1), scenario=SCEN[:, None],
+      label=LABEL.astype(np.int8), user_id=USER_ID.astype(np.int32),
+      user_fields=(Field("uid", 4),), item_fields=(Field("iid", 10), Field("cat", 3)),
+      scenario_fields=(Field("scen", 3),), time=TIME.astype(np.int64), source=SRC)
+  return dataclasses.replace(log, **changes)
+
+
+def build(tmp_path, log=None, **kw):
+  kw = {"max_cur_len": 2, "max_all_len": 3, **kw}
+  out = os.path.join(tmp_path, "built")
+  stats = build_dataset(out, log if log is not None else make_log(), **kw)
+  return stats, BuiltDataset(out)
+
+
+def test_builds_the_hand_computed_dataset(tmp_path):
+  stats, ds = build(tmp_path)
+  lg = ds.log
+  np.testing.assert_array_equal(lg["sample_id"], KEPT)          # default: the input row number
+  np.testing.assert_array_equal(lg["user_id"], USER_ID[KEPT])
+  np.testing.assert_array_equal(lg["item"][:, 0], ITEM[KEPT])
+  np.testing.assert_array_equal(lg["label"], LABEL[KEPT])
+  # S_u: earlier clicks of the user in the same scenario (new rows 4 -> 6, 2 -> 7, 1 -> 8).
+  np.testing.assert_array_equal(lg["cur_idx"], [[-1, -1]] * 6 + [[4, -1], [2, -1], [1, -1]])
+  # H_u (impressions): the user's earlier events, the 3 most recent.
+  np.testing.assert_array_equal(lg["all_idx"], [
+      [-1, -1, -1], [-1, -1, -1], [0, -1, -1], [1, -1, -1], [1, 3, -1], [0, 2, -1], [1, 3, 4],
+      [0, 2, 5], [3, 4, 6]])
+  # 9 samples: test = round(3.6) = 4 most recent, valid = round(0.5) = 1 (halves up), train 4.
+  np.testing.assert_array_equal(ds.splits["train"], [0, 1, 2, 3])
+  np.testing.assert_array_equal(ds.splits["valid"], [4])
+  np.testing.assert_array_equal(ds.splits["test"], [5, 6, 7, 8])
+  assert ds.schema.num_scenarios == 2 and not ds.schema.has_truth
+  assert ds.schema.all_seq_mode == "impressions"
+  # Statistics (scenario 1: new rows 2,3,4,6,7 with labels 1,0,1,1,0; scenario 2: 0,1,5,8).
+  assert stats["name"] == "dataset" and stats["num_events"] == 9 and stats["num_users"] == 2
+  assert stats["num_items"] == 8                                 # item ids 1,2,3,5,6,7,8,9
+  assert stats["num_scenarios"] == 2
+  assert stats["samples"] == {"train": 4, "valid": 1, "test": 4}
+  assert stats["samples_per_scenario"] == {"1": 5, "2": 4}
+  assert stats["test_samples_per_scenario"] == {"1": 2, "2": 2}
+  assert stats["click_rate_per_scenario"] == {"1": pytest.approx(0.6), "2": pytest.approx(0.5)}
+  assert stats["dropped"] == {"users_in_fewer_than_2_scenarios_rows": 2,
+                              "users_in_fewer_than_2_scenarios_users": 1}
+  assert "true_interest_rate_per_scenario" not in stats
+  assert json.load(open(os.path.join(ds.path, "stats.json"))) == json.loads(json.dumps(stats))
+  # A gathered test sample: new row 8 (u0, scenario 2) sees S_u = [row 1] and H_u = rows 3, 4, 6.
+  b = ds.gather(np.array([8]))
+  np.testing.assert_array_equal(b["cur_seq"][0, :, 0], [3, 0])
+  np.testing.assert_array_equal(b["all_seq"][0, :, 0], [6, 1, 8])
+  np.testing.assert_array_equal(b["all_click"][0], [0, 1, 1])
+  np.testing.assert_array_equal(b["all_scenario"][0], [1, 1, 1])
+  assert b["cur_len"][0] == 1 and b["all_len"][0] == 3
+
+
+def test_clicks_mode_truth_and_no_time(tmp_path):
+  # No time: the row order is the time order. Truth given: has_truth and per-scenario rates.
+  e = len(USER_ID)
+  like = np.array([1, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0], np.int8)
+  log = make_log(time=None, true_like=like, true_prob=np.full(e, 0.5, np.float32),
+                 sample_id=np.arange(e, dtype=np.int64) + 100)
+  stats, ds = build(tmp_path, log, all_seq_mode="clicks", name="toy")
+  kept = [0, 1, 2, 4, 5, 6, 7, 8, 9]                             # users 0, 1 in input order
+  np.testing.assert_array_equal(ds.log["sample_id"], np.array(kept) + 100)
+  assert ds.schema.has_truth and ds.schema.name == "toy" and ds.schema.all_seq_mode == "clicks"
+  # H_u (clicks) of new row 8 (input row 9, u0): u0's earlier clicks are input rows 0, 2, 7 ->
+  # new rows 0, 2, 6.
+  np.testing.assert_array_equal(ds.log["all_idx"][8], [0, 2, 6])
+  # scenario 1 samples: input rows 0, 4, 5, 7, 8 -> like 1, 1, 0, 1, 1 = 0.8.
+  assert stats["true_interest_rate_per_scenario"]["1"] == pytest.approx(0.8)
+  assert "true-interest rate" in format_stats(stats)
+
+
+def test_behaviour_only_events_are_history_never_samples(tmp_path):
+  # A behaviour-only event (e.g. a purchase) may use scenario 0; it feeds H_u but no split.
+  is_sample = np.ones(len(USER_ID), bool)
+  is_sample[6] = False                                           # u1, t = 7 -> new row 5
+  scen = SCEN.copy()
+  scen[6] = 0
+  stats, ds = build(tmp_path, make_log(is_sample=is_sample, scenario=scen[:, None]))
+  assert stats["num_samples"] == 8 and stats["num_behaviour_events"] == 1
+  for rows in ds.splits.values():
+    assert 5 not in set(np.asarray(rows).tolist())
+  np.testing.assert_array_equal(ds.log["all_idx"][7], [0, 2, 5])  # u1's new row 7 sees row 5
+  assert stats["samples_per_scenario"] == {"1": 5, "2": 3}
+
+
+def test_extra_stats_merge_and_format(tmp_path):
+  extra = {"dropped": {"bad_lines": 3}, "name": "shadowed", "source_rows": 11,
+           "source_dropped_no_user": 4}
+  stats, _ = build(tmp_path, extra_stats=extra)
+  assert stats["dropped"]["bad_lines"] == 3 and stats["dropped"]["users_in_fewer_than_2_scenarios_rows"] == 2
+  assert stats["name"] == "dataset" and stats["extra_name"] == "shadowed"
+  assert stats["source_rows"] == 11
+  text = format_stats(stats)
+  for fragment in ("2 users", "8 items", "2 scenarios", "train 4, valid 1, test 4",
+                   "0.6000", "0.5000",
+                   "dropped by policy users_in_fewer_than_2_scenarios_rows: 2",
+                   "dropped by policy bad_lines: 3", "dropped by policy source_dropped_no_user: 4"):
+    assert fragment in text, (fragment, text)
+
+
+def _set(arr, index, value, dtype=None):
+  arr = np.array(arr, dtype=dtype)
+  arr[index] = value
+  return arr
+
+
+BAD = [
+    # (change to the valid log, fragments every message must hold)
+    (dict(item=ITEM[:, None]), ["column 'cat' (item field 1) is missing"]),
+    (dict(item=np.stack([ITEM, ITEM % 3], 1).astype(np.float32)),
+     ["item columns ['iid', 'cat'] must hold integer ids", "float32"]),
+    (dict(item=_set(np.stack([ITEM, ITEM % 3], 1), (3, 0), -1)), ["column 'iid' row 3: negative id -1"]),
+    (dict(item=_set(np.stack([ITEM, ITEM % 3], 1), (4, 1), 3)),
+     ["column 'cat' row 4: unknown id 3", "[0, 3)"]),
+    (dict(user=_set((USER_ID + 1)[:, None], (7, 0), 4)), ["column 'uid' row 7: unknown id 4"]),
+    (dict(label=_set(LABEL, 6, 2)), ["column 'label' row 6: value 2 is not 0 or 1"]),
+    (dict(label=LABEL.astype(np.float64)), ["column 'label' must hold integers", "float64"]),
+    (dict(label=LABEL[:5]), ["different numbers of rows", "'label': 5", "'user': 11"]),
+    (dict(time=_set(TIME, 2, np.nan, float)), ["column 'time' row 2: missing or non-finite timestamp"]),
+    (dict(time=_set(TIME.astype("datetime64[s]"), 9, np.datetime64("NaT"))),
+     ["column 'time' row 9: missing"]),
+    (dict(time=TIME.astype(str)), ["column 'time' must be numeric or datetime64"]),
+    (dict(time=TIME[:4]), ["column 'time' must have shape (11,)"]),
+    (dict(scenario=_set(SCEN, 1, 0)[:, None]), ["column 'scen' row 1: a sample has no scenario"]),
+    (dict(user_id=_set(USER_ID, 0, -3)), ["column 'user_id' row 0: negative user key -3"]),
+    (dict(user_id=None), ["column 'user_id' is missing"]),
+    (dict(label=None), ["column 'label' is missing"]),
+    (dict(item=None), ["the item columns ['iid', 'cat'] are missing"]),
+    (dict(user_id=USER_ID.astype(np.float32)), ["column 'user_id' must hold integers"]),
+    (dict(sample_id=_set(np.arange(11), 8, 2)),
+     ["column 'sample_id' rows 2 and 8: duplicate sample id 2"]),
+    (dict(is_sample=_set(np.ones(11, np.int8), 5, 2)), ["column 'is_sample' row 5: value 2"]),
+    (dict(true_like=np.zeros(11, np.int8)), ["column 'true_prob' is missing while 'true_like'"]),
+    (dict(true_like=_set(np.zeros(11, np.int8), 3, 5), true_prob=np.zeros(11)),
+     ["column 'true_like' row 3: value 5 is not 0 or 1"]),
+    (dict(true_like=np.zeros(11, np.int8), true_prob=_set(np.zeros(11), 4, 1.5)),
+     ["column 'true_prob' row 4: value 1.5 is not a probability"]),
+    (dict(label=np.zeros(0, np.int8), user=np.zeros((0, 1), int), item=np.zeros((0, 2), int),
+          scenario=np.zeros((0, 1), int), user_id=np.zeros(0, int), time=None),
+     ["the log has no event"]),
+]
+
+
+@pytest.mark.parametrize("change,fragments", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_input_names_file_column_and_row(tmp_path, change, fragments):
+  with pytest.raises(DataError) as e:
+    build(tmp_path, make_log(**change))
+  msg = str(e.value)
+  assert msg.startswith(SRC + ": "), msg
+  for fragment in fragments:
+    assert fragment in msg, msg
+  assert not os.path.exists(os.path.join(tmp_path, "built", "schema.json"))
+
+
+def test_scenario_emptied_by_the_user_filter_is_an_error(tmp_path):
+  # Scenario 3 holds only user 2's samples (rows 3, 10); user 2 is seen in one scenario and
+  # dropped, which leaves scenario 3 without a sample.
+  scen = SCEN.copy()
+  scen[[3, 10]] = 3
+  log = make_log(scenario=scen[:, None], scenario_fields=(Field("scen", 4),))
+  with pytest.raises(DataError, match=r"mylog.csv: column 'scen': scenario id\(s\) \[3\] have no "
+                                      r"sample left .* 2 samples .* re-index the scenario ids"):
+    build(tmp_path, log)
+
+
+def test_no_multi_scenario_user_and_empty_split_are_errors(tmp_path):
+  with pytest.raises(DataError, match="mylog.csv: no user has samples in at least 2 scenarios"):
+    build(tmp_path, make_log(scenario=np.ones((11, 1), int)))
+  with pytest.raises(DataError, match="mylog.csv: split 'valid' is empty: 9 samples"):
+    build(tmp_path, valid_fraction=0.01)
+  with pytest.raises(DataError, match="all_seq_mode"):
+    build(tmp_path, all_seq_mode="views")
+  with pytest.raises(DataError, match="caps must be >= 1"):
+    build(tmp_path, max_cur_len=0)
+
+
+def test_time_order_is_stable():
+  want = [1, 3, 4, 0, 2]                                             # ties keep the input order
+  np.testing.assert_array_equal(builder.time_order(np.array([3, 1, 3, 1, 2]), 5), want)
+  np.testing.assert_array_equal(builder.time_order(np.array([3.5, 1, 3.5, 1, 2]), 5), want)
+  days = np.array(["2024-03", "2024-01", "2024-03", "2024-01", "2024-02"], "datetime64[D]")
+  np.testing.assert_array_equal(builder.time_order(days, 5), want)
+  huge = np.array([3, 1, 3, 1, 2]) * (2**62 // 3) - 2**62           # span too wide for one key
+  np.testing.assert_array_equal(builder.time_order(huge, 5), want)
+  assert builder.time_order(np.array([1, 1, 2]), 3) is None          # already in order
+  assert builder.time_order(None, 3) is None

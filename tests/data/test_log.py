@@ -1,0 +1,195 @@
+"""Generic log loader (mscan_jax.data.log): re-indexing, file formats, every bad-input error."""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from mscan_jax import config as config_lib
+from mscan_jax.data import log as log_lib
+from mscan_jax.data.schema import BuiltDataset, DataError
+
+COLS = log_lib.LogColumns(user="uid", item="iid", scenario="scene", label="click", time="ts",
+                          item_extra=("cat",))
+
+# Rows are out of time order on purpose; ids are raw strings / unsorted integers.
+CSV = """uid,iid,scene,click,ts,cat,unused
+bob,30,home,1,105,x,9
+amy,10,feed,0,101,y,9
+bob,10,feed,0,102,y,9
+cat,20,home,1,100,x,9
+amy,30,home,0,104,x,9
+"""
+
+
+def write(tmp_path, text, name="log.csv"):
+  path = os.path.join(tmp_path, name)
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+def test_reindexes_by_sorted_raw_value(tmp_path):
+  log, vocab = log_lib.load_log(write(tmp_path, CSV), COLS)
+  # user: amy=1 bob=2 cat=3; item: 10=1 20=2 30=3; scenario: feed=1 home=2; cat: x=1 y=2.
+  np.testing.assert_array_equal(log.user, [[2], [1], [2], [3], [1]])
+  np.testing.assert_array_equal(log.item, [[3, 1], [1, 2], [1, 2], [2, 1], [3, 1]])
+  np.testing.assert_array_equal(log.scenario, [[2], [1], [1], [2], [2]])
+  np.testing.assert_array_equal(log.user_id, [1, 0, 1, 2, 0])
+  np.testing.assert_array_equal(log.label, [1, 0, 0, 1, 0])
+  np.testing.assert_array_equal(log.time, [105, 101, 102, 100, 104])
+  np.testing.assert_array_equal(log.sample_id, np.arange(5))
+  assert log.true_like is None and log.true_prob is None
+  assert [(f.name, f.vocab_size) for f in log.user_fields] == [("uid", 4)]
+  assert [(f.name, f.vocab_size) for f in log.item_fields] == [("iid", 4), ("cat", 3)]
+  assert [(f.name, f.vocab_size) for f in log.scenario_fields] == [("scene", 3)]
+  assert list(vocab["uid"]) == ["", "amy", "bob", "cat"]        # entry 0: padding placeholder
+  assert list(vocab["iid"]) == [0, 10, 20, 30]
+  assert list(vocab["scene"]) == ["", "feed", "home"]
+  # Mapping back through the vocab recovers every raw value.
+  assert list(vocab["uid"][log.user[:, 0]]) == ["bob", "amy", "bob", "cat", "amy"]
+
+
+def test_csv_and_parquet_give_the_same_log(tmp_path):
+  csv_path = write(tmp_path, CSV)
+  pq_path = os.path.join(tmp_path, "log.parquet")
+  pq.write_table(pacsv.read_csv(csv_path), pq_path)
+  a, va = log_lib.load_log(csv_path, COLS)
+  b, vb = log_lib.load_log(pq_path, COLS)
+  for key in ("user", "item", "scenario", "label", "user_id", "time", "sample_id"):
+    np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+  assert a.user_fields == b.user_fields and a.item_fields == b.item_fields
+  for k in va:
+    np.testing.assert_array_equal(va[k], vb[k])
+
+
+def test_no_time_column_means_row_order_and_iso_timestamps_are_read(tmp_path):
+  cols = log_lib.LogColumns(user="u", item="i", scenario="s", label="y", time=None)
+  log, _ = log_lib.load_log(write(tmp_path, "u,i,s,y\n1,1,1,0\n2,2,2,1\n"), cols)
+  assert log.time is None
+  cols = log_lib.LogColumns(user="u", item="i", scenario="s", label="y", time="t")
+  text = "u,i,s,y,t\n1,1,1,0,2024-01-02 00:00:00\n2,2,2,1,2024-01-01 00:00:00\n"
+  log, _ = log_lib.load_log(write(tmp_path, text), cols)
+  assert log.time.dtype == np.int64 and log.time[0] > log.time[1]
+
+
+def test_boolean_and_float_zero_one_labels_are_accepted(tmp_path):
+  cols = log_lib.LogColumns(user="u", item="i", scenario="s", label="y", time=None)
+  for text in ("u,i,s,y\n1,1,1,true\n2,2,2,false\n", "u,i,s,y\n1,1,1,1.0\n2,2,2,0.0\n"):
+    log, _ = log_lib.load_log(write(tmp_path, text), cols)
+    np.testing.assert_array_equal(log.label, [1, 0])
+    assert log.label.dtype == np.int8
+
+
+GOOD_ROW = "bob,30,home,1,105,x,9\n"
+HEADER = "uid,iid,scene,click,ts,cat,unused\n"
+
+
+@pytest.mark.parametrize("bad_row, column, fragment", [
+    ("amy,,home,1,106,x,9\n", "iid", "missing value"),             # null id
+    (",30,home,1,106,x,9\n", "uid", "missing value"),              # null user (string column)
+    ("amy,30,home,0.5,106,x,9\n", "click", "0.5 is not 0 or 1"),   # float label
+    ("amy,30,home,2,106,x,9\n", "click", "2 is not 0 or 1"),       # integer outside {0, 1}
+    ("amy,30,home,yes,106,x,9\n", "click", "holds text"),          # string label
+    ("amy,30,home,,106,x,9\n", "click", "missing label"),          # null label
+    ("amy,30,home,1,,x,9\n", "ts", "missing timestamp"),           # null timestamp
+    ("amy,30,home,1,soon,x,9\n", "ts", "'soon' is not a number"),  # unparseable timestamp
+])
+def test_bad_cell_names_file_column_and_row(tmp_path, bad_row, column, fragment):
+  path = write(tmp_path, HEADER + GOOD_ROW * 3 + bad_row + GOOD_ROW)
+  with pytest.raises(DataError) as e:
+    log_lib.load_log(path, COLS)
+  msg = str(e.value)
+  assert path in msg and f"column {column!r}" in msg and "row 3 (line 5)" in msg, msg
+  assert fragment in msg, msg
+
+
+def test_bad_parquet_cells_name_the_row(tmp_path):
+  path = os.path.join(tmp_path, "log.parquet")
+  base = {"uid": [1, 2, 3], "iid": [1, 2, 3], "scene": [1, 1, 2], "click": [0, 1, 0],
+          "ts": [1.0, 2.0, 3.0], "cat": [1, 1, 1]}
+  for column, values, fragment in [("iid", [1, None, 3], "missing value"),
+                                   ("ts", [1.0, 2.0, float("nan")], "missing timestamp"),
+                                   ("click", [0.0, 1.0, 0.25], "0.25 is not 0 or 1")]:
+    pq.write_table(pa.table({**base, column: values}), path)
+    with pytest.raises(DataError, match=fragment) as e:
+      log_lib.load_log(path, COLS)
+    bad_row = values.index(None) if None in values else 2
+    assert path in str(e.value) and f"column {column!r} row {bad_row}" in str(e.value)
+
+
+def test_missing_file_column_and_unknown_format(tmp_path):
+  with pytest.raises(DataError, match="no such file"):
+    log_lib.load_log(os.path.join(tmp_path, "nope.csv"), COLS)
+  with pytest.raises(DataError, match="unknown log format"):
+    log_lib.load_log(write(tmp_path, CSV, "log.json"), COLS)
+  path = write(tmp_path, CSV.replace("scene", "place"))
+  with pytest.raises(DataError) as e:
+    log_lib.load_log(path, COLS)
+  assert path in str(e.value) and "'scene' (the scenario column) not found" in str(e.value)
+  empty = write(tmp_path, HEADER, "empty.csv")
+  with pytest.raises(DataError, match="no rows"):
+    log_lib.load_log(empty, COLS)
+
+
+def test_wrong_column_type(tmp_path):
+  path = os.path.join(tmp_path, "log.parquet")
+  pq.write_table(pa.table({"uid": [[1], [2]], "iid": [1, 2], "scene": [1, 2], "click": [0, 1],
+                           "ts": [1, 2], "cat": [1, 1]}), path)
+  with pytest.raises(DataError, match=r"column .uid. has type list<.*a categorical column must hold"):
+    log_lib.load_log(path, COLS)
+
+
+def test_a_column_mapped_twice_is_an_error():
+  with pytest.raises(DataError, match="mapped more than once"):
+    log_lib.LogColumns(user="u", item="i", scenario="s", label="y", time=None, user_extra=("i",))
+
+
+def test_columns_from_config():
+  cfg = config_lib.get_config()
+  assert log_lib.columns_from_config(cfg.data) == log_lib.LogColumns(
+      user="user_id", item="item_id", scenario="scenario_id", label="label", time="timestamp")
+  cfg.data.columns.time = ""
+  cfg.data.columns.item_extra = ("category",)
+  cols = log_lib.columns_from_config(cfg.data)
+  assert cols.time is None and cols.item_extra == ("category",)
+
+
+def test_build_from_log_writes_a_dataset_with_its_vocab(tmp_path):
+  # Two users, each active in two scenarios, enough rows for three splits.
+  rng = np.random.default_rng(0)
+  n = 40
+  table = pa.table({"uid": np.where(np.arange(n) % 2 == 0, "u7", "u3"),
+                    "iid": rng.integers(100, 110, n), "scene": np.tile(["a", "a", "b", "b"], n // 4),
+                    "click": rng.integers(0, 2, n), "ts": np.arange(n)[::-1].copy(),
+                    "cat": rng.integers(0, 3, n)})
+  path = os.path.join(tmp_path, "mylog.parquet")
+  pq.write_table(table, path)
+  out = os.path.join(tmp_path, "built")
+  log_lib.build_from_log(path, out, COLS, max_cur_len=3, max_all_len=4)
+  ds = BuiltDataset(out)
+  assert [f.name for f in ds.schema.item_fields] == ["iid", "cat"]
+  assert ds.schema.name == "mylog" and not ds.schema.has_truth
+  assert list(np.load(os.path.join(out, "vocab", "uid.npy"))) == ["", "u3", "u7"]
+  # Every stored row maps back to a raw value of the file.
+  users = np.load(os.path.join(out, "vocab", "uid.npy"))[np.asarray(ds.log["user"][:, 0])]
+  assert set(users) == {"u3", "u7"}
+
+
+def test_ensure_built_builds_once(tmp_path):
+  path = write(tmp_path, "user_id,item_id,scenario_id,label,timestamp\n" + "".join(
+      f"{u},{i},{s},{(u + i) % 2},{t}\n"
+      for t, (u, i, s) in enumerate((u, i, s) for i in range(5) for u in range(4) for s in (1, 2))))
+  cfg = config_lib.get_config()
+  cfg.data.cache_dir = os.path.join(tmp_path, "cache")
+  cfg.data.max_cur_len, cfg.data.max_all_len = 2, 3
+  out = log_lib.ensure_built(path, cfg)
+  stamp = os.path.getmtime(os.path.join(out, "schema.json"))
+  assert log_lib.ensure_built(path, cfg) == out
+  assert os.path.getmtime(os.path.join(out, "schema.json")) == stamp
+  assert os.listdir(cfg.data.cache_dir) == [os.path.basename(out)]   # no temporary left
+  cfg.data.max_all_len = 4                                            # new settings: new build
+  assert log_lib.ensure_built(path, cfg) != out
