@@ -1,0 +1,297 @@
+"""Cloud Theme (Tianchi dataset 9716) -> `EventLog`.
+
+Paper App. A.1: Cloud Theme holds user click logs of the Taobao "cloud theme" scenario, 355
+themes (scenarios), 1.4 million records. Files of the Tianchi release (with header rows):
+
+    theme_click_log.csv          user_id,theme_id,item_id,leaf_cate_id,cate_level1_id,clk_cnt,reach_time
+    theme_item_pool.csv          theme_id,item_id
+    user_item_purchase_log.csv   user_id,item_id,paytime        (optional, see `purchases`)
+
+Fields: user `user_id`; item `item_id`, `leaf_cate_id`, `cate_level1_id`; scenario `theme_id`
+(re-indexed 1..P by sorted raw value). Every id is re-indexed by sorted distinct raw value,
+1..V, 0 = unknown (`rawio.reindex`); ids are compared as integers when every value of the id
+space is a decimal integer, else as strings.
+
+Samples. Every click-log row with clk_cnt >= 1 is a positive (label 1); rows with clk_cnt = 0
+are dropped and counted (the log is documented to hold clicks only). The log has no
+non-clicks, so for each positive `negatives` items (default 2, the authors' protocol) are drawn
+from its theme's item pool, uniformly with replacement, never the positive item itself, with
+a seeded generator (`seed`). The pool is, by default (`negative_pool="clicked"`), the theme's
+pool items that appear somewhere in the click log: an item's category fields come from the
+click log, so an item that was never clicked would carry unknown categories (id 0) ONLY on
+negatives, a feature that gives the label away. `negative_pool="pool"` draws from the whole
+pool instead (the count of negatives with unknown categories is in the statistics). A click in
+a theme whose pool offers no other item is a `DataError` naming the theme and the first line
+(`missing_pool="error"`), or is dropped and counted (`missing_pool="drop"`).
+
+Time and ties. `reach_time` is `%Y%m%d%H%M%S` or `%Y-%m-%d %H:%M:%S` (both occur in public
+code); anything else is a `DataError` naming the line. Events are sorted by time (stable: ties
+keep file order), and a click's negatives get its time and come right BEFORE it in the log.
+The builder orders ties by row, so:
+  * a negative never sees its own positive (the positive is later), in S_u or H_u;
+  * the positive's S_u (same-theme clicks) never holds its negatives (they are not clicks);
+  * H_u must hold clicks only (`all_seq_mode="clicks"`): with "impressions" the positive would
+    see its own sampled negatives, at its own timestamp, just before it: a label leak. The
+    prepare CLI therefore builds Cloud Theme with "clicks" and refuses "impressions".
+
+Purchases (`purchases=True`; off by default). Each purchase becomes a behaviour-only event
+(`is_sample=False`, never in a split) with label 1 at its `paytime`, and scenario id 0: a
+purchase happens in no theme, and id 0 (padding, a zero scenario embedding) says so without
+inventing a scenario P+1 that would have no sample (the builder requires every scenario to have
+samples). Behaving as clicks, purchases enter H_u (all scenarios) in "clicks" mode and never
+S_u, which holds the same theme's clicks. Purchases of users absent from the click log are
+dropped and counted; a purchase at the same second as a click comes after it. The user filter
+counts sample scenarios only, so purchases never make a user multi-scenario.
+
+`sample_id` = click-log line * 100 + j (j = 0 the positive, 1..negatives its negatives);
+purchases: 10**13 + purchase-log line.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mscan_jax.data import builder
+from mscan_jax.data.rawio import compact, line_of, read_csv_with_header, reindex, row_lines
+from mscan_jax.data.schema import DataError, Field
+
+CLICK_LOG = "theme_click_log.csv"
+ITEM_POOL = "theme_item_pool.csv"
+PURCHASE_LOG = "user_item_purchase_log.csv"
+CLICK_COLUMNS = ("user_id", "theme_id", "item_id", "leaf_cate_id", "cate_level1_id", "clk_cnt",
+                 "reach_time")
+TIME_FORMATS = ("%Y%m%d%H%M%S", "%Y-%m-%d %H:%M:%S")
+USER_FIELDS = ("user_id",)
+ITEM_FIELDS = ("item_id", "leaf_cate_id", "cate_level1_id")
+SCENARIO_FIELDS = ("theme_id",)
+NEGATIVE_POOLS = ("clicked", "pool")
+SAMPLE_STRIDE = 100                 # sample_id = line * 100 + j
+PURCHASE_SAMPLE_BASE = 10 ** 13
+
+
+def load_cloudtheme(raw: str, *, negatives: int = 2, seed: int = 0,
+                    negative_pool: str = "clicked", purchases: bool = False,
+                    missing_pool: str = "error"
+                    ) -> tuple[builder.EventLog, dict[str, np.ndarray], dict[str, Any]]:
+  """Reads the Cloud Theme files in directory `raw` (module docstring).
+
+  Returns (log, vocab, stats): the event log in time order, the raw value of each id per
+  field, and the statistics (rows read, dropped per reason, negatives drawn).
+  """
+  if not os.path.isdir(raw):
+    raise DataError(f"{raw}: not a directory; --raw must be the folder holding {CLICK_LOG} and "
+                    f"{ITEM_POOL} (Tianchi dataset 9716)")
+  if not 1 <= negatives < SAMPLE_STRIDE:
+    raise DataError(f"negatives must be in 1..{SAMPLE_STRIDE - 1}, got {negatives}")
+  if negative_pool not in NEGATIVE_POOLS:
+    raise DataError(f"negative_pool must be one of {NEGATIVE_POOLS}, got {negative_pool!r}")
+  if missing_pool not in ("error", "drop"):
+    raise DataError(f"missing_pool must be 'error' or 'drop', got {missing_pool!r}")
+  click_path, pool_path = os.path.join(raw, CLICK_LOG), os.path.join(raw, ITEM_POOL)
+  buy_path = os.path.join(raw, PURCHASE_LOG)
+  for p in (click_path, pool_path) + ((buy_path,) if purchases else ()):
+    if not os.path.isfile(p):
+      raise DataError(f"{p}: no such file (Cloud Theme needs {CLICK_LOG} and {ITEM_POOL}"
+                      f"{' and ' + PURCHASE_LOG + ' with purchases=True' if purchases else ''})")
+  stats: dict[str, Any] = {"source_format": "cloudtheme (Tianchi 9716)",
+                           "negatives_per_click": negatives, "negative_pool": negative_pool,
+                           "negative_seed": seed}
+
+  clicks, cblocks = read_csv_with_header(click_path, {"clk_cnt": pa.int64()}, include=CLICK_COLUMNS)
+  n_read = clicks.num_rows
+  stats["click_rows_read"] = n_read
+  col = {c: clicks.column(c) for c in CLICK_COLUMNS}
+  for c in ("user_id", "theme_id", "item_id"):
+    _check_present(col[c], c, click_path, cblocks)
+  clk = col["clk_cnt"].to_numpy(zero_copy_only=False)
+  if np.any(clk < 0):
+    r = int(np.flatnonzero(clk < 0)[0])
+    raise DataError(f"{click_path}: line {line_of(cblocks, r)}: clk_cnt {int(clk[r])} is negative")
+  time = _parse_times(col["reach_time"], "reach_time", click_path, cblocks)
+  line = row_lines(cblocks, n_read)                                   # (N,) file line of each row
+
+  pool, pblocks = read_csv_with_header(pool_path, {}, include=("theme_id", "item_id"))
+  stats["pool_rows_read"] = pool.num_rows
+  for c in ("theme_id", "item_id"):
+    _check_present(pool.column(c), c, pool_path, pblocks)
+
+  buys = None
+  if purchases:
+    buys, bblocks = read_csv_with_header(buy_path, {}, include=("user_id", "item_id", "paytime"))
+    stats["purchase_rows_read"] = buys.num_rows
+    for c in ("user_id", "item_id"):
+      _check_present(buys.column(c), c, buy_path, bblocks)
+    buy_time = _parse_times(buys.column("paytime"), "paytime", buy_path, bblocks)
+    buy_line = row_lines(bblocks, buys.num_rows)
+
+  # Raw id spaces as sortable numpy arrays (integers when every value is one).
+  user_raw = _id_space([col["user_id"]] + ([buys.column("user_id")] if buys else []))
+  item_raw = _id_space([col["item_id"], pool.column("item_id")]
+                       + ([buys.column("item_id")] if buys else []))
+  theme_raw = _id_space([col["theme_id"], pool.column("theme_id")])
+  c_user, c_item, c_theme = user_raw[0], item_raw[0], theme_raw[0]
+  p_item, p_theme = item_raw[1], theme_raw[1]
+  leaf = _id_space([col["leaf_cate_id"]])[0]
+  top = _id_space([col["cate_level1_id"]])[0]
+
+  keep = clk >= 1
+  stats["dropped_clk_cnt_0"] = int(np.count_nonzero(~keep))
+
+  # Item categories: the first value seen in the click log (inconsistent items are counted).
+  item_ids, item_vocab = reindex(np.concatenate([c_item, p_item] + ([item_raw[2]] if buys else [])))
+  n_items = item_vocab.shape[0]
+  c_item_id = item_ids[:c_item.shape[0]]
+  p_item_id = item_ids[c_item.shape[0]:c_item.shape[0] + p_item.shape[0]]
+  b_item_id = item_ids[c_item.shape[0] + p_item.shape[0]:] if buys else None
+  leaf_id, leaf_vocab = reindex(leaf)
+  top_id, top_vocab = reindex(top)
+  cat = np.zeros((n_items, 2), np.int32)                           # (items, 2) 0 = unknown
+  order = np.argsort(c_item_id, kind="stable")
+  first = np.ones(order.shape[0], bool)
+  first[1:] = c_item_id[order][1:] != c_item_id[order][:-1]
+  cat[c_item_id[order[first]], 0] = leaf_id[order[first]]
+  cat[c_item_id[order[first]], 1] = top_id[order[first]]
+  known_cat = np.zeros(n_items, bool)
+  known_cat[c_item_id] = True
+  incons = (leaf_id != cat[c_item_id, 0]) | (top_id != cat[c_item_id, 1])
+  stats["items_with_inconsistent_category"] = int(np.unique(c_item_id[incons]).shape[0])
+
+  # Themes and their pools (deduplicated), sorted by (theme, item).
+  theme_ids, theme_vocab = reindex(np.concatenate([c_theme, p_theme]))
+  c_theme_id, p_theme_id = theme_ids[:c_theme.shape[0]], theme_ids[c_theme.shape[0]:]
+  p_theme_known = np.isin(p_theme_id, c_theme_id)
+  key = p_theme_id.astype(np.int64) * n_items + p_item_id
+  ukey = np.unique(key)
+  stats["pool_duplicate_rows"] = int(key.shape[0] - ukey.shape[0])
+  stats["pool_rows_of_themes_without_clicks"] = int(np.count_nonzero(~p_theme_known))
+  if negative_pool == "clicked":
+    ukey = ukey[known_cat[ukey % n_items]]
+  pool_theme, pool_item = ukey // n_items, (ukey % n_items).astype(np.int32)
+  n_themes = theme_vocab.shape[0]
+  t_start = np.searchsorted(pool_theme, np.arange(n_themes))      # (themes,) segment starts
+  t_count = np.diff(np.append(t_start, pool_theme.shape[0]))      # (themes,)
+
+  # Negatives: per click, `negatives` draws among the theme's pool minus the positive item.
+  pos_key = c_theme_id.astype(np.int64) * n_items + c_item_id
+  at = np.searchsorted(ukey, pos_key)
+  in_pool = ((at < ukey.shape[0]) & (ukey[np.minimum(at, ukey.shape[0] - 1)] == pos_key)
+             if ukey.size else np.zeros(pos_key.shape, bool))
+  avail = t_count[c_theme_id] - in_pool                           # (N,) candidates per click
+  stats["clicks_item_not_in_pool"] = int(np.count_nonzero(keep & ~in_pool))
+  no_pool = keep & (avail < 1)
+  if no_pool.any():
+    if missing_pool == "error":
+      r = int(np.flatnonzero(no_pool)[0])
+      theme = col["theme_id"][r].as_py()
+      raise DataError(
+          f"{click_path}: line {line[r]}: theme {theme} has no item in {ITEM_POOL} "
+          f"{'that appears in the click log ' if negative_pool == 'clicked' else ''}other than "
+          f"the clicked one, so no negative can be drawn ({int(no_pool.sum())} such clicks); "
+          "pass missing_pool='drop' to drop and count them"
+          + (", or negative_pool='pool'" if negative_pool == "clicked" else ""))
+    stats["dropped_theme_without_pool"] = int(no_pool.sum())
+    keep &= ~no_pool
+  else:
+    stats["dropped_theme_without_pool"] = 0
+  idx = np.flatnonzero(keep)                                       # (N,) kept clicks
+  n = idx.shape[0]
+  if n == 0:
+    raise DataError(f"{click_path}: no click left after the drop policies: {stats}")
+  rng = np.random.default_rng(seed)
+  draw = rng.integers(0, avail[idx][:, None], size=(n, negatives))  # (N, k)
+  pos_at = (at - t_start[c_theme_id])[idx][:, None]               # positive's rank in its pool
+  draw += (in_pool[idx][:, None] & (draw >= pos_at))               # skip the positive
+  neg_item = pool_item[t_start[c_theme_id[idx]][:, None] + draw]   # (N, k)
+  stats["negatives_with_unknown_category"] = int(np.count_nonzero(~known_cat[neg_item]))
+  stats["negatives"] = int(neg_item.size)
+
+  # Rows per click: its negatives, then the positive (module docstring: ties).
+  k1 = negatives + 1
+  ev_item = np.concatenate([neg_item, c_item_id[idx][:, None]], 1).reshape(-1)   # (N*k1,)
+  ev_user_raw = np.repeat(c_user[idx], k1)
+  ev_theme = np.repeat(c_theme_id[idx], k1)
+  ev_label = np.tile(np.r_[np.zeros(negatives, np.int8), np.ones(1, np.int8)], n)
+  ev_time = np.repeat(time[idx], k1)
+  ev_sid = (np.repeat(line[idx], k1) * SAMPLE_STRIDE
+            + np.tile(np.r_[np.arange(1, k1), 0], n)).astype(np.int64)
+  ev_sample = np.ones(n * k1, bool)
+
+  if buys is not None:
+    b_user = user_raw[1]
+    known_user = np.isin(b_user, c_user[idx])
+    stats["dropped_purchases_unknown_user"] = int(np.count_nonzero(~known_user))
+    bi = np.flatnonzero(known_user)
+    ev_item = np.concatenate([ev_item, b_item_id[bi]])
+    ev_user_raw = np.concatenate([ev_user_raw, b_user[bi]])
+    ev_theme = np.concatenate([ev_theme, np.zeros(bi.shape[0], np.int32)])   # no scenario
+    ev_label = np.concatenate([ev_label, np.ones(bi.shape[0], np.int8)])
+    ev_time = np.concatenate([ev_time, buy_time[bi]])
+    ev_sid = np.concatenate([ev_sid, PURCHASE_SAMPLE_BASE + buy_line[bi]])
+    ev_sample = np.concatenate([ev_sample, np.zeros(bi.shape[0], bool)])
+    stats["purchase_events"] = int(bi.shape[0])
+
+  order = np.argsort(ev_time, kind="stable")                       # ties keep row order
+  sample = ev_sample[order]
+  user_ids, user_vocab = reindex(ev_user_raw[order])
+  # Vocabularies keep only the values that occur in an event (ids are compacted, in order).
+  ev_item = ev_item[order]
+  item_id, item_vocab = compact(ev_item, item_vocab)
+  leaf_e, leaf_vocab = compact(cat[ev_item, 0], leaf_vocab)
+  top_e, top_vocab = compact(cat[ev_item, 1], top_vocab)
+  item = np.stack([item_id, leaf_e, top_e], 1).astype(np.int32)   # (E, 3)
+  theme, theme_vocab = compact(ev_theme[order], theme_vocab)       # purchases: 0 (none)
+  vocab = {"user_id": user_vocab, "item_id": item_vocab, "leaf_cate_id": leaf_vocab,
+           "cate_level1_id": top_vocab, "theme_id": theme_vocab}
+  fields = lambda names: tuple(Field(nm, max(int(vocab[nm].shape[0]), 2)) for nm in names)  # noqa: E731
+  stats["events"] = int(order.shape[0])
+  stats["samples"] = int(np.count_nonzero(sample))
+  stats["themes"] = int(np.unique(theme[sample]).shape[0])
+  log = builder.EventLog(
+      user=user_ids[:, None].astype(np.int32), item=item, scenario=theme[:, None],
+      label=ev_label[order], user_id=(user_ids - 1).astype(np.int32),
+      user_fields=fields(USER_FIELDS), item_fields=fields(ITEM_FIELDS),
+      scenario_fields=fields(SCENARIO_FIELDS), time=ev_time[order], sample_id=ev_sid[order],
+      is_sample=None if sample.all() else sample, source=raw)
+  return log, vocab, stats
+
+
+def _check_present(col: pa.ChunkedArray, name: str, path: str, blocks: list) -> None:
+  empty = pc.equal(pc.utf8_length(col), 0) if pa.types.is_string(col.type) else pc.is_null(col)
+  if pc.any(empty).as_py():
+    r = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+    raise DataError(f"{path}: line {line_of(blocks, r)}: empty {name}")
+
+
+def _parse_times(col: pa.ChunkedArray, name: str, path: str, blocks: list) -> np.ndarray:
+  """Text times in one of TIME_FORMATS -> (N,) int64 seconds since the epoch."""
+  col = pc.utf8_trim_whitespace(col.cast(pa.string()))
+  out = None
+  for fmt in TIME_FORMATS:
+    # Each format must match the whole text: strptime alone accepts trailing characters on
+    # some platforms, so the length is checked too.
+    parsed = pc.strptime(col, format=fmt, unit="s", error_is_null=True)
+    width = 14 if fmt == "%Y%m%d%H%M%S" else 19
+    parsed = pc.if_else(pc.equal(pc.utf8_length(col), width), parsed, pa.scalar(None, parsed.type))
+    out = parsed if out is None else pc.coalesce(out, parsed)
+  bad = pc.is_null(out).to_numpy(zero_copy_only=False)
+  if bad.any():
+    r = int(np.flatnonzero(bad)[0])
+    raise DataError(f"{path}: line {line_of(blocks, r)}: {name} {col[r].as_py()!r} is in no known "
+                    f"time format; expected one of {list(TIME_FORMATS)} ({int(bad.sum())} such rows)")
+  return out.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _id_space(cols: list[pa.ChunkedArray]) -> list[np.ndarray]:
+  """Columns of one id space as numpy arrays: int64 if every value is a decimal integer, else
+  str (so that ids sort numerically or byte-wise, the same in every file)."""
+  cols = [c.cast(pa.string()) for c in cols]
+  numeric = all(pc.all(pc.match_substring_regex(c, r"^[0-9]{1,18}$")).as_py() in (True, None)
+                for c in cols)
+  if numeric:
+    return [c.cast(pa.int64()).to_numpy(zero_copy_only=False) for c in cols]
+  return [c.to_numpy(zero_copy_only=False).astype(str) for c in cols]
