@@ -76,10 +76,10 @@ class MScan(nn.Module):
       # A behaviour of H_u also carries what the log knows of it (§2.1): its click flag (H_u
       # holds impressions with flags by default) and its scenario id. Padding embeds to zero.
       all_mask = length_mask(all_len, sch.max_all_len)[..., None].astype(dt)       # (B, Lh, 1)
-      click = nn.Embed(2, self.embed_dim, dtype=dt, name="history_click")(
-          jnp.clip(batch["all_click"], 0, 1))                                      # (B, Lh, D)
-      scen = nn.Embed(sch.num_scenarios + 1, self.embed_dim, dtype=dt, name="history_scenario")(
-          batch["all_scenario"])                                                   # (B, Lh, D)
+      click = nn.Embed(2, self.embed_dim, name="history_click")(
+          jnp.clip(batch["all_click"], 0, 1)).astype(dt)                           # (B, Lh, D)
+      scen = nn.Embed(sch.num_scenarios + 1, self.embed_dim, name="history_scenario")(
+          batch["all_scenario"]).astype(dt)                                        # (B, Lh, D)
       hist = jnp.concatenate([hist, click * all_mask, scen * all_mask], axis=-1)   # (B, Lh, Fi*D+2D)
 
     # Eq. (4): scenario encoder over S_u; zeros for a user with no current-scenario behaviour.

@@ -1,0 +1,53 @@
+"""Shared Bottom (Caruana 1993; paper Appendix A.2): the embedding layer is shared, and every
+scenario has its own 3-layer tower on top of it.
+
+    y_m = Tower_{s}([u ⊕ i ⊕ s ⊕ DIN(i, S_u)])               s = the sample's scenario
+
+The P towers are stacked parameters (`experts.GroupedMLP`); a sample runs only its own tower.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from mscan_jax.data.schema import Schema
+from mscan_jax.models import din, experts
+
+Dtype = Any
+
+# Paper A.2: "the embedding layer as the shared part and ... 3 fully connected layers for each
+# scenario on top of the shared part": two hidden layers + output, with the widths and dropout
+# of the Mix MLP (512, 256; 0.2, the authors' FFN config), so the two differ only in sharing.
+DEFAULTS = {"tower": (512, 256), "dropout": 0.2}
+
+
+class SharedBottom(nn.Module):
+  """`__call__(batch, *, train) -> {"y_m": (B,)}` float32."""
+  schema: Schema
+  embed_dim: int = 32
+  behaviours: str = "cur"
+  tower: Sequence[int] = DEFAULTS["tower"]
+  dropout: float = DEFAULTS["dropout"]
+  grouped_matmul: str = "auto"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, batch: dict, *, train: bool) -> dict:
+    p = self.schema.num_scenarios
+    x = din.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=self.dtype,
+                           name="inputs")(batch)["x"]                    # (B, F)
+    sid = experts.scenario_index(batch, p)                               # (B,)
+    y = experts.GroupedMLP(p, self.tower, 1, dropout=self.dropout, impl=self.grouped_matmul,
+                           dtype=self.dtype, name="towers")(x, sid, train=train)   # (B, 1)
+    return {"y_m": y[:, 0].astype(jnp.float32)}
+
+
+def from_config(config: ml_collections.ConfigDict, schema: Schema) -> SharedBottom:
+  return SharedBottom(**din.inputs_from_config(config, schema),
+                      tower=din.option(config, "tower", DEFAULTS),
+                      dropout=din.option(config, "dropout", DEFAULTS),
+                      grouped_matmul=config.baseline.grouped_matmul)
