@@ -53,6 +53,7 @@ only; ~5.6M samples, 64 scenarios). Generation is vectorised numpy (large: ~20 s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from typing import Any
@@ -364,7 +365,10 @@ def ensure_synthetic(preset: str, seed: int, cache_dir: str, **overrides: Any) -
   """
   cfg = get_preset(preset, seed=int(seed), **overrides)
   suffix = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
-  path = os.path.join(cache_dir, f"synthetic-{preset}-seed{int(seed)}{suffix}")
+  # The generator's full parameter set is part of the name: a cache built by an earlier
+  # version of a preset is never mistaken for the current one.
+  digest = hashlib.sha1(repr(cfg).encode()).hexdigest()[:8]
+  path = os.path.join(cache_dir, f"synthetic-{preset}-seed{int(seed)}{suffix}-{digest}")
   build_atomically(path, lambda tmp: build_synthetic(cfg, tmp, name=f"synthetic-{preset}"))
   return path
 

@@ -3,6 +3,7 @@ agreement with the generic-log path."""
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -117,14 +118,17 @@ def test_generic_log_path_builds_the_same_dataset(tmp_path):
 def test_ensure_synthetic_builds_once_atomically(tmp_path):
   cache = os.path.join(tmp_path, "cache")
   path = synthetic.ensure_synthetic("tiny", 3, cache)
-  assert path == os.path.join(cache, "synthetic-tiny-seed3")
+  name = os.path.basename(path)
+  assert re.fullmatch(r"synthetic-tiny-seed3-[0-9a-f]{8}", name), name
   stamp = os.path.getmtime(os.path.join(path, "schema.json"))
   assert synthetic.ensure_synthetic("tiny", 3, cache) == path
   assert os.path.getmtime(os.path.join(path, "schema.json")) == stamp
-  assert sorted(os.listdir(cache)) == ["synthetic-tiny-seed3"]          # no temporary left
+  assert sorted(os.listdir(cache)) == [name]                             # no temporary left
   assert BuiltDataset(path).schema.name == "synthetic-tiny"
   other = synthetic.ensure_synthetic("tiny", 3, cache, bias_strength=0.0)
-  assert other == os.path.join(cache, "synthetic-tiny-seed3-bias_strength0.0")
+  assert re.fullmatch(r"synthetic-tiny-seed3-bias_strength0\.0-[0-9a-f]{8}", os.path.basename(other))
+  # A changed generator parameter set never reuses a cache built for another one.
+  assert synthetic.ensure_synthetic("tiny", 3, cache, num_users=150) not in (path, other)
   with pytest.raises(ValueError, match="unknown synthetic preset"):
     synthetic.ensure_synthetic("huge", 0, cache)
 

@@ -1,0 +1,253 @@
+"""The experiment grids of paper §4 as data: lists of config overrides.
+
+A grid is a list of override dicts `{"model": "mscan", "mscan.alpha": 0.3, "seed": 1}` (keys are
+dotted paths of `mscan_jax.config.get_config()`), built from three small helpers:
+
+    axis("seed", range(3))            -> [{"seed": 0}, {"seed": 1}, {"seed": 2}]
+    product(grid_a, grid_b, ...)      -> every combination, the dicts merged (first axis slowest)
+    zipped(grid_a, grid_b, ...)       -> element-wise merge of grids of one length
+
+The grids (`build(name, seeds=..., scenarios=...)`):
+
+  table1  Table 1: every model x seeds; `single` and `finetune` once per target scenario
+          (`single.scenario`), the multi-scenario models once (scored on every scenario).
+  table2  Table 2: M-scan with `mscan.use_saca` x `mscan.use_sbe` x seeds.
+  alpha   Figure 6: M-scan with each alpha of Eq. (11) in `ALPHA_VALUES` x seeds (retrained).
+  c       Figure 5: the default M-scan x seeds. c of Eq. (12) only enters at inference, so the
+          report sweeps `C_VALUES` over each run's saved y_m and y_s; nothing is trained per c.
+  all     the union of the above.
+
+Every run is a `Run(name, overrides)`. Overrides equal to the default config are dropped
+(`canonical`), and the name is made from what is left (`run_name`): `mscan-s0`,
+`mscan-saca=False-sbe=True-s1`, `single-scenario=2-s0`, `mscan-alpha=0.3-s2`. So the same
+configuration gets the same run folder in every grid: Table 2's full M-scan, Figure 6's default
+alpha and Figure 5's runs are Table 1's M-scan runs, trained once.
+
+Settings shared by every run of an output folder (dataset, model sizes: `SIZES`) are not part of
+the name; `experiments.grid` records them in `<out>/grid.json` and refuses to mix them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from typing import Any, Iterable, Sequence
+
+from mscan_jax import config as config_lib
+
+Overrides = dict[str, Any]
+Grid = list[Overrides]
+
+# Table 1's columns, in the paper's order (App. A.2); STAR (registered, not in the paper's
+# Table 1) before M-scan.
+TABLE1_MODELS = ("single", "mix", "shared_bottom", "finetune", "mmoe", "ple", "aesm2", "m2m",
+                 "star", "mscan")
+# Models trained and tested on one target scenario: one run per scenario in `single.scenario`.
+PER_SCENARIO_MODELS = ("single", "finetune")
+BASELINES = tuple(m for m in TABLE1_MODELS if m != "mscan")
+# Figure 6: alpha of Eq. (11); 0.1 (the authors' default) is Table 1's M-scan run.
+ALPHA_VALUES = (0.0, 0.03, 0.1, 0.3, 1.0)
+# Figure 5: c of Eq. (12), swept at inference over saved predictions (no retraining).
+C_VALUES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0)
+GRID_NAMES = ("table1", "table2", "alpha", "c", "all")
+# Config keys the grids vary (never a setting shared by a whole output folder).
+AXIS_KEYS = ("model", "seed", "single.scenario", "mscan.use_saca", "mscan.use_sbe", "mscan.alpha")
+
+# Short names of override keys in run names (unique; other keys appear as their full path).
+ALIASES = {"mscan.use_saca": "saca", "mscan.use_sbe": "sbe", "mscan.alpha": "alpha",
+           "mscan.c": "c", "single.scenario": "scenario"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def axis(key: str, values: Iterable[Any]) -> Grid:
+  """One axis: [{key: v} for v in values]."""
+  return [{key: v} for v in values]
+
+
+def product(*grids: Grid) -> Grid:
+  """Cartesian product of grids, dicts merged; the first grid varies slowest."""
+  out: Grid = []
+  for combo in itertools.product(*grids):
+    merged: Overrides = {}
+    for part in combo:
+      _merge_into(merged, part)
+    out.append(merged)
+  return out
+
+
+def zipped(*grids: Grid) -> Grid:
+  """Element-wise merge of grids of one length: zipped(axis(a, [1, 2]), axis(b, [3, 4]))."""
+  lengths = {len(g) for g in grids}
+  if len(lengths) > 1:
+    raise ValueError(f"zipped: grids of different lengths {[len(g) for g in grids]}")
+  out: Grid = []
+  for combo in zip(*grids):
+    merged: Overrides = {}
+    for part in combo:
+      _merge_into(merged, part)
+    out.append(merged)
+  return out
+
+
+def _merge_into(merged: Overrides, part: Overrides) -> None:
+  clash = set(merged) & set(part)
+  if clash:
+    raise ValueError(f"axes set the same key twice: {sorted(clash)}")
+  merged.update(part)
+
+
+def flatten(config, prefix: str = "") -> Overrides:
+  """A ConfigDict (or dict) as {"a.b.c": value}."""
+  out: Overrides = {}
+  for k, v in config.items():
+    key = f"{prefix}{k}"
+    if hasattr(v, "items"):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+_DEFAULTS = flatten(config_lib.get_config())
+
+
+def default_value(key: str) -> Any:
+  """The default config's value at dotted `key`; KeyError naming the key if it does not exist."""
+  if key not in _DEFAULTS:
+    raise KeyError(f"override {key!r} is not a field of mscan_jax.config.get_config()")
+  return _DEFAULTS[key]
+
+
+def _same(a: Any, b: Any) -> bool:
+  """Equal as config values: tuples and lists alike, bools never equal to numbers."""
+  if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+    return isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and tuple(a) == tuple(b)
+  if isinstance(a, bool) or isinstance(b, bool):
+    return a is b
+  return a == b
+
+
+def canonical(overrides: Overrides) -> Overrides:
+  """Drops overrides equal to the default config (except `model` and `seed`); checks keys."""
+  out: Overrides = {}
+  for k, v in overrides.items():
+    d = default_value(k)
+    if k in ("model", "seed") or not _same(d, v):
+      out[k] = v
+  if "model" not in out:
+    out["model"] = default_value("model")
+  if "seed" not in out:
+    out["seed"] = default_value("seed")
+  return out
+
+
+def format_value(v: Any) -> str:
+  """A value as `--config.X=` takes it: True/False, (1, 2,) for tuples, plain numbers/strings."""
+  if isinstance(v, bool):
+    return str(v)
+  if isinstance(v, (tuple, list)):
+    return "(" + "".join(f"{format_value(x)}," for x in v) + ")"
+  return str(v)
+
+
+def run_name(overrides: Overrides) -> str:
+  """The run folder's name: model, then the non-default overrides sorted by key, then s<seed>."""
+  o = canonical(overrides)
+  parts = [str(o["model"])]
+  for k in sorted(o):
+    if k in ("model", "seed"):
+      continue
+    parts.append(f"{ALIASES.get(k, k)}={format_value(o[k])}")
+  parts.append(f"s{o['seed']}")
+  return re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts).replace(",)", ")"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  overrides: Overrides   # canonical (default-valued overrides dropped)
+
+
+def make_runs(grid: Grid) -> list[Run]:
+  """Grid -> runs, de-duplicated by name (first occurrence kept, order preserved)."""
+  runs: dict[str, Run] = {}
+  for overrides in grid:
+    name = run_name(overrides)
+    if name not in runs:
+      runs[name] = Run(name, canonical(overrides))
+  return list(runs.values())
+
+
+# ----------------------------------------------------------------------------- sizes
+
+def _tiny_size() -> Overrides:
+  """The values by which `config.get_tiny_config()` shrinks the default config (not the data
+  preset, which is the grid's --preset), plus small baseline towers and experts (same depth as
+  the baselines' defaults: two hidden layers, two expert layers)."""
+  diff = {k: v for k, v in flatten(config_lib.get_tiny_config()).items()
+          if flatten(config_lib.get_config())[k] != v and k != "data.preset"}
+  return {**diff, "baseline.tower": (32, 16), "baseline.expert": (16, 8)}
+
+
+# Model and training sizes shared by every run of a grid (`--size`): overrides of the default
+# config. "default" is the paper's configuration (config.py); "small" keeps every architecture
+# and halves the widths, for the committed synthetic reference on 2 CPU cores.
+SIZES: dict[str, Overrides] = {
+    "tiny": _tiny_size(),
+    "small": {"embed_dim": 16, "mscan.mlp": (128, 64), "mscan.scenario_mlp": (32,),
+              "mscan.attn_mlp": (64, 32), "baseline.tower": (128, 64),
+              "baseline.expert": (64, 32), "train.num_epochs": 3},
+    "default": {},
+}
+
+
+# ----------------------------------------------------------------------------- grids
+
+def table1(seeds: Sequence[int], scenarios: Sequence[int]) -> Grid:
+  seed_axis = axis("seed", seeds)
+  multi = [m for m in TABLE1_MODELS if m not in PER_SCENARIO_MODELS]
+  per = [m for m in TABLE1_MODELS if m in PER_SCENARIO_MODELS]
+  if not scenarios:
+    raise ValueError("table1 needs the target scenarios of `single` and `finetune`")
+  return (product(axis("model", multi), seed_axis)
+          + product(axis("model", per), axis("single.scenario", scenarios), seed_axis))
+
+
+def table2(seeds: Sequence[int]) -> Grid:
+  return product(axis("model", ["mscan"]), axis("mscan.use_saca", [True, False]),
+                 axis("mscan.use_sbe", [True, False]), axis("seed", seeds))
+
+
+def alpha(seeds: Sequence[int]) -> Grid:
+  return product(axis("model", ["mscan"]), axis("mscan.alpha", ALPHA_VALUES), axis("seed", seeds))
+
+
+def c(seeds: Sequence[int]) -> Grid:
+  """Figure 5's trained runs: the default M-scan per seed; the c values are swept by the report."""
+  return product(axis("model", ["mscan"]), axis("seed", seeds))
+
+
+def needs_scenarios(name: str) -> bool:
+  return name in ("table1", "all")
+
+
+def build(name: str, *, seeds: Sequence[int], scenarios: Sequence[int] = ()) -> list[Run]:
+  """The runs of grid `name` (one of GRID_NAMES) for `seeds` (and `scenarios` for table1)."""
+  seeds = list(seeds)
+  if not seeds:
+    raise ValueError("a grid needs at least one seed")
+  if name == "table1":
+    grid = table1(seeds, scenarios)
+  elif name == "table2":
+    grid = table2(seeds)
+  elif name == "alpha":
+    grid = alpha(seeds)
+  elif name == "c":
+    grid = c(seeds)
+  elif name == "all":
+    grid = table1(seeds, scenarios) + table2(seeds) + alpha(seeds)
+  else:
+    raise ValueError(f"unknown grid {name!r}; valid: {', '.join(GRID_NAMES)}")
+  return make_runs(grid)

@@ -1,0 +1,228 @@
+"""experiments.report on hand-made runs: the expected Table 1 (means, stds, RelaImpr, bold, `*`),
+Table 2, the c sweep over saved y_m / y_s (Figure 5) and the alpha figure (Figure 6).
+
+The fake runs have 2 scenarios of 10 positives and 10 negatives each. A model's score is 1 for
+the first `j` positives of a scenario and 0 for everything else, so its AUC there is
+(10 j + 0.5 (10 - j) 10) / 100 = 0.5 + j / 20, and over both scenarios (20 x 20 pairs, every
+negative at 0) 0.5 + (number of positives at 1) / 40. results.json comes from the library's
+`evaluate_predictions` on these predictions; the expectations below are computed by hand.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from experiments import report
+from mscan_jax.evaluation.metrics import evaluate_predictions
+
+N = 10   # positives (and negatives) per scenario
+SEEDS = (0, 1, 2)
+
+
+def _scenario_block(scenario: int, j: int, offset: int) -> dict:
+  label = np.r_[np.ones(N), np.zeros(N)]
+  score = np.r_[np.ones(j), np.zeros(2 * N - j)]
+  return {"sample_id": np.arange(offset, offset + 2 * N, dtype=np.int64),
+          "user_id": np.arange(offset, offset + 2 * N, dtype=np.int64) % 7,
+          "scenario": np.full(2 * N, scenario, np.int64), "label": label, "score": score}
+
+
+def _write_run(root: str, name: str, overrides: dict, pred: dict | None,
+               results: dict | None = None) -> None:
+  wd = os.path.join(root, "runs", name)
+  os.makedirs(wd)
+  with open(os.path.join(wd, "run.json"), "w") as f:
+    json.dump({"name": name, "overrides": overrides}, f)
+  if pred is not None:
+    pred = {**pred, "prob": np.full(len(pred["label"]), 0.5), "true_like": pred["label"]}
+    pq.write_table(pa.table(pred), os.path.join(wd, "predictions.parquet"))
+    results = evaluate_predictions(pred["label"], pred["score"], pred["prob"], pred["scenario"],
+                                   pred["user_id"], true_like=pred["true_like"])
+    results.update(model=overrides["model"], dataset="synthetic-tiny", seed=overrides["seed"],
+                   c=1.0)
+  with open(os.path.join(wd, "results.json"), "w") as f:
+    json.dump(results, f)
+
+
+def _concat(*blocks: dict) -> dict:
+  return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
+def _mscan_pred(seed: int) -> dict:
+  """Scenario 1 perfect (j = 10); scenario 2 j = seed + 1. Plus y_m, y_s for the c sweep:
+  scenario 1: sigmoid(y_s) = 0.75, positives y_m = 2, negatives 0; scenario 2: sigmoid(y_s) =
+  0.5, positives 3, negatives 1. A scenario-1 positive outranks a scenario-2 negative iff
+  (2 - c) 0.75 > (1 - c) 0.5, i.e. c < 4; every other cross pair is ordered right for c >= 0,
+  so #All AUC(c) = 1 for c < 4 and 1 - (10 x 10) / (20 x 20) = 0.75 for c > 4."""
+  p = _concat(_scenario_block(1, N, 0), _scenario_block(2, seed + 1, 2 * N))
+  pos1, pos2 = np.r_[np.ones(N), np.zeros(N)], np.r_[np.ones(N), np.zeros(N)]
+  p["y_m"] = np.r_[2.0 * pos1, 1.0 + 2.0 * pos2].astype(np.float32)
+  p["y_s"] = np.r_[np.full(2 * N, np.log(3.0)), np.zeros(2 * N)].astype(np.float32)
+  return p
+
+
+def make_fake_grid(root: str) -> None:
+  """Writes the hand-made grid folder described in the module docstring into `root`."""
+  with open(os.path.join(root, "grid.json"), "w") as f:
+    json.dump({"dataset": "synthetic-tiny", "size": "tiny", "scenarios": [1, 2],
+               "shared": {}, "grids": ["all"]}, f)
+  for s in SEEDS:
+    _write_run(root, f"mscan-s{s}", {"model": "mscan", "seed": s}, _mscan_pred(s))
+    # Mix: scenario 1 j = 2 (0.6), scenario 2 j = 8 (0.9); #All 0.5 + 10/40 = 0.75.
+    _write_run(root, f"mix-s{s}", {"model": "mix", "seed": s},
+               _concat(_scenario_block(1, 2, 0), _scenario_block(2, 8, 2 * N)))
+    # PLE: scenario 1 j = 4 (0.7), scenario 2 j = 0 (0.5); #All 0.6.
+    _write_run(root, f"ple-s{s}", {"model": "ple", "seed": s},
+               _concat(_scenario_block(1, 4, 0), _scenario_block(2, 0, 2 * N)))
+    # Single: scenario 1 j = 2 (0.6), scenario 2 j = 1 (0.55); their own scenario only.
+    _write_run(root, f"single-scenario=1-s{s}", {"model": "single", "seed": s,
+                                                 "single.scenario": 1}, _scenario_block(1, 2, 0))
+    _write_run(root, f"single-scenario=2-s{s}", {"model": "single", "seed": s,
+                                                 "single.scenario": 2},
+               _scenario_block(2, 1, 2 * N))
+    # Table 2 and Figure 6: results only.
+    for name, ov, auc in ((f"mscan-sbe=False-s{s}", {"mscan.use_sbe": False}, 0.70 + 0.01 * s),
+                          (f"mscan-saca=False-s{s}", {"mscan.use_saca": False}, 0.65),
+                          (f"mscan-alpha=0.3-s{s}", {"mscan.alpha": 0.3}, 0.60 + 0.02 * s)):
+      _write_run(root, name, {"model": "mscan", "seed": s, **ov}, None,
+                 {"auc": {"all": auc, "per_scenario": {"1": auc, "2": auc}}, "c": 1.0})
+  # An unfinished run: listed, not used.
+  os.makedirs(os.path.join(root, "runs", "m2m-s0"))
+  with open(os.path.join(root, "runs", "m2m-s0", "run.json"), "w") as f:
+    json.dump({"name": "m2m-s0", "overrides": {"model": "m2m", "seed": 0}}, f)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("grid"))
+  make_fake_grid(root)
+  return report.load_folder(root)
+
+
+def test_table1_means_relaimpr_bold_and_star(folder):
+  t = report.build_table1(folder, "auc")
+  assert t.rows == ["1", "2", "all"]
+  assert t.models == ["single", "mix", "ple", "mscan"]
+  st = t.stats
+  assert st[("1", "mscan")].mean == pytest.approx(1.0)
+  assert st[("2", "mscan")].mean == pytest.approx(0.6)           # 0.55, 0.60, 0.65
+  assert st[("2", "mscan")].std == pytest.approx(0.05)
+  assert st[("all", "mscan")].mean == pytest.approx(0.8)         # 0.5 + (11, 12, 13) / 40
+  assert st[("1", "single")].mean == pytest.approx(0.6)
+  assert st[("2", "single")].mean == pytest.approx(0.55)
+  assert st[("all", "single")].n == 0                            # no #All for Single
+  assert st[("all", "mix")].mean == pytest.approx(0.75)
+  assert st[("all", "ple")].mean == pytest.approx(0.6)
+  # RelaImpr = ((AUC - 0.5) / (AUC_ref - 0.5) - 1) * 100, ref Single per scenario, Mix on #All.
+  assert t.relaimpr[("1", "ple")] == pytest.approx(100.0)        # 0.2 / 0.1
+  assert t.relaimpr[("1", "mscan")] == pytest.approx(400.0)      # 0.5 / 0.1
+  assert t.relaimpr[("2", "mscan")] == pytest.approx(100.0)      # 0.1 / 0.05
+  assert t.relaimpr[("all", "mscan")] == pytest.approx(20.0)     # 0.3 / 0.25
+  assert t.relaimpr[("all", "ple")] == pytest.approx(-60.0)      # 0.1 / 0.25
+  assert ("1", "single") not in t.relaimpr and ("all", "mix") not in t.relaimpr
+  assert t.best == {"1": "mscan", "2": "mix", "all": "mscan"}
+  # Scenario 1: M-scan 1.0 vs PLE 0.7 in every seed: DeLong p ~ 2e-4 per seed, paired t p = 0.
+  s1 = t.tests["1"]
+  assert s1.baseline == "ple" and s1.seeds == [0, 1, 2]
+  assert all(p < 1e-3 for p in s1.delong_p)
+  assert s1.star
+  # Scenario 2: Mix is better than M-scan: no star.
+  assert t.tests["2"].baseline == "mix" and not t.tests["2"].star
+  # #All: M-scan ahead of Mix by 1-3 positives of 20 per seed: neither test reaches 0.05.
+  assert t.tests["all"].baseline == "mix" and not t.tests["all"].star
+  assert t.tests["all"].mean_diff == pytest.approx(0.05)
+
+
+def test_table1_markdown(folder):
+  lines = report.table1_markdown(report.build_table1(folder, "auc"))
+  assert lines[0] == "| Scenario | Single | Mix | PLE | M-scan |"
+  row1 = lines[2].split(" | ")
+  assert row1[0] == "| #1"
+  assert row1[1] == "0.6000 ± 0.0000"
+  assert row1[4].startswith("**1.0000** ± 0.0000\\*<br>+400.00%")
+  row2 = lines[3].split(" | ")
+  assert row2[2].startswith("**0.9000**") and "\\*" not in row2[4]
+  all_row = lines[4].split(" | ")
+  assert all_row[0] == "| #All" and all_row[1] == "–"
+
+
+def test_true_interest_table_and_unfinished(folder):
+  t = report.build_table1(folder, "true_interest_auc")
+  assert t is not None   # true_like == label here, so the same numbers
+  assert t.stats[("all", "mscan")].mean == pytest.approx(0.8)
+  assert folder.unfinished == ["m2m-s0"]
+
+
+def test_table2_and_figures(folder):
+  t2 = report.build_table2(folder, "auc")
+  assert t2[(True, True)].mean == pytest.approx(0.8)
+  assert t2[(True, False)].mean == pytest.approx(0.71)
+  assert t2[(True, False)].std == pytest.approx(0.01)
+  assert t2[(False, True)].mean == pytest.approx(0.65)
+  assert t2[(False, False)].n == 0
+  fig6 = {(r["metric"], r["alpha"]): r for r in report.figure6_data(folder)}
+  assert fig6[("auc", 0.1)]["mean"] == pytest.approx(0.8)      # the default M-scan runs
+  assert fig6[("auc", 0.3)]["mean"] == pytest.approx(0.62)
+  assert fig6[("auc", 0.3)]["min"] == pytest.approx(0.60)
+  fig5 = {(r["metric"], r["c"]): r for r in report.figure5_data(folder, (0.0, 2.0, 5.0, 8.0))}
+  assert fig5[("auc", 0.0)]["mean"] == pytest.approx(1.0)
+  assert fig5[("auc", 2.0)]["mean"] == pytest.approx(1.0)
+  assert fig5[("auc", 5.0)]["mean"] == pytest.approx(0.75)
+  assert fig5[("auc", 8.0)]["mean"] == pytest.approx(0.75)
+  assert fig5[("auc", 1.0)]["n_seeds"] == 3                     # the runs' own c is added
+
+
+def test_write_report_files(folder, tmp_path):
+  path = report.write_report([folder], str(tmp_path))
+  md = open(path).read()
+  for name in ("table1.csv", "significance.csv", "table2.csv", "figure5_c.csv",
+               "figure6_alpha.csv", "runs.csv", "figure5_c.png", "figure6_alpha.png"):
+    assert os.path.getsize(tmp_path / name) > 0, name
+  assert "## Table 1" in md and "## Table 2" in md and "![Figure 5](figure5_c.png)" in md
+  assert "true-interest AUC" in md and "m2m-s0" in md
+  rows = list(csv.DictReader(open(tmp_path / "table1.csv")))
+  star = [r for r in rows if r["star"] == "True"]
+  assert {(r["metric"], r["scenario"], r["model"]) for r in star} == {
+      ("auc", "1", "mscan"), ("true_interest_auc", "1", "mscan")}
+  t2 = list(csv.DictReader(open(tmp_path / "table2.csv")))
+  assert len([r for r in t2 if r["metric"] == "auc"]) == 3
+
+
+def test_paper_numbers_beside_ours(folder, tmp_path):
+  """On the paper's dataset, the paper's row follows ours (its #All here)."""
+  aliccp = report.Folder(folder.path, "aliccp", {**folder.info, "dataset": "aliccp"},
+                         folder.runs, [])
+  lines = report.table1_markdown(report.build_table1(aliccp, "auc"))
+  paper_all = [l for l in lines if l.startswith("| #All paper")]
+  assert len(paper_all) == 1
+  cells = paper_all[0].split(" | ")
+  assert cells[1] == "–" and cells[2] == "_0.6574_"            # Single has no #All; Mix
+  assert cells[4].startswith("_0.6714\\*")                      # M-scan, starred in the paper
+  t2 = report.table2_markdown([aliccp], "auc")
+  assert "aliccp (paper)" in t2[0] and "_0.6714_" in t2[2]
+
+
+def test_label_mismatch_is_an_error(folder, tmp_path):
+  a = next(r for r in folder.runs if r.name == "mscan-s0")
+  b = next(r for r in folder.runs if r.name == "mix-s0")
+  table = pq.read_table(os.path.join(b.workdir, "predictions.parquet"))
+  table = table.set_column(table.column_names.index("label"), "label",
+                           pa.array(1.0 - table.column("label").to_numpy()))
+  pq.write_table(table, tmp_path / "predictions.parquet")
+  bad = report.RunResult(b.name, b.dataset, b.overrides, b.results, str(tmp_path))
+  with pytest.raises(report.ReportError, match="disagree on label of sample_id 0"):
+    report.joined_scores(a, bad, "1", "label")
+
+
+def test_cli_report_dir_gets_results_without_predictions(folder, tmp_path):
+  dest = tmp_path / "results"
+  assert report.main([f"--out={folder.path}", f"--report_dir={dest}"]) == 0
+  assert (dest / "report.md").exists() and (dest / "grid.json").exists()
+  assert (dest / "runs" / "mscan-s0" / "results.json").exists()
+  assert not (dest / "runs" / "mscan-s0" / "predictions.parquet").exists()
+  assert not (dest / "runs" / "m2m-s0").exists()                 # unfinished: not copied

@@ -1,0 +1,189 @@
+"""experiments.grid: planning, skip-finished / resume, failure reporting, parallel jobs.
+
+A fake launcher (a tiny Python script, no JAX) stands in for launch.py: it records its command
+line, writes results.json, fails on request, and can wait for a sibling run (a barrier that
+only two runs at a time can pass). One real tiny run goes through launch.py at the end.
+"""
+
+import csv
+import json
+import os
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from experiments import grid, grids
+
+FAKE = textwrap.dedent("""
+    import json, os, sys, time
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+    wd = args["workdir"]
+    with open(os.path.join(wd, "calls.txt"), "a") as f:
+      f.write(" ".join(sys.argv[1:]) + "\\n")
+    print("fake run", os.path.basename(wd))
+    if args.get("config.mscan.alpha") == "0.3" or args.get("config.model") == "fail":
+      print("boom: this run fails"); sys.exit(3)
+    if args.get("config.seed") == "0" and os.environ.get("FAKE_BARRIER"):
+      # Seed 0 and seed 1 runs wait for each other: passes only if they run at the same time.
+      open(os.path.join(os.environ["FAKE_BARRIER"], os.path.basename(wd)), "w").close()
+      for _ in range(400):
+        if len(os.listdir(os.environ["FAKE_BARRIER"])) >= 2:
+          break
+        time.sleep(0.025)
+      else:
+        print("barrier: no sibling running"); sys.exit(4)
+    if args.get("config.seed") == "1" and os.environ.get("FAKE_BARRIER"):
+      open(os.path.join(os.environ["FAKE_BARRIER"], os.path.basename(wd)), "w").close()
+    with open(os.path.join(wd, "results.json"), "w") as f:
+      json.dump({"auc": {"all": 0.5, "per_scenario": {}}}, f)
+""")
+
+
+@pytest.fixture
+def launcher(tmp_path):
+  path = tmp_path / "fake_launch.py"
+  path.write_text(FAKE)
+  return [sys.executable, str(path)]
+
+
+def _calls(workdir):
+  p = os.path.join(workdir, "calls.txt")
+  return open(p).read().splitlines() if os.path.exists(p) else []
+
+
+def test_plan_finetune_reuses_the_mix_run(tmp_path):
+  runs = grids.build("table1", seeds=[0], scenarios=[2])
+  base = {"data.name": "synthetic", "data.preset": "tiny"}
+  jobs = {j.run.name: j for j in grid.plan(runs, str(tmp_path / "runs"), base)}
+  ft = jobs["finetune-scenario=2-s0"]
+  mix_dir = os.path.join(str(tmp_path / "runs"), "mix-s0")
+  assert ft.deps == ("mix-s0",)
+  assert ft.overrides == {**base, "model": "mix", "seed": 0, "single.scenario": 2,
+                          "data.train_scenarios": (2,), "data.eval_scenarios": (2,),
+                          "train.init_from": mix_dir}
+  assert ft.workdir == os.path.join(str(tmp_path / "runs"), "finetune-scenario=2-s0")
+  cmd = grid.command(["L"], ft)
+  assert cmd[:2] == ["L", f"--workdir={ft.workdir}"]
+  assert "--config.data.train_scenarios=(2,)" in cmd and f"--config.train.init_from={mix_dir}" in cmd
+  single = jobs["single-scenario=2-s0"]
+  assert single.deps == () and single.overrides["model"] == "single"
+  # A finetune without its Mix run in the grid gets the Mix run added before it.
+  only = [r for r in runs if r.overrides["model"] == "finetune"]
+  assert [j.run.name for j in grid.plan(only, str(tmp_path), {})] == ["mix-s0", "finetune-scenario=2-s0"]
+
+
+def test_skip_resume_and_failure(tmp_path, launcher):
+  runs = grids.build("alpha", seeds=[0])          # alpha 0.3 fails in the fake launcher
+  jobs = grid.plan(runs, str(tmp_path / "runs"), {"data.name": "synthetic"})
+  # A finished run (results.json) is skipped; a half-finished one (no results.json) runs again.
+  done_dir = os.path.join(str(tmp_path / "runs"), "mscan-alpha=1.0-s0")
+  os.makedirs(done_dir)
+  open(os.path.join(done_dir, "results.json"), "w").write("{}")
+  half_dir = os.path.join(str(tmp_path / "runs"), "mscan-s0")
+  os.makedirs(half_dir)
+  open(os.path.join(half_dir, "checkpoint-marker"), "w").close()
+  lines = []
+  s = grid.run_jobs(jobs, launcher=launcher, num_jobs=1, echo=lines.append)
+  assert sorted(s.done) == ["mscan-alpha=0.0-s0", "mscan-alpha=0.03-s0", "mscan-s0"]
+  assert s.skipped == ["mscan-alpha=1.0-s0"]
+  assert [n for n, _ in s.failed] == ["mscan-alpha=0.3-s0"]
+  log = os.path.join(str(tmp_path / "runs"), "mscan-alpha=0.3-s0", "log.txt")
+  assert log in s.failed[0][1] and "exit code 3" in s.failed[0][1]
+  assert "boom: this run fails" in open(log).read()
+  assert not s.ok and "FAILED mscan-alpha=0.3-s0" in s.format()
+  assert len(lines) == 5 and lines[0].startswith("[1/5] skipped")
+  assert _calls(done_dir) == []
+  call = _calls(half_dir)[0].split()
+  assert f"--workdir={half_dir}" in call and "--config.model=mscan" in call
+  assert "--config.data.name=synthetic" in call and "--config.seed=0" in call
+  info = json.load(open(os.path.join(half_dir, "run.json")))
+  assert info["overrides"] == {"model": "mscan", "seed": 0}
+  # Second pass: finished runs skipped, only the failed one is tried again.
+  s2 = grid.run_jobs(jobs, launcher=launcher, num_jobs=1, echo=lambda _: None)
+  assert len(s2.skipped) == 4 and [n for n, _ in s2.failed] == ["mscan-alpha=0.3-s0"]
+  assert len(_calls(os.path.join(str(tmp_path / "runs"), "mscan-alpha=0.3-s0"))) == 2
+
+
+def test_failed_dependency_fails_its_finetunes(tmp_path, launcher):
+  mix = grids.Run("mix-s0", {"model": "fail", "seed": 0})      # the fake launcher fails it
+  ft = grids.Run("finetune-scenario=1-s0", {"model": "finetune", "single.scenario": 1, "seed": 0})
+  jobs = [grid.Job(mix, str(tmp_path / "mix-s0"), dict(mix.overrides)),
+          grid.Job(ft, str(tmp_path / "ft"), {"model": "mix"}, deps=("mix-s0",))]
+  s = grid.run_jobs(jobs, launcher=launcher, num_jobs=2, echo=lambda _: None)
+  assert dict(s.failed)["finetune-scenario=1-s0"] == "dependency mix-s0 failed"
+  assert not os.path.exists(tmp_path / "ft")
+
+
+def test_parallel_jobs_run_at_the_same_time(tmp_path, launcher, monkeypatch):
+  barrier = tmp_path / "barrier"
+  barrier.mkdir()
+  monkeypatch.setenv("FAKE_BARRIER", str(barrier))
+  jobs = grid.plan(grids.build("c", seeds=[0, 1]), str(tmp_path / "runs"), {})
+  s = grid.run_jobs(jobs, launcher=launcher, num_jobs=2, echo=lambda _: None)
+  assert sorted(s.done) == ["mscan-s0", "mscan-s1"] and s.ok
+
+
+def test_main_cli_and_settings_guard(tmp_path, launcher, capsys):
+  data = tmp_path / "built"
+  data.mkdir()
+  out = str(tmp_path / "out")
+  argv = ["--grid=table2", "--dataset=aliccp", f"--data_path={data}", "--seeds=2",
+          f"--out={out}", "--launcher=" + " ".join(launcher), "--set=train.num_epochs=2"]
+  assert grid.main(argv) == 0
+  assert sorted(os.listdir(os.path.join(out, "runs"))) == sorted(
+      r.name for r in grids.build("table2", seeds=[0, 1]))
+  info = json.load(open(os.path.join(out, "grid.json")))
+  assert info["dataset"] == "aliccp" and info["shared"]["train.num_epochs"] == 2
+  assert info["shared"]["data.path"] == str(data)
+  assert "8 done, 0 skipped" in capsys.readouterr().out
+  assert grid.main(argv) == 0 and "0 done, 8 skipped" in capsys.readouterr().out
+  # Other shared settings on the same folder are refused.
+  assert grid.main(argv[:-1] + ["--set=train.num_epochs=3"]) == 2
+  assert "train.num_epochs" in capsys.readouterr().err
+  assert grid.main(argv[:-1] + ["--set=mscan.alpha=0.5"]) == 2
+
+
+def test_parse_set_types():
+  assert grid.parse_set("train.num_epochs=3") == ("train.num_epochs", 3)
+  assert grid.parse_set("mscan.c=2") == ("mscan.c", 2.0)
+  assert grid.parse_set("mscan.mlp=(8, 4)") == ("mscan.mlp", (8, 4))
+  assert grid.parse_set("train.progress=False") == ("train.progress", False)
+  assert grid.parse_set("data.cache_dir=/x/y") == ("data.cache_dir", "/x/y")
+  with pytest.raises(grid.GridError, match="takes a value of type int"):
+    grid.parse_set("train.num_epochs=2.5")
+  with pytest.raises(grid.GridError, match="not a field"):
+    grid.parse_set("train.epochs=2")
+
+
+def test_scenario_choice_from_the_test_split(tmp_path):
+  (tmp_path / "splits").mkdir()
+  (tmp_path / "log").mkdir()
+  scen = np.array([1, 2, 2, 3, 3, 3, 4, 5, 5, 5, 5, 6, 6, 6], np.int32)[:, None]   # (E, 1)
+  np.save(tmp_path / "log" / "scenario.npy", scen)
+  np.save(tmp_path / "splits" / "test.npy", np.arange(1, 14, dtype=np.int64))   # row 0 not test
+  counts = grid.count_test_samples(str(tmp_path))
+  assert counts == {2: 2, 3: 3, 4: 1, 5: 4, 6: 3}
+  assert grid.choose_scenarios(counts) == [3, 5, 6]            # 4, 3, 3 (tie: smaller id 3)
+  assert grid.choose_scenarios({1: 5, 2: 1, 3: 9}) == [1, 2, 3]  # <= 4 scenarios: all
+
+
+def test_one_real_tiny_run_then_skip_then_report(tmp_path, capsys):
+  """The real launch.py on the tiny preset and tiny sizes: one M-scan run, resumed as skipped,
+  and the report's c sweep over its saved y_m and y_s."""
+  from experiments import report
+  out = str(tmp_path / "out")
+  argv = ["--grid=c", "--dataset=synthetic", "--preset=tiny", "--seeds=1", f"--out={out}",
+          f"--cache_dir={tmp_path / 'cache'}", "--set=train.num_epochs=1"]
+  assert grid.main(argv) == 0, open(os.path.join(out, "runs", "mscan-s0", "log.txt")).read()
+  wd = os.path.join(out, "runs", "mscan-s0")
+  config = json.load(open(os.path.join(wd, "config.json")))
+  assert config["embed_dim"] == grids.SIZES["tiny"]["embed_dim"]
+  assert config["data"]["preset"] == "tiny" and config["train"]["progress"] is False
+  assert config["train"]["num_epochs"] == 1
+  assert grid.main(argv) == 0 and "0 done, 1 skipped" in capsys.readouterr().out
+  assert report.main([f"--out={out}"]) == 0
+  rows = list(csv.DictReader(open(os.path.join(out, "figure5_c.csv"))))
+  assert {float(r["c"]) for r in rows if r["metric"] == "auc"} >= set(grids.C_VALUES)
+  assert os.path.exists(os.path.join(out, "figure5_c.png"))
