@@ -28,7 +28,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # Orbax logs every file it writes at INFO
   config = _CONFIG.value
-  from mscan_jax.training import distributed, train
+  from mscan_jax.training import distributed
+  distributed.retain_host_memory()   # before any JAX computation: XLA:CPU step buffers are reused
+  from mscan_jax.training import train
   distributed.initialize(config)
   workdir = _WORKDIR.value or default_workdir(config)
   results = train.run(config, workdir)

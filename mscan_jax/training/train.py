@@ -203,9 +203,19 @@ def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: floa
   for local in it:
     batch = _to_global(local, sharding)
     res = eval_fn(params, batch, c_arr)
-    res.update({k: batch[k] for k in meta_keys if k in batch})
+    # Identifiers come from the host batch: on the device int64 ids would be cut to int32
+    # (x64 is off), and Ali-CCP's sample ids exceed 2^31.
+    meta = {k: local[k] for k in meta_keys if k in local}
     if jax.process_count() > 1:
       res = multihost_utils.process_allgather(res, tiled=True)
+      sid = meta.pop("sample_id").astype(np.int64)
+      meta["sid_hi"] = (sid >> 32).astype(np.int32)
+      meta["sid_lo"] = (sid & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+      meta = {k: np.asarray(v) for k, v in
+              multihost_utils.process_allgather(meta, tiled=True).items()}
+      meta["sample_id"] = ((meta.pop("sid_hi").astype(np.int64) << 32)
+                           | meta.pop("sid_lo").view(np.uint32).astype(np.int64))
+    res.update(meta)
     for k, v in res.items():
       outs.setdefault(k, []).append(np.asarray(v))
   out = {k: np.concatenate(v) for k, v in outs.items()}

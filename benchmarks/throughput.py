@@ -1,0 +1,512 @@
+"""Training and inference throughput of M-scan at the shapes of the paper's two datasets.
+
+    .venv/bin/python -m benchmarks.throughput                        # both shapes, both paths
+    .venv/bin/python -m benchmarks.throughput --shapes=aliccp --impls=factored --steps=10
+    .venv/bin/python -m benchmarks.throughput --breakdown            # + where a step's time goes
+    .venv/bin/python benchmarks/throughput.py --dtypes=float32,bfloat16 --json_out=tp.json
+
+Runs on whatever backend JAX finds (CPU, GPU), with the batch split over every device. It
+measures the real trainer: `train.train_step` / `train.eval_step` with `train.make_optimizer`,
+jitted with the trainer's shardings and the state donated, on batches of
+`mscan_jax.data.schema.dummy_batch` already on the devices (the input pipeline is not timed).
+
+Shapes (paper App. A.1; vocabulary sizes are approximations of the raw datasets, `--vocab=small`
+caps every table at 10,000 rows):
+  aliccp      14 fields: 9 user (101 user id, 121, 122, 124-129 profile), 4 item (205 item id,
+              206 category, 207 shop, 216 brand), 1 scenario (301, 3 scenarios); Ls 20, Lh 40.
+              (The project's Ali-CCP loader also keeps item field 210: 15 fields.)
+  cloudtheme  5 fields: 1 user (user id), 3 item (item id, leaf category, top category),
+              1 scenario (theme id, 355 scenarios); Ls 5, Lh 10.
+Model: embedding 32, matching FFN [512, 256], attention FFN [200, 80], scenario FFN [64],
+history context on (the defaults of `mscan_jax.config`); batch 1024.
+
+For each (shape, co-attention path, dtype): compile time of the train and eval steps, train and
+inference examples/s (after a warm-up step, median of --repeats timings of --steps steps each),
+the step's memory (XLA's buffer assignment: arguments + outputs + temporaries - donated; and the
+device's peak where the backend reports it), and the achieved FLOP/s next to the machine's
+measured matrix-multiply FLOP/s (an (N, N) @ (N, N) product in the same dtype).
+
+FLOPs are counted analytically per example from the parameter shapes: the multiply-adds of every
+matrix product (2 FLOPs each), i.e. the GRU (Eq. 4), the co-attention FFN (Eq. 15) on Lh x Ls
+pairs plus Lh fallback scores, the read-out (Eq. 5) and the two towers (Eq. 6-7); elementwise
+work is not counted. A training example costs 3x its forward pass (backward = 2x forward).
+XLA's own count (`cost_analysis`) is printed beside it; it counts elementwise work too, and a
+`scan` body once, not Ls times.
+
+`--profile` traces two factored training steps with `jax.profiler` and prints the operations
+that take the most time (summed over threads or streams), each with the JAX operation it comes
+from (HLO metadata): the per-op profile of one step.
+
+`--retain_host_memory` calls `distributed.retain_host_memory()` before JAX starts: XLA:CPU's
+per-step temporaries then reuse the same pages instead of page-faulting fresh ones every step
+(the CPU time and page faults per step are printed for each training run).
+
+`--breakdown` times variants of the factored training step to show where its time goes:
+forward only, forward + backward (no optimizer), the full step, the step without the
+co-attention (use_saca=False), and the full step with every table capped at 10,000 rows
+(the dense Adam update of large tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import collections
+import platform
+import re
+import resource
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+if __package__ in (None, ""):   # run as a file (python benchmarks/throughput.py): the repo root
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+if "--retain_host_memory" in sys.argv:   # before JAX starts its threads (see the flag's help)
+  from mscan_jax.training import distributed
+  RETAINED = distributed.retain_host_memory()
+else:
+  RETAINED = False
+
+import jax               # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np       # noqa: E402
+
+from mscan_jax import config as config_lib  # noqa: E402
+from mscan_jax import models  # noqa: E402
+from mscan_jax.data.schema import Field, Schema, dummy_batch  # noqa: E402
+from mscan_jax.training import sharding, train  # noqa: E402
+
+SMALL_VOCAB = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  user: tuple[tuple[str, int], ...]     # (field, distinct values); vocab = values + 1 (0 = padding)
+  item: tuple[tuple[str, int], ...]
+  scenario: tuple[tuple[str, int], ...]
+  max_cur_len: int
+  max_all_len: int
+
+
+SHAPES = {
+    "aliccp": Shape(
+        user=(("101", 238_000), ("121", 98), ("122", 14), ("124", 3), ("125", 8), ("126", 4),
+              ("127", 4), ("128", 3), ("129", 5)),
+        item=(("205", 467_000), ("206", 6_800), ("207", 264_000), ("216", 80_000)),
+        scenario=(("301", 3),),
+        max_cur_len=20, max_all_len=40),
+    "cloudtheme": Shape(
+        user=(("user_id", 350_000),),
+        item=(("item_id", 150_000), ("leaf_cate_id", 4_000), ("cate_level1_id", 100)),
+        scenario=(("theme_id", 355),),
+        max_cur_len=5, max_all_len=10),
+}
+
+
+def make_schema(name: str, vocab: str = "full") -> Schema:
+  shape = SHAPES[name]
+
+  def fields(spec):
+    return tuple(Field(f, (min(n, SMALL_VOCAB) if vocab == "small" else n) + 1) for f, n in spec)
+  return Schema(user_fields=fields(shape.user), item_fields=fields(shape.item),
+                scenario_fields=fields(shape.scenario), max_cur_len=shape.max_cur_len,
+                max_all_len=shape.max_all_len, name=f"{name}-like")
+
+
+def make_config(impl: str, dtype: str, batch: int, **mscan) -> Any:
+  c = config_lib.get_config()
+  c.mscan.coattention = impl
+  c.dtype = dtype
+  c.train.batch_size = batch
+  for k, v in mscan.items():
+    c.mscan[k] = v
+  return c
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+def _dense_flops(layer: dict) -> int:
+  """2 * in * out for each `kernel` directly under `layer` (a Dense), else 0."""
+  k = layer.get("kernel")
+  return 2 * int(np.prod(k.shape)) if k is not None else 0
+
+
+def mscan_forward_flops(params: dict, schema: Schema, impl: str) -> dict[str, int]:
+  """Matrix-product FLOPs of one example's forward pass, per part, from the parameter shapes."""
+  ls, lh = schema.max_cur_len, schema.max_all_len
+  out = {}
+  gru = params["scenario_encoder"]
+  d_in, three_h = gru["kernel_in"].shape
+  h = three_h // 3
+  out["gru"] = ls * 2 * (d_in * three_h + h * three_h)                     # Eq. (4), Ls steps
+  if "coattention" in params:
+    ca = params["coattention"]
+    d_cat, h0 = ca["kernel_0"].shape                                        # Dh + Di + Ds
+    d_i = d_s = d_in                                                        # i, s_bk: Fi * D
+    d_h = d_cat - d_i - d_s
+    pairs = lh * ls
+    if impl == "pairwise":                                                  # Eq. (15) as written
+      first = 2 * (pairs + lh) * d_cat * h0
+    else:                                                                   # factored first layer
+      first = 2 * (lh * d_h + d_i + ls * d_s) * h0
+    tail = sum(_dense_flops(v) for k, v in ca.items() if k.startswith("Dense_") or k == "score")
+    out["coattention"] = first + (pairs + lh) * tail + 2 * lh * d_h         # + R_h, Eq. (5)
+  out["towers"] = sum(_dense_flops(v) for tower in ("matching_tower", "scenario_tower")
+                      for v in params.get(tower, {}).values())              # Eq. (6), (7)
+  return out
+
+
+def matmul_flops_per_s(dtype, n: int, repeats: int) -> float:
+  """The machine's measured matrix-multiply rate: an (n, n) @ (n, n) product in `dtype`."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(k1, (n, n), dtype)
+  b = jax.random.normal(k2, (n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(f(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(a, b))
+    times.append(time.perf_counter() - t0)
+  return 2 * n ** 3 / float(np.median(times))
+
+
+# ----------------------------------------------------------------------------- timing
+
+def _time_steps(run_steps: Callable[[int], None], steps: int, repeats: int,
+                cpu: list | None = None) -> list[float]:
+  """Wall times of `repeats` runs of `steps` steps; appends (user, system) CPU seconds and page
+  faults of each run to `cpu` (on a shared machine the CPU time is the steadier figure)."""
+  times = []
+  for _ in range(repeats):
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    run_steps(steps)
+    times.append(time.perf_counter() - t0)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    if cpu is not None:
+      cpu.append((r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt))
+  return times
+
+
+def _cost(compiled) -> dict:
+  try:
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return dict(ca or {})
+  except Exception:                                   # not every backend implements it
+    return {}
+
+
+def _memory_bytes(compiled) -> int | None:
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+  except Exception:
+    return None
+
+
+def _device_peak_bytes() -> int | None:
+  stats = jax.local_devices()[0].memory_stats()
+  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+@dataclasses.dataclass
+class Setup:
+  """A model's jitted steps with the trainer's shardings, and one batch on the devices."""
+  schema: Schema
+  model: Any
+  tx: Any
+  state: Any
+  batch: dict
+  mesh: Any
+  state_sharding: Any
+
+  @classmethod
+  def build(cls, schema: Schema, config, batch_size: int) -> "Setup":
+    model = models.build_model(config, schema)
+    tx = train.make_optimizer(config)
+    mesh = sharding.make_mesh()
+    if batch_size % mesh.size:
+      raise SystemExit(f"--batch={batch_size} must be divisible by the {mesh.size} devices")
+    params = jax.device_get(train._init_params(model, schema, 0))
+    new_state = lambda p: train.TrainState(step=jnp.zeros((), jnp.int32), params=p,  # noqa: E731
+                                           opt_state=tx.init(p))
+    state_sharding = sharding.state_shardings(jax.eval_shape(new_state, params), mesh)
+    state = jax.jit(new_state, out_shardings=state_sharding)(params)
+    batch = train._to_global(dummy_batch(schema, batch_size, seed=1), sharding.data_sharding(mesh))
+    return cls(schema, model, tx, state, batch, mesh, state_sharding)
+
+  def train_fn(self, config):
+    return jax.jit(functools.partial(train.train_step, model=self.model, tx=self.tx,
+                                     alpha=float(config.mscan.alpha),
+                                     base_rng=jax.random.PRNGKey(2)),
+                   donate_argnums=0,
+                   out_shardings=(self.state_sharding, sharding.replicated(self.mesh)))
+
+  def eval_fn(self):
+    return jax.jit(functools.partial(train.eval_step, model=self.model),
+                   out_shardings=sharding.data_sharding(self.mesh))
+
+
+def bench_one(shape: str, impl: str, dtype: str, args) -> dict:
+  config = make_config(impl, dtype, args.batch)
+  schema = make_schema(shape, args.vocab)
+  t0 = time.perf_counter()
+  s = Setup.build(schema, config, args.batch)
+  setup_s = time.perf_counter() - t0
+  steps = args.steps
+  if impl == "pairwise" and args.pairwise_steps > 0:
+    steps = args.pairwise_steps
+  rec: dict[str, Any] = {"shape": shape, "impl": impl, "dtype": dtype, "batch": args.batch,
+                         "steps": steps, "repeats": args.repeats, "setup_s": setup_s,
+                         "num_params": int(sum(x.size for x in jax.tree.leaves(s.state.params)))}
+
+  # Training.
+  t0 = time.perf_counter()
+  step = s.train_fn(config).lower(s.state, s.batch).compile()
+  rec["compile_train_s"] = time.perf_counter() - t0
+  cost = _cost(step)
+  rec["xla_train_flops_per_example"] = cost.get("flops", float("nan")) / args.batch
+  rec["train_memory_bytes"] = _memory_bytes(step)
+  state = s.state
+  state, m = step(state, s.batch)                              # warm-up
+  jax.block_until_ready(m)
+
+  def run_train(n):
+    nonlocal state
+    for _ in range(n):
+      state, metrics = step(state, s.batch)
+    jax.block_until_ready(metrics)
+  cpu: list = []
+  times = _time_steps(run_train, steps, args.repeats, cpu)
+  rec["train_step_s"] = float(np.median(times)) / steps
+  rec["train_cpu_user_s_per_step"] = float(np.median([c[0] for c in cpu])) / steps
+  rec["train_cpu_sys_s_per_step"] = float(np.median([c[1] for c in cpu])) / steps
+  rec["train_page_faults_per_step"] = float(np.median([c[2] for c in cpu])) / steps
+  rec["train_examples_per_s"] = args.batch / rec["train_step_s"]
+
+  # Inference.
+  c = jnp.asarray(config_lib.resolve_c(config), jnp.float32)
+  t0 = time.perf_counter()
+  ev = s.eval_fn().lower(state.params, s.batch, c).compile()
+  rec["compile_eval_s"] = time.perf_counter() - t0
+  rec["eval_memory_bytes"] = _memory_bytes(ev)
+  jax.block_until_ready(ev(state.params, s.batch, c))
+
+  def run_eval(n):
+    for _ in range(n):
+      out = ev(state.params, s.batch, c)
+    jax.block_until_ready(out)
+  times = _time_steps(run_eval, steps, args.repeats)
+  rec["eval_step_s"] = float(np.median(times)) / steps
+  rec["infer_examples_per_s"] = args.batch / rec["eval_step_s"]
+  rec["device_peak_bytes"] = _device_peak_bytes()
+
+  parts = mscan_forward_flops(jax.device_get(state.params), schema, impl)
+  fwd = sum(parts.values())
+  rec["forward_flops_per_example"] = {**parts, "total": fwd}
+  rec["train_flops_per_example"] = 3 * fwd
+  rec["train_flops_per_s"] = 3 * fwd * rec["train_examples_per_s"]
+  rec["infer_flops_per_s"] = fwd * rec["infer_examples_per_s"]
+  del state, step, ev, s
+  return rec
+
+
+def breakdown(shape: str, dtype: str, args) -> list[dict]:
+  """Median step time of variants of the factored training step (see the module docstring)."""
+  rows = []
+  steps = args.steps
+
+  def timed(name, fn, *fargs, donate=False):
+    compiled = fn.lower(*fargs).compile()
+    holder = list(fargs)
+
+    def run(n):
+      out = None
+      for _ in range(n):
+        out = compiled(*holder)
+        if donate:
+          holder[0] = out[0]
+      jax.block_until_ready(out)
+    run(1)
+    t = float(np.median(_time_steps(run, steps, args.repeats))) / steps
+    rows.append({"variant": name, "step_ms": 1e3 * t})
+    print(f"  {name:44s} {1e3 * t:9.1f} ms", flush=True)
+
+  for label, vocab, mscan in (("full step", args.vocab, {}),
+                              ("full step, use_saca=False", args.vocab, {"use_saca": False}),
+                              (f"full step, tables <= {SMALL_VOCAB} rows", "small", {})):
+    config = make_config("factored", dtype, args.batch, **mscan)
+    s = Setup.build(make_schema(shape, vocab), config, args.batch)
+    if label == "full step":
+      model, alpha, rng = s.model, float(config.mscan.alpha), jax.random.PRNGKey(2)
+
+      def loss_of(params, batch):
+        out = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
+        return train.objective.loss_fn(out, batch["label"], batch["mask"], alpha)[0]
+      timed("forward (train mode, loss)", jax.jit(loss_of), s.state.params, s.batch)
+      timed("forward + backward (no optimizer)", jax.jit(jax.grad(loss_of)), s.state.params,
+            s.batch)
+    timed(label, s.train_fn(config), s.state, s.batch, donate=True)
+    del s
+  return rows
+
+
+def profile_ops(shape: str, dtype: str, args, top: int = 20) -> list[dict]:
+  """Per-operation time of the factored training step from a `jax.profiler` trace.
+
+  Every trace event whose name is an instruction of the compiled step counts (CPU: the XLA
+  thread pool; GPU: the kernels of the device's streams); the source of each instruction is
+  its `op_name` metadata.
+  """
+  config = make_config("factored", dtype, args.batch)
+  s = Setup.build(make_schema(shape, args.vocab), config, args.batch)
+  step = s.train_fn(config).lower(s.state, s.batch).compile()
+  source = {}
+  for line in step.as_text().splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ", line)
+    if m:
+      op = re.search(r'op_name="([^"]+)"', line)
+      source[m.group(1)] = (m.group(2), op.group(1) if op else "")
+  state, m = step(s.state, s.batch)
+  jax.block_until_ready(m)
+  n_steps = 2
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d):
+      for _ in range(n_steps):
+        state, m = step(state, s.batch)
+      jax.block_until_ready(m)
+    files = [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith(".xplane.pb")]
+    data = jax.profiler.ProfileData.from_file(files[0])
+    lines = [line for plane in data.planes for line in plane.lines]
+    if any(line.name == "XLA Ops" for line in lines):      # GPU: one event per op there
+      lines = [line for line in lines if line.name == "XLA Ops"]
+    per_op: collections.Counter = collections.Counter()
+    for line in lines:
+      for ev in line.events:
+        name = ev.name.split(":")[0]
+        # A while/call/conditional event encloses the events of its body: counted there.
+        if name in source and not name.startswith(("while", "call", "conditional")):
+          per_op[name] += ev.duration_ns
+  total = sum(per_op.values()) or 1
+  rows = []
+  print(f"\nPer-op profile of the factored training step ({shape}, {dtype}, batch {args.batch}): "
+        f"{total / n_steps / 1e6:,.0f} ms of op time per step (summed over threads/streams)")
+  for name, ns in per_op.most_common(top):
+    shape_str, op_name = source[name]
+    op_name = op_name.replace("jit(train_step)/", "")
+    rows.append({"op": name, "ms_per_step": ns / n_steps / 1e6, "share": ns / total,
+                 "shape": shape_str, "source": op_name})
+    print(f"  {ns / n_steps / 1e6:8.1f} ms {100 * ns / total:5.1f}%  {name[:26]:26s} "
+          f"{shape_str[:26]:26s} {op_name[-70:]}")
+  return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+def _fmt_bytes(n) -> str:
+  return "-" if n is None else f"{n / 2 ** 20:,.0f}"
+
+
+def print_table(records: list[dict], peaks: dict[str, float]) -> None:
+  head = (f"{'shape':10s} {'path':9s} {'dtype':8s} {'compile s':>11s} {'train ex/s':>11s} "
+          f"{'infer ex/s':>11s} {'MFLOP/ex':>9s} {'train GFLOP/s':>13s} {'matmul GFLOP/s':>14s} "
+          f"{'ratio':>6s} {'step MiB':>9s} {'peak MiB':>9s}")
+  print(head)
+  print("-" * len(head))
+  for r in records:
+    peak = peaks[r["dtype"]]
+    print(f"{r['shape']:10s} {r['impl']:9s} {r['dtype']:8s} "
+          f"{r['compile_train_s']:5.1f}/{r['compile_eval_s']:<5.1f} "
+          f"{r['train_examples_per_s']:11,.0f} {r['infer_examples_per_s']:11,.0f} "
+          f"{r['train_flops_per_example'] / 1e6:9.1f} {r['train_flops_per_s'] / 1e9:13.1f} "
+          f"{peak / 1e9:14.1f} {r['train_flops_per_s'] / peak:6.3f} "
+          f"{_fmt_bytes(r['train_memory_bytes']):>9s} {_fmt_bytes(r['device_peak_bytes']):>9s}")
+  print("compile s = train/eval step; MFLOP/ex = analytic training FLOPs per example (3x forward); "
+        "ratio = train GFLOP/s / matmul GFLOP/s; step MiB = XLA buffers of the train step "
+        "(arguments + outputs + temporaries - donated); peak MiB = device peak (GPU only).")
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--shapes", default="aliccp,cloudtheme", help="comma list of: " + ", ".join(SHAPES))
+  ap.add_argument("--impls", default="factored,pairwise", help="co-attention paths")
+  ap.add_argument("--dtypes", default="float32", help="activation dtypes: float32,bfloat16")
+  ap.add_argument("--batch", type=int, default=1024)
+  ap.add_argument("--steps", type=int, default=5, help="steps per timing")
+  ap.add_argument("--pairwise_steps", type=int, default=-1,
+                  help="steps per timing of the pairwise path (-1: 1 on CPU, else --steps)")
+  ap.add_argument("--repeats", type=int, default=3, help="timings; the median is reported")
+  ap.add_argument("--vocab", choices=("full", "small"), default="full")
+  ap.add_argument("--matmul_n", type=int, default=0, help="N of the matmul reference (0: auto)")
+  ap.add_argument("--breakdown", action="store_true", help="also time variants of the step")
+  ap.add_argument("--profile", action="store_true", help="also print a per-op profile of a step")
+  ap.add_argument("--retain_host_memory", action="store_true",
+                  help="keep freed host memory in the process (distributed.retain_host_memory): "
+                       "no page faults for XLA:CPU's per-step temporaries")
+  ap.add_argument("--json_out", default="", help="write every figure here as JSON")
+  args = ap.parse_args(argv)
+  shapes = [x for x in args.shapes.split(",") if x]
+  impls = [x for x in args.impls.split(",") if x]
+  dtypes = [x for x in args.dtypes.split(",") if x]
+  for name, values, valid in (("shapes", shapes, SHAPES), ("impls", impls, config_lib.COATTENTION_IMPLS),
+                              ("dtypes", dtypes, config_lib.DTYPES)):
+    bad = [v for v in values if v not in valid]
+    if bad:
+      ap.error(f"--{name}: unknown {bad}; valid: {', '.join(valid)}")
+  backend = jax.default_backend()
+  if args.pairwise_steps < 0:
+    args.pairwise_steps = 1 if backend == "cpu" else args.steps
+  dev = jax.devices()[0]
+  print(f"jax {jax.__version__}, backend {backend}: {jax.device_count()} x "
+        f"{getattr(dev, 'device_kind', dev.platform)}; host {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; batch {args.batch}, vocab {args.vocab}"
+        + ("; host memory retained" if RETAINED else ""), flush=True)
+
+  n = args.matmul_n or (2048 if backend == "cpu" else 8192)
+  peaks = {d: matmul_flops_per_s(jnp.dtype(d), n, max(3, args.repeats)) for d in dtypes}
+  for d, p in peaks.items():
+    print(f"matmul reference ({n}x{n} @ {n}x{n}, {d}): {p / 1e9:,.1f} GFLOP/s", flush=True)
+
+  records = []
+  for shape in shapes:
+    for impl in impls:
+      for dtype in dtypes:
+        t0 = time.perf_counter()
+        rec = bench_one(shape, impl, dtype, args)
+        rec["matmul_flops_per_s"] = peaks[dtype]
+        rec["flops_ratio"] = rec["train_flops_per_s"] / peaks[dtype]
+        records.append(rec)
+        print(f"  {shape} {impl} {dtype}: train {rec['train_examples_per_s']:,.0f} ex/s "
+              f"(CPU time per step: user {rec['train_cpu_user_s_per_step']:.2f} s, system "
+              f"{rec['train_cpu_sys_s_per_step']:.2f} s, {rec['train_page_faults_per_step']:,.0f} "
+              f"page faults), infer {rec['infer_examples_per_s']:,.0f} ex/s "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+  print()
+  print_table(records, peaks)
+  result = {"jax": jax.__version__, "backend": backend, "device_kind": getattr(dev, "device_kind", ""),
+            "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "batch": args.batch,
+            "vocab": args.vocab, "retain_host_memory": RETAINED, "matmul_n": n, "matmul_flops_per_s": peaks, "records": records,
+            "host_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+  if args.breakdown:
+    print(f"\nBreakdown of the factored training step ({shapes[0]}, {dtypes[0]}, batch {args.batch}):")
+    result["breakdown"] = breakdown(shapes[0], dtypes[0], args)
+  if args.profile:
+    result["profile"] = profile_ops(shapes[0], dtypes[0], args)
+  if args.json_out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+    with open(args.json_out, "w") as f:
+      json.dump(result, f, indent=2)
+    print(f"\nwrote {args.json_out}")
+  return result
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
