@@ -123,10 +123,6 @@ class AESM2(nn.Module):
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> AESM2:
   k = din.option(config, "num_experts", DEFAULTS)
-  return AESM2(**din.inputs_from_config(config, schema),
-               num_experts=k,
-               top_k_specific=min(k, DEFAULTS["top_k_specific"]),
-               top_k_shared=min(k, DEFAULTS["top_k_shared"]),
-               expert=din.option(config, "expert", DEFAULTS),
-               tower=din.option(config, "tower", DEFAULTS),
-               dropout=din.option(config, "dropout", DEFAULTS))
+  return din.build(AESM2, config, schema, DEFAULTS, ("expert", "tower", "dropout"),
+                   num_experts=k, top_k_specific=min(k, DEFAULTS["top_k_specific"]),
+                   top_k_shared=min(k, DEFAULTS["top_k_shared"]))

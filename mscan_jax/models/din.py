@@ -108,6 +108,13 @@ def option(config, key: str, defaults: dict):
   return int(value) if value > 0 else int(defaults[key])
 
 
+def build(cls, config, schema: Schema, defaults: dict, keys: tuple[str, ...], **extra):
+  """`cls(**inputs_from_config(...), **{key: option(config, key, defaults) for key in keys}, **extra)`:
+  the one way every baseline is built from its config and its documented defaults."""
+  return cls(**inputs_from_config(config, schema),
+             **{key: option(config, key, defaults) for key in keys}, **extra)
+
+
 def inputs_from_config(config, schema: Schema) -> dict:
   """Fields of `BaselineInputs` (and the activation dtype) from the config."""
   behaviours = config.baseline.behaviours

@@ -91,7 +91,4 @@ class M2M(nn.Module):
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> M2M:
-  return M2M(**din.inputs_from_config(config, schema),
-             num_experts=din.option(config, "num_experts", DEFAULTS),
-             expert=din.option(config, "expert", DEFAULTS),
-             dropout=din.option(config, "dropout", DEFAULTS))
+  return din.build(M2M, config, schema, DEFAULTS, ("num_experts", "expert", "dropout"))

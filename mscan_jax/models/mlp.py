@@ -53,9 +53,7 @@ class MLPModel(nn.Module):
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> MLPModel:
   if config.model in ("single", "finetune"):
     target_scenario(config, schema)
-  return MLPModel(**din.inputs_from_config(config, schema),
-                  tower=din.option(config, "tower", DEFAULTS),
-                  dropout=din.option(config, "dropout", DEFAULTS))
+  return din.build(MLPModel, config, schema, DEFAULTS, ("tower", "dropout"))
 
 
 def target_scenario(config: ml_collections.ConfigDict, schema: Schema | None = None) -> int:

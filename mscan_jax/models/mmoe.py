@@ -58,9 +58,5 @@ class MMoE(nn.Module):
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> MMoE:
-  return MMoE(**din.inputs_from_config(config, schema),
-              num_experts=din.option(config, "num_experts", DEFAULTS),
-              expert=din.option(config, "expert", DEFAULTS),
-              tower=din.option(config, "tower", DEFAULTS),
-              dropout=din.option(config, "dropout", DEFAULTS),
-              grouped_matmul=config.baseline.grouped_matmul)
+  return din.build(MMoE, config, schema, DEFAULTS, ("num_experts", "expert", "tower", "dropout"),
+                   grouped_matmul=config.baseline.grouped_matmul)

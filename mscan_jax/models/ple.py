@@ -81,10 +81,6 @@ class PLE(nn.Module):
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> PLE:
-  return PLE(**din.inputs_from_config(config, schema),
-             num_experts=din.option(config, "num_experts", DEFAULTS),
-             num_specific_experts=din.option(config, "num_specific_experts", DEFAULTS),
-             expert=din.option(config, "expert", DEFAULTS),
-             tower=din.option(config, "tower", DEFAULTS),
-             dropout=din.option(config, "dropout", DEFAULTS),
-             grouped_matmul=config.baseline.grouped_matmul)
+  return din.build(PLE, config, schema, DEFAULTS,
+                   ("num_experts", "num_specific_experts", "expert", "tower", "dropout"),
+                   grouped_matmul=config.baseline.grouped_matmul)

@@ -47,7 +47,5 @@ class SharedBottom(nn.Module):
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> SharedBottom:
-  return SharedBottom(**din.inputs_from_config(config, schema),
-                      tower=din.option(config, "tower", DEFAULTS),
-                      dropout=din.option(config, "dropout", DEFAULTS),
-                      grouped_matmul=config.baseline.grouped_matmul)
+  return din.build(SharedBottom, config, schema, DEFAULTS, ("tower", "dropout"),
+                   grouped_matmul=config.baseline.grouped_matmul)

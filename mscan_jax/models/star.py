@@ -99,7 +99,5 @@ class Star(nn.Module):
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> Star:
-  return Star(**din.inputs_from_config(config, schema),
-              tower=din.option(config, "tower", DEFAULTS),
-              dropout=din.option(config, "dropout", DEFAULTS),
-              grouped_matmul=config.baseline.grouped_matmul)
+  return din.build(Star, config, schema, DEFAULTS, ("tower", "dropout"),
+                   grouped_matmul=config.baseline.grouped_matmul)
