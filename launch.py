@@ -41,8 +41,8 @@ def main(argv):
 
 
 def default_workdir(config) -> str:
-  data = config.data.name if config.data.name != "synthetic" else f"synthetic-{config.data.preset}"
-  return f"runs/{config.model}-{data}-s{config.seed}"
+  from mscan_jax.data import datasets
+  return f"runs/{config.model}-{datasets.label(config.data)}-s{config.seed}"
 
 
 if __name__ == "__main__":

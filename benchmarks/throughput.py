@@ -78,6 +78,7 @@ import numpy as np       # noqa: E402
 
 from mscan_jax import config as config_lib  # noqa: E402
 from mscan_jax import models  # noqa: E402
+from mscan_jax.data import datasets  # noqa: E402
 from mscan_jax.data.schema import Field, Schema, dummy_batch  # noqa: E402
 from mscan_jax.training import sharding, train  # noqa: E402
 
@@ -293,7 +294,7 @@ def bench_one(shape: str, impl: str, dtype: str, args) -> dict:
   rec["train_examples_per_s"] = args.batch / rec["train_step_s"]
 
   # Inference.
-  c = jnp.asarray(config_lib.resolve_c(config), jnp.float32)
+  c = jnp.asarray(datasets.resolve_c(config), jnp.float32)
   t0 = time.perf_counter()
   ev = s.eval_fn().lower(state.params, s.batch, c).compile()
   rec["compile_eval_s"] = time.perf_counter() - t0

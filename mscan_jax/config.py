@@ -14,9 +14,6 @@ from typing import Any
 
 import ml_collections
 
-# c of Eq. (12) per dataset: 18 for Ali-CCP (authors' config), 1 to 10 for Cloud Theme.
-DEFAULT_C = {"aliccp": 18.0, "aliccp_csv": 18.0, "cloudtheme": 5.0}
-DATASETS = ("synthetic", "built", "log", "aliccp", "aliccp_csv", "cloudtheme", "recbole")
 PRESETS = ("tiny", "default", "large")
 DTYPES = ("float32", "bfloat16")
 COATTENTION_IMPLS = ("factored", "pairwise")
@@ -40,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.shard_embeddings = False       # row-shard embedding tables over the mesh (multi-device)
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "synthetic"        # one of DATASETS
+  c.data.name = "synthetic"        # one of mscan_jax.data.datasets.DATASETS
   c.data.preset = "default"        # synthetic preset: tiny | default | large
   c.data.path = ""                 # built dataset dir (or raw path for `prepare`-style names)
   c.data.cache_dir = "data_cache"  # where the synthetic benchmark is generated once
@@ -83,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mscan.use_saca = True          # Scenario-Aware Co-Attention (§3.2); off: no R_h
   c.mscan.use_sbe = True           # Scenario Bias Eliminator (§3.3); off: train/infer on y_m
   c.mscan.alpha = 0.1              # Eq. (11)
-  c.mscan.c = -1.0                 # Eq. (12); < 0 = the dataset's default (DEFAULT_C, else 1.0)
+  c.mscan.c = -1.0                 # Eq. (12); < 0 = the dataset's default (data/datasets.py)
   c.mscan.mlp = (512, 256)         # matching tower, Eq. (6)
   c.mscan.scenario_mlp = (64,)     # scenario tower, Eq. (7)
   c.mscan.attn_mlp = (200, 80)     # co-attention FFN, Eq. (15)
@@ -102,6 +99,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.baseline.num_specific_experts = 0  # experts per scenario (ple)
   c.baseline.dropout = -1.0
   c.baseline.grouped_matmul = "auto"   # per-scenario weights: auto | gather | ragged (experts.py)
+  # Reference scorers (mscan_jax/models/references.py).
+  c.reference = ml_collections.ConfigDict()
+  c.reference.dim = 16             # latent dimension of `mf`
   c.single = ml_collections.ConfigDict()
   c.single.scenario = 0            # target scenario id of `single` and `finetune` (required)
 
@@ -113,22 +113,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-def resolve_c(config: ml_collections.ConfigDict) -> float:
-  """c of Eq. (12): the configured value, else the dataset's default."""
-  if config.mscan.c >= 0:
-    return float(config.mscan.c)
-  return float(DEFAULT_C.get(config.data.name, 1.0))
-
-
 def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
   """Raises ConfigError on the first invalid field, listing what is valid."""
   if model_names is not None and config.model not in model_names:
     raise ConfigError(f"config.model={config.model!r} is unknown; valid: {', '.join(sorted(model_names))}")
-  if config.data.name not in DATASETS:
-    raise ConfigError(f"config.data.name={config.data.name!r} is unknown; valid: {', '.join(DATASETS)}")
+  from mscan_jax.data import datasets
+  if config.data.name not in datasets.names():
+    raise ConfigError(f"config.data.name={config.data.name!r} is unknown; "
+                      f"valid: {', '.join(datasets.names())}")
   if config.data.name == "synthetic" and config.data.preset not in PRESETS:
     raise ConfigError(f"config.data.preset={config.data.preset!r} is unknown; valid: {', '.join(PRESETS)}")
-  if config.data.name != "synthetic" and not config.data.path:
+  if datasets.get_spec(config.data.name).needs_path and not config.data.path:
     raise ConfigError(f"config.data.path is required for config.data.name={config.data.name!r} "
                       "(a built dataset directory, see `python -m mscan_jax.data.prepare`)")
   if config.dtype not in DTYPES:

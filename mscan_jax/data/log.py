@@ -167,14 +167,13 @@ def build_from_log(path: str, out_dir: str, columns: LogColumns, *, max_cur_len:
       vocab=vocab)
 
 
-def ensure_built(path: str, config: Any) -> str:
-  """Built dataset of the log file `path`, built once into `config.data.cache_dir`.
+def ensure_built(path: str, data: Any) -> str:
+  """Built dataset of the log file `path`, built once into `data.cache_dir` (`config.data`).
 
   The cache key covers the file (absolute path, size, modification time), the column mapping
   and the sequence settings (`config.data.{max_cur_len, max_all_len, all_seq_mode}`), so a
   changed file or mapping builds anew.
   """
-  data = config.data
   columns = columns_from_config(data)
   st = os.stat(path)
   key = json.dumps({"file": os.path.abspath(path), "size": st.st_size, "mtime": st.st_mtime_ns,

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
-from mscan_jax.models import din, experts
+from mscan_jax.models import experts, inputs
 from mscan_jax.models.layers import MLP
 
 Dtype = Any
@@ -96,9 +96,9 @@ class AESM2(nn.Module):
     if not (1 <= self.top_k_specific <= k and 1 <= self.top_k_shared <= k):
       raise ValueError(f"AESM2: top_k_specific={self.top_k_specific} and top_k_shared="
                        f"{self.top_k_shared} must be in 1..num_experts={k}")
-    inputs = din.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
-                                name="inputs")(batch)
-    h, s = inputs["x"], inputs["s"]                                      # (B, F), (B, Fs*D)
+    feats = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
+                                  name="inputs")(batch)
+    h, s = feats["x"], feats["s"]                                      # (B, F), (B, Fs*D)
     b = h.shape[0]
     sid = experts.scenario_index(batch, p)                               # (B,)
     kl = jnp.zeros((b,), jnp.float32)
@@ -122,7 +122,7 @@ class AESM2(nn.Module):
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> AESM2:
-  k = din.option(config, "num_experts", DEFAULTS)
-  return din.build(AESM2, config, schema, DEFAULTS, ("expert", "tower", "dropout"),
+  k = inputs.option(config, "num_experts", DEFAULTS)
+  return inputs.build(AESM2, config, schema, DEFAULTS, ("expert", "tower", "dropout"),
                    num_experts=k, top_k_specific=min(k, DEFAULTS["top_k_specific"]),
                    top_k_shared=min(k, DEFAULTS["top_k_shared"]))

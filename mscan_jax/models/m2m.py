@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
-from mscan_jax.models import din, experts
+from mscan_jax.models import experts, inputs
 
 Dtype = Any
 
@@ -72,9 +72,9 @@ class M2M(nn.Module):
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
     dt = self.dtype
-    inputs = din.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
-                                name="inputs")(batch)
-    x, s = inputs["x"], inputs["s"]                                      # (B, F), (B, Fs*D)
+    feats = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
+                                  name="inputs")(batch)
+    x, s = feats["x"], feats["s"]                                      # (B, F), (B, Fs*D)
     e = experts.Experts(self.num_experts, self.expert, self.dropout, dt, name="experts")(
         x, train=train)                                                  # (B, K, d)
     b, k, d = e.shape
@@ -91,4 +91,4 @@ class M2M(nn.Module):
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> M2M:
-  return din.build(M2M, config, schema, DEFAULTS, ("num_experts", "expert", "dropout"))
+  return inputs.build(M2M, config, schema, DEFAULTS, ("num_experts", "expert", "dropout"))

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
-from mscan_jax.models import din, experts
+from mscan_jax.models import experts, inputs
 
 Dtype = Any
 
@@ -44,7 +44,7 @@ class MMoE(nn.Module):
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
     p, dt = self.schema.num_scenarios, self.dtype
-    x = din.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
+    x = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
                            name="inputs")(batch)["x"]                    # (B, F)
     sid = experts.scenario_index(batch, p)                               # (B,)
     e = experts.Experts(self.num_experts, self.expert, self.dropout, dt, name="experts")(
@@ -58,5 +58,5 @@ class MMoE(nn.Module):
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> MMoE:
-  return din.build(MMoE, config, schema, DEFAULTS, ("num_experts", "expert", "tower", "dropout"),
+  return inputs.build(MMoE, config, schema, DEFAULTS, ("num_experts", "expert", "tower", "dropout"),
                    grouped_matmul=config.baseline.grouped_matmul)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
-from mscan_jax.models import din, experts
+from mscan_jax.models import experts, inputs
 
 Dtype = Any
 
@@ -57,7 +57,7 @@ class PLE(nn.Module):
   def __call__(self, batch: dict, *, train: bool) -> dict:
     p, dt = self.schema.num_scenarios, self.dtype
     n_all = self.num_specific_experts + self.num_experts
-    x = din.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
+    x = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
                            name="inputs")(batch)["x"]                    # (B, F)
     sid = experts.scenario_index(batch, p)                               # (B,)
     h_own, h_shared = x, x
@@ -81,6 +81,6 @@ class PLE(nn.Module):
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> PLE:
-  return din.build(PLE, config, schema, DEFAULTS,
+  return inputs.build(PLE, config, schema, DEFAULTS,
                    ("num_experts", "num_specific_experts", "expert", "tower", "dropout"),
                    grouped_matmul=config.baseline.grouped_matmul)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
-from mscan_jax.models import din, experts
+from mscan_jax.models import experts, inputs
 
 Dtype = Any
 
@@ -38,7 +38,7 @@ class SharedBottom(nn.Module):
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
     p = self.schema.num_scenarios
-    x = din.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=self.dtype,
+    x = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=self.dtype,
                            name="inputs")(batch)["x"]                    # (B, F)
     sid = experts.scenario_index(batch, p)                               # (B,)
     y = experts.GroupedMLP(p, self.tower, 1, dropout=self.dropout, impl=self.grouped_matmul,
@@ -47,5 +47,5 @@ class SharedBottom(nn.Module):
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> SharedBottom:
-  return din.build(SharedBottom, config, schema, DEFAULTS, ("tower", "dropout"),
+  return inputs.build(SharedBottom, config, schema, DEFAULTS, ("tower", "dropout"),
                    grouped_matmul=config.baseline.grouped_matmul)

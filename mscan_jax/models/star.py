@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
-from mscan_jax.models import din, experts
+from mscan_jax.models import experts, inputs
 from mscan_jax.models.layers import MLP
 
 Dtype = Any
@@ -85,19 +85,19 @@ class Star(nn.Module):
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
     p, dt = self.schema.num_scenarios, self.dtype
-    inputs = din.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
-                                name="inputs")(batch)
+    feats = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
+                                  name="inputs")(batch)
     sid = experts.scenario_index(batch, p)                               # (B,)
-    h = PartitionedNorm(p, dtype=dt, name="norm")(inputs["x"], sid)      # (B, F)
+    h = PartitionedNorm(p, dtype=dt, name="norm")(feats["x"], sid)      # (B, F)
     for layer, width in enumerate(self.tower):
       h = nn.relu(StarDense(p, width, self.grouped_matmul, dt, name=f"star_{layer}")(h, sid))
       if self.dropout > 0:
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
     y = StarDense(p, 1, self.grouped_matmul, dt, name="star_out")(h, sid)           # (B, 1)
-    y_aux = MLP(self.aux, self.dropout, out_dim=1, dtype=dt, name="aux")(inputs["s"], train=train)
+    y_aux = MLP(self.aux, self.dropout, out_dim=1, dtype=dt, name="aux")(feats["s"], train=train)
     return {"y_m": (y + y_aux)[:, 0].astype(jnp.float32)}
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> Star:
-  return din.build(Star, config, schema, DEFAULTS, ("tower", "dropout"),
+  return inputs.build(Star, config, schema, DEFAULTS, ("tower", "dropout"),
                    grouped_matmul=config.baseline.grouped_matmul)

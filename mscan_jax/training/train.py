@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mscan_jax import config as config_lib
 from mscan_jax import models
-from mscan_jax.data import pipeline
+from mscan_jax.data import datasets, pipeline
 from mscan_jax.data.schema import BuiltDataset, DataError, dummy_batch, save_json
 from mscan_jax.evaluation import metrics as metrics_lib
 from mscan_jax.training import objective
@@ -88,31 +88,6 @@ def eval_step(params, batch: dict, c: jnp.ndarray, *, model) -> dict:
 
 
 # ----------------------------------------------------------------------------- setup
-
-def load_dataset(config: ml_collections.ConfigDict) -> BuiltDataset:
-  """Opens the configured built dataset, generating the synthetic benchmark once if needed."""
-  name = config.data.name
-  if name == "synthetic":
-    from mscan_jax.data import synthetic
-    path = synthetic.ensure_synthetic(config.data.preset, config.data.get("seed", 0),
-                                      config.data.cache_dir)
-    return BuiltDataset(path)
-  path = config.data.path
-  if not os.path.exists(path):
-    raise DataError(f"config.data.path={path!r} does not exist")
-  if name == "log" and os.path.isfile(path):
-    from mscan_jax.data import log as log_lib
-    return BuiltDataset(log_lib.ensure_built(path, config))
-  if not os.path.exists(os.path.join(path, "schema.json")):
-    raise DataError(f"config.data.path={path!r} is not a built dataset (no schema.json); build it "
-                    f"with `python -m mscan_jax.data.prepare --dataset={name} --raw=RAW --out=DIR`")
-  return BuiltDataset(path)
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over every device of every process (`sharding.make_mesh`)."""
-  return sharding_lib.make_mesh()
-
 
 def _to_global(batch: dict, sharding: NamedSharding) -> dict:
   """Process-local numpy batch -> global jax arrays sharded on the batch axis."""
@@ -186,7 +161,7 @@ def _init_params(model, schema, seed: int):
   batch = dummy_batch(schema, 2)
   init = jax.jit(functools.partial(model.init, train=False))   # one compilation, not op by op
   variables = init({"params": jax.random.PRNGKey(seed), "dropout": jax.random.PRNGKey(seed + 1)}, batch)
-  return variables["params"]
+  return variables.get("params", {})   # oracles have no parameter
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -249,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
 
   # Data.
-  dataset = load_dataset(config)
+  dataset = datasets.open_dataset(config.data)
   schema = dataset.schema
   train_rows = pipeline.split_rows(dataset, "train", config.data.train_scenarios)
   valid_rows = pipeline.split_rows(dataset, "valid", config.data.train_scenarios)
@@ -257,13 +232,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_size = config.train.batch_size
   n_per_epoch = pipeline.steps_per_epoch(len(train_rows), batch_size)
   total_steps = config.train.max_steps or config.train.num_epochs * n_per_epoch
+  if not models.get_spec(config.model).trainable:
+    total_steps = 0            # scored as initialised (oracles): no training loop
   eval_every = config.train.eval_every_steps or n_per_epoch
   log_every = max(1, min(config.train.log_every_steps, eval_every))
 
   # Mesh: the batch is sharded on its first axis; parameters are replicated, or with
   # config.shard_embeddings the embedding tables (and their Adam moments) are row-sharded
   # (mscan_jax.training.sharding).
-  mesh = make_mesh()
+  mesh = sharding_lib.make_mesh()
   for key in ("batch_size", "eval_batch_size"):
     if config.train[key] % jax.device_count():
       raise config_lib.ConfigError(f"config.train.{key}={config.train[key]} must be divisible by "
@@ -278,8 +255,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.shard_embeddings:   # tables padded with zero rows to a multiple of the device count
     model = sharding_lib.RowPadded(model, sharding_lib.embedding_rows(params))
     params = sharding_lib.pad_embeddings(params, mesh.size)
-  if config.train.init_from:
-    params = restore_best_params(config.train.init_from, params)   # `run` made the path absolute
+  if config.train.init_from:   # relative to the run folder (a stage's or a sibling run's)
+    params = restore_best_params(os.path.join(os.path.abspath(workdir), config.train.init_from),
+                                 params)
   params = jax.device_get(params)   # host values, the same in every process; placed just below
   new_state = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))  # noqa: E731
   state_sharding = sharding_lib.state_shardings(jax.eval_shape(new_state, params), mesh,
@@ -298,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   base_rng = jax.random.PRNGKey(config.seed + 2)
   alpha = float(config.mscan.alpha)
-  c = config_lib.resolve_c(config)
+  c = datasets.resolve_c(config)
   p_train_step = jax.jit(functools.partial(train_step, model=model, tx=tx, alpha=alpha,
                                            base_rng=base_rng),
                          donate_argnums=0, out_shardings=(state_sharding, replicated))
@@ -386,8 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Test with the best-validation parameters.
   pred = predict(best_params, dataset, test_rows, **eval_kwargs)
-  results = {"model": config.model, "dataset": config.data.name if config.data.name != "synthetic"
-             else f"synthetic-{config.data.preset}", "seed": config.seed, "c": c,
+  results = {"model": config.model, "dataset": datasets.label(config.data), "seed": config.seed,
+             "data_seed": int(config.data.seed), "c": c,
              "best_step": meta["best_step"], "best_valid_auc": meta["best_valid_auc"],
              "steps": step, **compute_metrics(pred)}
   if is_main:
@@ -406,9 +384,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stage_dir = os.path.join(workdir, subdir) if subdir else workdir
     stage_config = stage_config.copy_and_resolve_references()
     if stage_config.train.init_from and not os.path.isabs(stage_config.train.init_from):
+      # A stage's init_from names a subdir of the run (or a path relative to the run folder);
+      # stored relative to the stage's own folder, so no absolute path enters config.json.
       with stage_config.unlocked():
-        stage_config.train.init_from = os.path.join(os.path.abspath(workdir),
-                                                    stage_config.train.init_from)
+        stage_config.train.init_from = os.path.relpath(
+            os.path.join(workdir, stage_config.train.init_from), stage_dir)
     results = train_and_evaluate(stage_config, stage_dir)
   return results
 

@@ -186,10 +186,10 @@ def test_ensure_built_builds_once(tmp_path):
   cfg = config_lib.get_config()
   cfg.data.cache_dir = os.path.join(tmp_path, "cache")
   cfg.data.max_cur_len, cfg.data.max_all_len = 2, 3
-  out = log_lib.ensure_built(path, cfg)
+  out = log_lib.ensure_built(path, cfg.data)
   stamp = os.path.getmtime(os.path.join(out, "schema.json"))
-  assert log_lib.ensure_built(path, cfg) == out
+  assert log_lib.ensure_built(path, cfg.data) == out
   assert os.path.getmtime(os.path.join(out, "schema.json")) == stamp
   assert os.listdir(cfg.data.cache_dir) == [os.path.basename(out)]   # no temporary left
   cfg.data.max_all_len = 4                                            # new settings: new build
-  assert log_lib.ensure_built(path, cfg) != out
+  assert log_lib.ensure_built(path, cfg.data) != out

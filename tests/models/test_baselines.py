@@ -15,7 +15,7 @@ from mscan_jax import config as config_lib
 from mscan_jax import models
 from mscan_jax.data import pipeline
 from mscan_jax.data.schema import BuiltDataset, Field, Schema, dummy_batch, write_built
-from mscan_jax.models import aesm2, din, experts
+from mscan_jax.models import aesm2, experts, inputs
 from mscan_jax.training import objective
 
 P = 5
@@ -207,7 +207,7 @@ def test_aux_loss_is_added_to_the_objective_as_a_masked_mean():
 
 
 def test_din_pooling_ignores_padding_and_is_a_convex_combination():
-  pool = din.DinPooling(hidden=(5,))
+  pool = inputs.DinPooling(hidden=(5,))
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
   keys = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
@@ -222,14 +222,14 @@ def test_din_pooling_ignores_padding_and_is_a_convex_combination():
   np.testing.assert_allclose(apply(v, q, same, lengths)[:2], keys[:2, 0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("behaviours", din.BEHAVIOURS)
+@pytest.mark.parametrize("behaviours", inputs.BEHAVIOURS)
 def test_behaviour_switch_decides_which_sequences_a_baseline_reads(behaviours):
-  inputs = din.BaselineInputs(SCHEMA, 4, behaviours)
+  module = inputs.BaselineInputs(SCHEMA, 4, behaviours)
   batch = tiny_batch()
-  v = {"params": numpy_params(lambda: inputs.init(jax.random.key(0), batch))}
-  apply = jax.jit(inputs.apply)
+  v = {"params": numpy_params(lambda: module.init(jax.random.key(0), batch))}
+  apply = jax.jit(module.apply)
   x = apply(v, batch)["x"]
-  assert x.shape == (B, din.input_dim(SCHEMA, 4, behaviours))
+  assert x.shape == (B, inputs.input_dim(SCHEMA, 4, behaviours))
   assert ("din_all" in v["params"]) == (behaviours == "cur+all")
   other = tiny_batch(seed=1)
   for seq, reads in (("cur", behaviours != "none"), ("all", behaviours == "cur+all")):

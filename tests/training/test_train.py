@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mscan_jax import config as config_lib
+from mscan_jax.data import datasets
 from mscan_jax.training import objective, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,7 +66,7 @@ def test_train_and_evaluate_compiles_each_step_once_and_writes_outputs(tmp_path)
   assert {"sample_id", "user_id", "scenario", "label", "score", "y_m", "y_s"} <= set(table.column_names)
   sample_ids = table.column("sample_id").to_numpy()
   assert len(np.unique(sample_ids)) == len(sample_ids)          # every test sample exactly once
-  dataset = train.load_dataset(c)
+  dataset = datasets.open_dataset(c.data)
   want = np.asarray(dataset.log["sample_id"])[np.asarray(dataset.splits["test"])]
   np.testing.assert_array_equal(np.sort(sample_ids), np.sort(want))
   lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]

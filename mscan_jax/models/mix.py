@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
-from mscan_jax.models import din
+from mscan_jax.models import inputs
 from mscan_jax.models.layers import MLP
 
 Dtype = Any
@@ -44,28 +44,14 @@ class MLPModel(nn.Module):
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
-    x = din.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=self.dtype,
+    x = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=self.dtype,
                            name="inputs")(batch)["x"]                    # (B, F)
     y = MLP(self.tower, self.dropout, out_dim=1, dtype=self.dtype, name="tower")(x, train=train)
     return {"y_m": y[:, 0].astype(jnp.float32)}
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> MLPModel:
-  if config.model in ("single", "finetune"):
-    target_scenario(config, schema)
-  return din.build(MLPModel, config, schema, DEFAULTS, ("tower", "dropout"))
-
-
-def target_scenario(config: ml_collections.ConfigDict, schema: Schema | None = None) -> int:
-  """`config.single.scenario`, checked: required (>= 1) for single and finetune."""
-  s = int(config.single.scenario)
-  if s < 1:
-    raise ValueError(f"config.model={config.model!r} needs a target scenario: set "
-                     f"--config.single.scenario=ID (a scenario id >= 1), got {s}")
-  if schema is not None and s > schema.num_scenarios:
-    raise ValueError(f"config.single.scenario={s} does not exist: the dataset has scenario ids "
-                     f"1..{schema.num_scenarios}")
-  return s
+  return inputs.build(MLPModel, config, schema, DEFAULTS, ("tower", "dropout"))
 
 
 def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -80,15 +66,18 @@ def _restrict(config: ml_collections.ConfigDict, s: int) -> ml_collections.Confi
 
 def single_stages(config: ml_collections.ConfigDict) -> list:
   """[("", config trained and evaluated on the target scenario only)]."""
+  from mscan_jax.models import target_scenario
   s = target_scenario(config)
   return [("", _restrict(_copy(config), s))]
 
 
 def finetune_stages(config: ml_collections.ConfigDict) -> list:
   """[("mix", the Mix run on all scenarios), ("", the target scenario from the mix checkpoint)]."""
+  from mscan_jax.models import target_scenario
   s = target_scenario(config)
   mix = _copy(config)
   mix.model = "mix"
+  mix.single.scenario = 0     # Mix is the sibling Mix run of the same seed, not per scenario
   tune = _restrict(_copy(config), s)
   tune.train.init_from = "mix"
   return [("mix", mix), ("", tune)]
