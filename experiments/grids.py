@@ -7,15 +7,20 @@ dotted paths of `mscan_jax.config.get_config()`), built from three small helpers
     product(grid_a, grid_b, ...)      -> every combination, the dicts merged (first axis slowest)
     zipped(grid_a, grid_b, ...)       -> element-wise merge of grids of one length
 
-The grids (`build(name, seeds=..., scenarios=...)`):
+The grids (`build(name, seeds=..., data_seeds=..., scenarios=...)`), every one over model
+seeds x data seeds (the synthetic benchmark's `data.seed`), with model lists taken from the
+registry (`mscan_jax.models`):
 
-  table1  Table 1: every model x seeds; `single` and `finetune` once per target scenario
-          (`single.scenario`), the multi-scenario models once (scored on every scenario).
-  table2  Table 2: M-scan with `mscan.use_saca` x `mscan.use_sbe` x seeds.
-  alpha   Figure 6: M-scan with each alpha of Eq. (11) in `ALPHA_VALUES` x seeds (retrained).
-  c       Figure 5: the default M-scan x seeds. c of Eq. (12) only enters at inference, so the
-          report sweeps `C_VALUES` over each run's saved y_m and y_s; nothing is trained per c.
-  all     the union of the above.
+  table1      Table 1: every model of the registry's table1 x seeds; models with a target
+              scenario (Single, Finetune) once per target scenario (`single.scenario`), the
+              multi-scenario models once (scored on every scenario); plus the references.
+  table2      Table 2: M-scan with `mscan.use_saca` x `mscan.use_sbe` x seeds; plus the references.
+  alpha       Figure 6: M-scan with each alpha of Eq. (11) in `ALPHA_VALUES` x seeds (retrained).
+  c           Figure 5: the default M-scan x seeds. c of Eq. (12) only enters at inference, so
+              the report sweeps `C_VALUES` over each run's saved y_m and y_s.
+  references  the reference scorers x seeds, and the oracles (no parameters: data seeds only)
+              on data that records the truth.
+  all         the union of the above.
 
 Every run is a `Run(name, overrides)`. Overrides equal to the default config are dropped
 (`canonical`), and the name is made from what is left (`run_name`): `mscan-s0`,
@@ -24,7 +29,7 @@ configuration gets the same run folder in every grid: Table 2's full M-scan, Fig
 alpha and Figure 5's runs are Table 1's M-scan runs, trained once.
 
 Settings shared by every run of an output folder (dataset, model sizes: `SIZES`) are not part of
-the name; `experiments.grid` records them in `<out>/grid.json` and refuses to mix them.
+the name; `experiments.run_grid` records them in `<out>/grid.json` and refuses to mix them.
 """
 
 from __future__ import annotations
@@ -35,28 +40,33 @@ import re
 from typing import Any, Iterable, Sequence
 
 from mscan_jax import config as config_lib
+from mscan_jax import models
 
 Overrides = dict[str, Any]
 Grid = list[Overrides]
 
-# Table 1's columns, in the paper's order (App. A.2); STAR (registered, not in the paper's
-# Table 1) before M-scan.
-TABLE1_MODELS = ("single", "mix", "shared_bottom", "finetune", "mmoe", "ple", "aesm2", "m2m",
-                 "star", "mscan")
-# Models trained and tested on one target scenario: one run per scenario in `single.scenario`.
-PER_SCENARIO_MODELS = ("single", "finetune")
-BASELINES = tuple(m for m in TABLE1_MODELS if m != "mscan")
+# Model lists come from the registry (`mscan_jax.models`), in its display order: a registered
+# model joins the grids of the tables it names (`ModelSpec.tables`); models with a target
+# scenario (Single, Finetune) get one run per target scenario; the reference scorers (and, on
+# data that records the truth, the oracles) join every table grid.
 # Figure 6: alpha of Eq. (11); 0.1 (the authors' default) is Table 1's M-scan run.
 ALPHA_VALUES = (0.0, 0.03, 0.1, 0.3, 1.0)
 # Figure 5: c of Eq. (12), swept at inference over saved predictions (no retraining).
 C_VALUES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0)
-GRID_NAMES = ("table1", "table2", "alpha", "c", "all")
+GRID_NAMES = ("table1", "table2", "alpha", "c", "references", "all")
 # Config keys the grids vary (never a setting shared by a whole output folder).
-AXIS_KEYS = ("model", "seed", "single.scenario", "mscan.use_saca", "mscan.use_sbe", "mscan.alpha")
+AXIS_KEYS = ("model", "seed", "data.seed", "single.scenario", "mscan.use_saca", "mscan.use_sbe",
+             "mscan.alpha")
+
+
+def proposed() -> str:
+  """The model the paper proposes: the registry's Table 2 model, subject of Figures 5 and 6."""
+  (name,) = models.names(table="table2")
+  return name
 
 # Short names of override keys in run names (unique; other keys appear as their full path).
 ALIASES = {"mscan.use_saca": "saca", "mscan.use_sbe": "sbe", "mscan.alpha": "alpha",
-           "mscan.c": "c", "single.scenario": "scenario"}
+           "mscan.c": "c", "single.scenario": "scenario", "data.seed": "data"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -143,12 +153,15 @@ def canonical(overrides: Overrides) -> Overrides:
   return out
 
 
-def format_value(v: Any) -> str:
-  """A value as `--config.X=` takes it: True/False, (1, 2,) for tuples, plain numbers/strings."""
+def format_value(v: Any, *, nested: bool = False) -> str:
+  """A value as `--config.X=` takes it: True/False, (1, 2,) for tuples, plain numbers and
+  strings; strings inside a tuple are quoted, ('a', 'b',), so they parse back as a list."""
   if isinstance(v, bool):
     return str(v)
   if isinstance(v, (tuple, list)):
-    return "(" + "".join(f"{format_value(x)}," for x in v) + ")"
+    return "(" + "".join(f"{format_value(x, nested=True)}," for x in v) + ")"
+  if isinstance(v, str) and nested:
+    return repr(v)
   return str(v)
 
 
@@ -205,49 +218,74 @@ SIZES: dict[str, Overrides] = {
 
 # ----------------------------------------------------------------------------- grids
 
-def table1(seeds: Sequence[int], scenarios: Sequence[int]) -> Grid:
-  seed_axis = axis("seed", seeds)
-  multi = [m for m in TABLE1_MODELS if m not in PER_SCENARIO_MODELS]
-  per = [m for m in TABLE1_MODELS if m in PER_SCENARIO_MODELS]
-  if not scenarios:
-    raise ValueError("table1 needs the target scenarios of `single` and `finetune`")
-  return (product(axis("model", multi), seed_axis)
-          + product(axis("model", per), axis("single.scenario", scenarios), seed_axis))
+def _seed_axes(seeds: Sequence[int], data_seeds: Sequence[int]) -> Grid:
+  """Model seeds x data seeds (the synthetic benchmark's seed; 0 only on real data)."""
+  return product(axis("data.seed", data_seeds), axis("seed", seeds))
 
 
-def table2(seeds: Sequence[int]) -> Grid:
-  return product(axis("model", ["mscan"]), axis("mscan.use_saca", [True, False]),
-                 axis("mscan.use_sbe", [True, False]), axis("seed", seeds))
+def table1(seeds: Sequence[int], scenarios: Sequence[int], data_seeds: Sequence[int] = (0,)) -> Grid:
+  seed_axes = _seed_axes(seeds, data_seeds)
+  multi = models.names(table="table1", target_scenario=False)
+  per = models.names(table="table1", target_scenario=True)
+  if per and not scenarios:
+    raise ValueError(f"table1 needs the target scenarios of {', '.join(per)}")
+  return (product(axis("model", multi), seed_axes)
+          + (product(axis("model", per), axis("single.scenario", scenarios), seed_axes)
+             if per else []))
 
 
-def alpha(seeds: Sequence[int]) -> Grid:
-  return product(axis("model", ["mscan"]), axis("mscan.alpha", ALPHA_VALUES), axis("seed", seeds))
+def table2(seeds: Sequence[int], data_seeds: Sequence[int] = (0,)) -> Grid:
+  return product(axis("model", models.names(table="table2")),
+                 axis("mscan.use_saca", [True, False]), axis("mscan.use_sbe", [True, False]),
+                 _seed_axes(seeds, data_seeds))
 
 
-def c(seeds: Sequence[int]) -> Grid:
+def alpha(seeds: Sequence[int], data_seeds: Sequence[int] = (0,)) -> Grid:
+  return product(axis("model", [proposed()]), axis("mscan.alpha", ALPHA_VALUES),
+                 _seed_axes(seeds, data_seeds))
+
+
+def c(seeds: Sequence[int], data_seeds: Sequence[int] = (0,)) -> Grid:
   """Figure 5's trained runs: the default M-scan per seed; the c values are swept by the report."""
-  return product(axis("model", ["mscan"]), axis("seed", seeds))
+  return product(axis("model", [proposed()]), _seed_axes(seeds, data_seeds))
+
+
+def references(seeds: Sequence[int], data_seeds: Sequence[int] = (0,), *,
+               with_truth: bool = False) -> Grid:
+  """The reference scorers (and the oracles on data that records the truth; they have no
+  parameter, so one run per data seed)."""
+  refs = product(axis("model", models.names(kind="reference")), _seed_axes(seeds, data_seeds))
+  oracles = (product(axis("model", models.names(kind="oracle")), _seed_axes([0], data_seeds))
+             if with_truth else [])
+  return refs + oracles
 
 
 def needs_scenarios(name: str) -> bool:
-  return name in ("table1", "all")
+  return name in ("table1", "all") and bool(models.names(table="table1", target_scenario=True))
 
 
-def build(name: str, *, seeds: Sequence[int], scenarios: Sequence[int] = ()) -> list[Run]:
-  """The runs of grid `name` (one of GRID_NAMES) for `seeds` (and `scenarios` for table1)."""
-  seeds = list(seeds)
-  if not seeds:
-    raise ValueError("a grid needs at least one seed")
+def build(name: str, *, seeds: Sequence[int], scenarios: Sequence[int] = (),
+          data_seeds: Sequence[int] = (0,), with_truth: bool = False) -> list[Run]:
+  """The runs of grid `name` (one of GRID_NAMES) for model `seeds` x `data_seeds` (and the
+  target `scenarios` for table1). The table grids include the reference scorers (and the
+  oracles `with_truth`)."""
+  seeds, data_seeds = list(seeds), list(data_seeds)
+  if not seeds or not data_seeds:
+    raise ValueError("a grid needs at least one seed and one data seed")
+  refs = references(seeds, data_seeds, with_truth=with_truth)
   if name == "table1":
-    grid = table1(seeds, scenarios)
+    grid = table1(seeds, scenarios, data_seeds) + refs
   elif name == "table2":
-    grid = table2(seeds)
+    grid = table2(seeds, data_seeds) + refs
   elif name == "alpha":
-    grid = alpha(seeds)
+    grid = alpha(seeds, data_seeds)
   elif name == "c":
-    grid = c(seeds)
+    grid = c(seeds, data_seeds)
+  elif name == "references":
+    grid = refs
   elif name == "all":
-    grid = table1(seeds, scenarios) + table2(seeds) + alpha(seeds)
+    grid = (table1(seeds, scenarios, data_seeds) + table2(seeds, data_seeds)
+            + alpha(seeds, data_seeds) + refs)
   else:
     raise ValueError(f"unknown grid {name!r}; valid: {', '.join(GRID_NAMES)}")
   return make_runs(grid)

@@ -71,6 +71,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 0  # 0 = at every evaluation
   c.train.patience = 2             # evaluations without validation-AUC gain before stopping
+  # Validation metric of early stopping and the best checkpoint (metrics.SELECT_METRICS): the
+  # mean per-scenario AUC (what the paper reports); auc_all mostly measures scenario base rates.
+  c.train.select_metric = "mean_scenario_auc"
   c.train.init_from = ""           # workdir whose best parameters initialise this run (finetune)
   c.train.progress = True          # progress bar with examples/s
   c.train.export_predictions = True
@@ -137,6 +140,10 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
   for key in ("batch_size", "eval_batch_size"):
     if config.train[key] < 1:
       raise ConfigError(f"config.train.{key} must be >= 1, got {config.train[key]}")
+  from mscan_jax.evaluation import metrics
+  if config.train.select_metric not in metrics.SELECT_METRICS:
+    raise ConfigError(f"config.train.select_metric={config.train.select_metric!r} is unknown; "
+                      f"valid: {', '.join(metrics.SELECT_METRICS)}")
   if config.train.learning_rate <= 0:
     raise ConfigError(f"config.train.learning_rate must be > 0, got {config.train.learning_rate}")
   if config.train.num_epochs < 1 and config.train.max_steps < 1:

@@ -146,6 +146,42 @@ def gauc(labels: Any, scores: Any, user_ids: Any) -> float:
   return _weighted_auc(out, n_pos + n_neg)
 
 
+def user_pooled_auc(labels: Any, scores: Any, user_ids: Any) -> float:
+  """Per-user AUC over each user's candidates pooled across scenarios, averaged over users.
+
+  This is the ranking Eq. (12) is about: for one user, do the scores order the candidates of
+  all scenarios as the labels do? Unweighted mean over the users with both classes (GAUC weighs
+  them by their sample count); `nan` when no user has both classes.
+  """
+  y, s = _prepare(labels, scores)
+  u = _as_1d(user_ids, "user_ids", dtype=np.int64)
+  _check_same_length(labels=y, user_ids=u)
+  values, index = np.unique(u, return_inverse=True)
+  out, _, _ = _grouped_auc_arrays(y, s, index, len(values))
+  return _mean_defined(out)
+
+
+def _mean_defined(values: np.ndarray) -> float:
+  valid = np.isfinite(values)
+  return float(values[valid].mean()) if valid.any() else float("nan")
+
+
+# Validation metrics that model selection (early stopping, best checkpoint) may use:
+# config.train.select_metric -> the value in `evaluate_predictions`' output.
+SELECT_METRICS = {
+    "mean_scenario_auc": lambda m: m["auc"]["mean_per_scenario"],   # what the paper reports
+    "auc_all": lambda m: m["auc"]["all"],         # pooled #All: mostly scenario base rates
+    "gauc": lambda m: m["gauc"],
+}
+
+
+def select_value(metrics: dict, name: str) -> float:
+  """The model-selection value `name` (one of SELECT_METRICS) of evaluate_predictions' output."""
+  if name not in SELECT_METRICS:
+    raise ValueError(f"select metric {name!r} is unknown; valid: {', '.join(SELECT_METRICS)}")
+  return float(SELECT_METRICS[name](metrics))
+
+
 def _weighted_auc(group_auc: np.ndarray, weight: np.ndarray) -> float:
   """sum w AUC / sum w over groups whose AUC is defined; nan when none is."""
   valid = np.isfinite(group_auc)
@@ -177,8 +213,10 @@ def relaimpr(auc: float, auc_ref: float) -> float:
 
 def _auc_block(overall: _GroupRanks, per: _GroupRanks, labels: np.ndarray,
                scen_values: np.ndarray) -> dict:
+  per_auc = per.auc(labels)[0]
   return {"all": float(overall.auc(labels)[0][0]),
-          "per_scenario": {str(int(v)): float(a) for v, a in zip(scen_values, per.auc(labels)[0])}}
+          "mean_per_scenario": _mean_defined(per_auc),
+          "per_scenario": {str(int(v)): float(a) for v, a in zip(scen_values, per_auc)}}
 
 
 def evaluate_predictions(labels: Any, scores: Any, probs: Any, scenarios: Any, user_ids: Any,
@@ -195,10 +233,11 @@ def evaluate_predictions(labels: Any, scores: Any, probs: Any, scenarios: Any, u
     mask       (N,) optional, nonzero / True for real samples.
 
   Returns
-    {"auc": {"all": x, "per_scenario": {"<id>": x}}, "gauc": x, "logloss": x,
-     "mean_label": x, "mean_pred": x, "n_test": n, "n_per_scenario": {"<id>": n}}
-  plus "true_interest_auc": {"all": x, "per_scenario": {...}} (AUC of `scores` against
-  `true_like`) when `true_like` is given. AUCs of one-class sets are nan.
+    {"auc": {"all": x, "mean_per_scenario": x, "per_scenario": {"<id>": x}}, "gauc": x,
+     "logloss": x, "mean_label": x, "mean_pred": x, "n_test": n, "n_per_scenario": {"<id>": n}}
+  plus, when `true_like` is given, "true_interest_auc" (the same block, AUC of `scores`
+  against `true_like`), "true_interest_gauc" and "true_interest_user_auc" (`user_pooled_auc`
+  against `true_like`). AUCs of one-class sets are nan and left out of means.
   """
   scen = np.asarray(scenarios)
   if scen.ndim == 2:
@@ -241,4 +280,8 @@ def evaluate_predictions(labels: Any, scores: Any, probs: Any, scenarios: Any, u
     t = arrays["true_like"]
     _check_labels(t, "true_like")
     out["true_interest_auc"] = _auc_block(overall, per, t, scen_values)
+    users = _GroupRanks(s, user_index, len(user_values), score_order)
+    t_auc, t_pos, t_neg = users.auc(t)
+    out["true_interest_gauc"] = _weighted_auc(t_auc, t_pos + t_neg)
+    out["true_interest_user_auc"] = _mean_defined(t_auc)
   return out

@@ -274,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_main:
       print(f"Resumed from {ckpt.directory} at step {int(state.step)}")
 
+  select_metric = config.train.select_metric   # validation metric of early stopping
   base_rng = jax.random.PRNGKey(config.seed + 2)
   alpha = float(config.mscan.alpha)
   c = datasets.resolve_c(config)
@@ -341,7 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if do_eval:
         pred = predict(state.params, dataset, valid_rows, **eval_kwargs)
         val = compute_metrics(pred)
-        auc = val["auc"]["all"]
+        auc = metrics_lib.select_value(val, select_metric)
         improved = bool(np.isfinite(auc) and auc > meta["best_valid_auc"])
         if improved:
           best_params = copy_params(state.params)
@@ -350,8 +351,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           meta["bad_evals"] += 1
         meta["done"] = bool(meta["bad_evals"] > config.train.patience)   # early stopped
         stop = meta["done"] or step >= total_steps
-        log({"step": step, "split": "valid", "auc": auc, "gauc": val["gauc"],
-             "logloss": val["logloss"], "best_valid_auc": meta["best_valid_auc"]})
+        log({"step": step, "split": "valid", select_metric: auc, "auc": val["auc"]["all"],
+             "gauc": val["gauc"], "logloss": val["logloss"],
+             "best_valid_auc": meta["best_valid_auc"]})
         if bar is not None:
           bar.set_postfix(loss=f"{record['loss']:.4f}", val_auc=f"{auc:.4f}")
         ckpt.save(step, state, best_params, meta)
@@ -366,7 +368,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pred = predict(best_params, dataset, test_rows, **eval_kwargs)
   results = {"model": config.model, "dataset": datasets.label(config.data), "seed": config.seed,
              "data_seed": int(config.data.seed), "c": c,
-             "best_step": meta["best_step"], "best_valid_auc": meta["best_valid_auc"],
+             "select_metric": select_metric, "best_step": meta["best_step"],
+             "best_valid_auc": meta["best_valid_auc"],
              "steps": step, **compute_metrics(pred)}
   if is_main:
     save_json(os.path.join(workdir, "results.json"), results)
@@ -394,22 +397,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def format_results(results: dict) -> str:
-  """A per-scenario table in the shape of the paper's Table 1 (AUC; true-interest AUC if known)."""
+  """A per-scenario table in the shape of the paper's Table 1: AUC and, where the data records
+  the truth, the AUC against the true interest; then the mean over scenarios, #All, GAUC and the
+  per-user pooled true-interest AUC (each user's candidates of every scenario ranked together)."""
   per = results["auc"]["per_scenario"]
   truth = results.get("true_interest_auc")
   n = results.get("n_per_scenario", {})
   keys = sorted(per, key=lambda k: int(k))
   head = f"{'Scenario':>9} {'n':>9} {'AUC':>8}" + (f" {'true AUC':>9}" if truth else "")
   lines = [f"{results['model']} on {results['dataset']} (seed {results.get('seed', 0)}, "
-           f"c={results.get('c')}; best validation step {results.get('best_step')})", head]
+           f"c={results.get('c')}; best validation step {results.get('best_step')} by "
+           f"{results.get('select_metric', 'auc_all')})", head]
   for k in keys:
     line = f"{'#' + k:>9} {n.get(k, ''):>9} {per[k]:8.4f}"
     if truth:
       line += f" {truth['per_scenario'].get(k, float('nan')):9.4f}"
     lines.append(line)
+  mean = results["auc"].get("mean_per_scenario")
+  if mean is not None:
+    line = f"{'mean':>9} {'':>9} {mean:8.4f}"
+    if truth:
+      line += f" {truth.get('mean_per_scenario', float('nan')):9.4f}"
+    lines.append(line)
   line = f"{'#All':>9} {results.get('n_test', ''):>9} {results['auc']['all']:8.4f}"
   if truth:
     line += f" {truth['all']:9.4f}"
   lines.append(line)
-  lines.append(f"GAUC {results['gauc']:.4f}   log loss {results['logloss']:.4f}")
+  tail = f"GAUC {results['gauc']:.4f}   log loss {results['logloss']:.4f}"
+  if "true_interest_user_auc" in results:
+    tail += (f"   true-interest GAUC {results['true_interest_gauc']:.4f}   per-user pooled "
+             f"true-interest AUC {results['true_interest_user_auc']:.4f}")
+  lines.append(tail)
   return "\n".join(lines)

@@ -133,3 +133,43 @@ def test_evaluate_predictions_errors():
     metrics.evaluate_predictions([1], [0.1], [0.5], [1], [0], mask=[0])
   with pytest.raises(ValueError, match="same length"):
     metrics.evaluate_predictions([1, 0], [0.1, 0.2], [0.5, 0.5], [1, 1], [0])
+
+
+def slow_user_pooled_auc(labels, scores, users):
+  """Per user, a brute-force pair count over the user's samples; the mean over users with both
+  classes."""
+  labels, scores, users = map(np.asarray, (labels, scores, users))
+  per_user = [brute_auc(labels[users == u], scores[users == u]) for u in np.unique(users)]
+  defined = [a for a in per_user if not math.isnan(a)]
+  return float(np.mean(defined)) if defined else float("nan")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_user_pooled_auc_matches_a_slow_reference(seed):
+  rng = np.random.default_rng(seed)
+  n = 400
+  users = rng.integers(0, 25, n)
+  labels = rng.integers(0, 2, n)
+  scores = rng.integers(0, 5, n).astype(np.float32) + 0.5 * labels   # ties and signal
+  want = slow_user_pooled_auc(labels, scores, users)
+  assert metrics.user_pooled_auc(labels, scores, users) == pytest.approx(want, abs=1e-12)
+  # It is the unweighted mean over users, unlike GAUC (weighted by sample count).
+  assert metrics.gauc(labels, scores, users) != pytest.approx(want, abs=1e-9)
+  scen = rng.integers(1, 4, n)
+  out = metrics.evaluate_predictions(labels, scores, np.full(n, 0.5), scen, users,
+                                     true_like=labels)
+  assert out["true_interest_user_auc"] == pytest.approx(want, abs=1e-12)
+  assert math.isnan(metrics.user_pooled_auc([1, 1], [0.1, 0.2], [0, 1]))
+
+
+def test_selection_metrics_read_the_evaluation():
+  labels = np.array([1, 0, 1, 0, 0, 1])
+  scores = np.array([0.9, 0.1, 0.2, 0.8, 0.3, 0.7])
+  scen = np.array([1, 1, 2, 2, 2, 2])
+  out = metrics.evaluate_predictions(labels, scores, np.full(6, 0.5), scen, np.zeros(6))
+  # Scenario 1: AUC 1. Scenario 2: pos {0.2, 0.7} vs neg {0.8, 0.3}: 1 of 4 pairs.
+  assert out["auc"]["mean_per_scenario"] == pytest.approx((1.0 + 0.25) / 2)
+  assert metrics.select_value(out, "mean_scenario_auc") == pytest.approx(0.625)
+  assert metrics.select_value(out, "auc_all") == out["auc"]["all"]
+  with pytest.raises(ValueError, match="valid: mean_scenario_auc"):
+    metrics.select_value(out, "loss")

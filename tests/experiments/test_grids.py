@@ -31,6 +31,8 @@ def test_names_drop_defaults_and_format_values():
       "mscan-train.num_epochs=2-s0"
   assert grids.format_value((2,)) == "(2,)" and grids.format_value(()) == "()"
   assert grids.format_value(False) == "False" and grids.format_value(0.3) == "0.3"
+  # Strings in a tuple are quoted, so a list of column names parses back as a list.
+  assert grids.format_value(("item_cat",)) == "('item_cat',)" and grids.format_value("a") == "a"
   with pytest.raises(KeyError, match="mscan.alfa"):
     grids.run_name({"model": "mscan", "mscan.alfa": 1.0, "seed": 0})
 
@@ -39,15 +41,22 @@ def test_table1_every_model_and_per_scenario_runs():
   runs = grids.build("table1", seeds=[0, 1], scenarios=[1, 3])
   names = [r.name for r in runs]
   assert len(names) == len(set(names))
-  # 8 multi-scenario models x 2 seeds + (single, finetune) x 2 scenarios x 2 seeds.
-  assert len(runs) == 8 * 2 + 2 * 2 * 2
-  assert {r.overrides["model"] for r in runs} == set(grids.TABLE1_MODELS)
-  assert set(grids.TABLE1_MODELS) <= set(models.model_names())
-  assert "finetune-scenario=3-s1" in names and "ple-s0" in names
+  # The lists come from the registry: 8 multi-scenario models x 2 seeds, (single, finetune) x 2
+  # scenarios x 2 seeds, and the 3 reference scorers x 2 seeds (no oracle without truth).
+  table1 = models.names(table="table1")
+  per = models.names(target_scenario=True)
+  refs = models.names(kind="reference")
+  assert (len(table1), len(per), len(refs)) == (10, 2, 3)
+  assert len(runs) == 8 * 2 + 2 * 2 * 2 + 3 * 2
+  assert {r.overrides["model"] for r in runs} == set(table1) | set(refs)
+  assert "finetune-scenario=3-s1" in names and "ple-s0" in names and "mf-s1" in names
   ft = next(r for r in runs if r.name == "finetune-scenario=3-s1")
   assert ft.overrides == {"model": "finetune", "single.scenario": 3, "seed": 1}
   assert not any("single.scenario" in r.overrides for r in runs
-                 if r.overrides["model"] not in grids.PER_SCENARIO_MODELS)
+                 if r.overrides["model"] not in per)
+  with_truth = grids.build("table1", seeds=[0, 1], scenarios=[1, 3], with_truth=True)
+  oracles = [r.name for r in with_truth if r.name.startswith("oracle")]
+  assert oracles == ["oracle_click-s0", "oracle_like-s0"]       # no parameter: one seed
   with pytest.raises(ValueError, match="target scenarios"):
     grids.build("table1", seeds=[0], scenarios=[])
 
@@ -57,7 +66,8 @@ def test_table2_alpha_c_and_all():
   assert [r.name for r in t2] == [
       "mscan-s0", "mscan-s1", "mscan-sbe=False-s0", "mscan-sbe=False-s1",
       "mscan-saca=False-s0", "mscan-saca=False-s1", "mscan-saca=False-sbe=False-s0",
-      "mscan-saca=False-sbe=False-s1"]
+      "mscan-saca=False-sbe=False-s1", "popularity-s0", "popularity-s1", "logreg-s0",
+      "logreg-s1", "mf-s0", "mf-s1"]
   assert t2[2].overrides == {"model": "mscan", "mscan.use_sbe": False, "seed": 0}
   alpha = grids.build("alpha", seeds=[0])
   assert [r.overrides.get("mscan.alpha", 0.1) for r in alpha] == list(grids.ALPHA_VALUES)
@@ -65,7 +75,11 @@ def test_table2_alpha_c_and_all():
   assert [r.name for r in grids.build("c", seeds=[0, 1, 2])] == ["mscan-s0", "mscan-s1", "mscan-s2"]
   everything = grids.build("all", seeds=[0, 1, 2], scenarios=[1, 2, 3])
   n_alpha = len(grids.ALPHA_VALUES) - 1
-  assert len(everything) == (8 * 3 + 2 * 3 * 3) + 3 * 3 + n_alpha * 3   # shared runs once
+  assert len(everything) == (8 * 3 + 2 * 3 * 3) + 3 * 3 + n_alpha * 3 + 3 * 3  # shared once
+  # Data seeds are an axis like model seeds; data seed 0 is the default (not in the name).
+  two = grids.build("c", seeds=[0], data_seeds=[0, 1])
+  assert [r.name for r in two] == ["mscan-s0", "mscan-data=1-s0"]
+  assert two[1].overrides == {"model": "mscan", "data.seed": 1, "seed": 0}
   with pytest.raises(ValueError, match="unknown grid"):
     grids.build("table3", seeds=[0])
 

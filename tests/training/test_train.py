@@ -59,7 +59,9 @@ def test_train_and_evaluate_compiles_each_step_once_and_writes_outputs(tmp_path)
   run = tmp_path / "run"
   saved = json.loads((run / "results.json").read_text())
   assert saved["model"] == "mscan" and saved["dataset"] == "synthetic-tiny"
-  assert set(saved["auc"]) == {"all", "per_scenario"} and "true_interest_auc" in saved
+  assert set(saved["auc"]) == {"all", "mean_per_scenario", "per_scenario"}
+  assert "true_interest_auc" in saved and "true_interest_user_auc" in saved
+  assert saved["select_metric"] == "mean_scenario_auc"
   assert 0.0 <= saved["auc"]["all"] <= 1.0
   table = pq.read_table(run / "predictions.parquet")
   assert table.num_rows == saved["n_test"]

@@ -1,4 +1,4 @@
-"""experiments.grid: planning, skip-finished / resume, failure reporting, parallel jobs.
+"""experiments.run_grid: planning, skip-finished / resume, failure reporting, parallel jobs.
 
 A fake launcher (a tiny Python script, no JAX) stands in for launch.py: it records its command
 line, writes results.json, fails on request, and can wait for a sibling run (a barrier that
@@ -14,7 +14,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from experiments import grid, grids
+from experiments import grids
+from experiments import run_grid as grid
 
 FAKE = textwrap.dedent("""
     import json, os, sys, time
@@ -58,15 +59,15 @@ def test_plan_finetune_reuses_the_mix_run(tmp_path):
   base = {"data.name": "synthetic", "data.preset": "tiny"}
   jobs = {j.run.name: j for j in grid.plan(runs, str(tmp_path / "runs"), base)}
   ft = jobs["finetune-scenario=2-s0"]
-  mix_dir = os.path.join(str(tmp_path / "runs"), "mix-s0")
+  # The model asked for is launched; its stages (models.stages) skip the Mix stage because the
+  # sibling Mix run of its seed is given as the starting checkpoint, relative to the run folder.
   assert ft.deps == ("mix-s0",)
-  assert ft.overrides == {**base, "model": "mix", "seed": 0, "single.scenario": 2,
-                          "data.train_scenarios": (2,), "data.eval_scenarios": (2,),
-                          "train.init_from": mix_dir}
+  assert ft.overrides == {**base, "model": "finetune", "seed": 0, "single.scenario": 2,
+                          "train.init_from": os.path.join("..", "mix-s0")}
   assert ft.workdir == os.path.join(str(tmp_path / "runs"), "finetune-scenario=2-s0")
   cmd = grid.command(["L"], ft)
   assert cmd[:2] == ["L", f"--workdir={ft.workdir}"]
-  assert "--config.data.train_scenarios=(2,)" in cmd and f"--config.train.init_from={mix_dir}" in cmd
+  assert "--config.model=finetune" in cmd and "--config.train.init_from=../mix-s0" in cmd
   single = jobs["single-scenario=2-s0"]
   assert single.deps == () and single.overrides["model"] == "single"
   # A finetune without its Mix run in the grid gets the Mix run added before it.
@@ -132,13 +133,14 @@ def test_main_cli_and_settings_guard(tmp_path, launcher, capsys):
   argv = ["--grid=table2", "--dataset=aliccp", f"--data_path={data}", "--seeds=2",
           f"--out={out}", "--launcher=" + " ".join(launcher), "--set=train.num_epochs=2"]
   assert grid.main(argv) == 0
-  assert sorted(os.listdir(os.path.join(out, "runs"))) == sorted(
-      r.name for r in grids.build("table2", seeds=[0, 1]))
+  runs = grids.build("table2", seeds=[0, 1])          # 8 M-scan runs + 3 references x 2 seeds
+  assert len(runs) == 14
+  assert sorted(os.listdir(os.path.join(out, "runs"))) == sorted(r.name for r in runs)
   info = json.load(open(os.path.join(out, "grid.json")))
   assert info["dataset"] == "aliccp" and info["shared"]["train.num_epochs"] == 2
   assert info["shared"]["data.path"] == str(data)
-  assert "8 done, 0 skipped" in capsys.readouterr().out
-  assert grid.main(argv) == 0 and "0 done, 8 skipped" in capsys.readouterr().out
+  assert "14 done, 0 skipped" in capsys.readouterr().out
+  assert grid.main(argv) == 0 and "0 done, 14 skipped" in capsys.readouterr().out
   # Other shared settings on the same folder are refused.
   assert grid.main(argv[:-1] + ["--set=train.num_epochs=3"]) == 2
   assert "train.num_epochs" in capsys.readouterr().err

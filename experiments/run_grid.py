@@ -1,27 +1,31 @@
 """Runs an experiment grid (`experiments.grids`) through `launch.py`: resumable, K at a time.
 
-    python -m experiments.grid --grid=table2 --dataset=synthetic --preset=tiny --seeds=2 --out=DIR
-    python -m experiments.grid --grid=all --dataset=synthetic --size=small --seeds=3 --jobs=2 --out=DIR
-    python -m experiments.grid --grid=table1 --dataset=aliccp --data_path=BUILT_DIR --out=DIR
+    python -m experiments.run_grid --grid=table2 --dataset=synthetic --preset=tiny --seeds=2 --out=DIR
+    python -m experiments.run_grid --grid=all --dataset=synthetic --size=small --seeds=3 \
+        --data_seeds=2 --jobs=2 --out=DIR
+    python -m experiments.run_grid --grid=table1 --dataset=aliccp --data_path=BUILT_DIR --out=DIR
 
-Every run is a `launch.py` subprocess, `--workdir=DIR/runs/<name>` plus `--config.X=Y` overrides
-(the grid's own, then the settings shared by the whole folder: dataset, `--size`, `--set`), with
-stdout and stderr appended to `DIR/runs/<name>/log.txt`. `--jobs=K` runs K at a time.
+It prints one line per run (`[k/N] done NAME  seconds`) and a summary; the tiny table2 grid takes
+about a minute on 2 CPU cores. Every run is a `launch.py` subprocess, `--workdir=DIR/runs/<name>`
+plus `--config.X=Y` overrides (the grid's own, then the settings shared by the whole folder:
+dataset, `--size`, `--set`), with stdout and stderr appended to `DIR/runs/<name>/log.txt`.
+`--jobs=K` runs K at a time. Runs start in the current directory, so relative paths (the data
+cache, a dataset) are read as given and no absolute path is written into a run's files.
 
 Resuming: a run whose `results.json` exists is skipped; a half-finished one is started again and
 the trainer resumes from the checkpoint in its workdir. A failed run is reported with its log
 path and does not stop the others; the exit code is 1 if any run failed.
 
-Target scenarios of `single` and `finetune` (`--scenarios=1,2,3`; default: every scenario of the
-test split if there are at most 4, else the 3 with the most test samples, ties to the smaller id;
-counted from the built dataset's `splits/test.npy` and `log/scenario.npy`, so it is deterministic).
+Target scenarios of the models that have one (Single, Finetune; `--scenarios=1,2,3`; default:
+every scenario of the test split if there are at most 4, else the 3 with the most test samples,
+ties to the smaller id; counted from the built dataset's `splits/test.npy` and
+`log/scenario.npy`, so it is deterministic).
 
-`finetune` reuses the `mix` run of its seed instead of training Mix again: `mscan_jax.models.mlp.
-finetune_stages` trains stage "mix" = the Mix model on all scenarios, then the same MLP on the
-target scenario (`data.train_scenarios = data.eval_scenarios = (s,)`) from Mix's best parameters
-(`train.init_from`). The runner launches exactly that second stage, `model=mix` with those
-scenario restrictions and `train.init_from=<absolute path of the mix-s<seed> run>`, after the Mix
-run of the same seed has finished (a dependency; a failed Mix fails its finetunes).
+Stages come from the registry (`mscan_jax.models.stages`): a model whose last stage starts from
+an earlier stage's checkpoint (Finetune: Mix, then the target scenario) gets that earlier stage
+as a sibling run of the grid (the Mix run of its seed, trained once and shared by every target
+scenario), and its own run starts from it (`train.init_from=../<sibling>`) after it finished
+(a dependency; a failed sibling fails its dependants).
 
 `DIR/grid.json` records the shared settings; a second call with other settings on the same DIR is
 refused, so one folder never mixes datasets or sizes.
@@ -29,7 +33,6 @@ refused, so one folder never mixes datasets or sizes.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import concurrent.futures as cf
 import dataclasses
@@ -44,7 +47,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from absl import flags
+
 from experiments import grids
+from mscan_jax import config as config_lib
+from mscan_jax import models
+from mscan_jax.data import datasets
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LAUNCHER = (sys.executable, os.path.join(REPO_ROOT, "launch.py"))
@@ -62,19 +70,35 @@ class GridError(ValueError):
 
 def data_overrides(dataset: str, *, preset: str = "default", data_path: str = "",
                    cache_dir: str = "data_cache") -> grids.Overrides:
-  """The dataset part of the shared overrides (paths made absolute)."""
-  if dataset == "synthetic":
-    return {"data.name": "synthetic", "data.preset": preset,
-            "data.cache_dir": os.path.abspath(cache_dir)}
+  """The dataset part of the shared overrides (paths as given, read from the current directory)."""
+  if dataset not in datasets.names():
+    raise GridError(f"--dataset={dataset!r} is unknown; valid: {', '.join(datasets.names())}")
+  if not datasets.get_spec(dataset).needs_path:
+    return {"data.name": dataset, "data.preset": preset, "data.cache_dir": cache_dir}
   if not data_path:
     raise GridError(f"--dataset={dataset} needs --data_path=DIR (a built dataset)")
-  return {"data.name": dataset, "data.path": os.path.abspath(data_path)}
+  return {"data.name": dataset, "data.path": data_path}
+
+
+def data_config(base: grids.Overrides, data_seed: int = 0):
+  """`config.data` of the shared settings (and a data seed)."""
+  config = config_lib.get_config()
+  for key, value in {**base, "data.seed": data_seed}.items():
+    if key.startswith("data."):
+      _set(config, key, value)
+  return config.data
+
+
+def _set(config, dotted: str, value: Any) -> None:
+  *parents, leaf = dotted.split(".")
+  for p in parents:
+    config = config[p]
+  config[leaf] = value
 
 
 def dataset_label(base: grids.Overrides) -> str:
-  """`synthetic-<preset>` or the dataset's name (as in results.json)."""
-  name = base.get("data.name", "synthetic")
-  return f"synthetic-{base.get('data.preset', 'default')}" if name == "synthetic" else name
+  """The dataset's name (as in results.json) of the shared settings."""
+  return datasets.label(data_config(base))
 
 
 def parse_set(text: str) -> tuple[str, Any]:
@@ -172,13 +196,19 @@ def choose_scenarios(counts: dict[int, int], max_all: int = 4, k: int = 3) -> li
   return sorted(largest)
 
 
-def dataset_path_for(base: grids.Overrides) -> str:
+def dataset_path_for(base: grids.Overrides, data_seed: int = 0) -> str:
   """The built dataset directory of the shared settings (the synthetic one built here, once)."""
-  if base["data.name"] == "synthetic":
-    from mscan_jax.data import synthetic
-    return synthetic.ensure_synthetic(base["data.preset"], base.get("data.seed", 0),
-                                      base["data.cache_dir"])
-  return base["data.path"]
+  return datasets.built_path(data_config(base, data_seed))
+
+
+def has_truth(base: grids.Overrides) -> bool:
+  """Whether the dataset records the truth (then the grids add the oracles). A dataset that is
+  not built yet reads as False here; its runs then fail with the loader's own message."""
+  from mscan_jax.data.schema import BuiltDataset, DataError
+  try:
+    return BuiltDataset(dataset_path_for(base)).schema.has_truth
+  except DataError:
+    return False
 
 
 # ----------------------------------------------------------------------------- launching
@@ -191,36 +221,45 @@ class Job:
   deps: tuple[str, ...] = ()     # names of runs that must finish first
 
 
+def _config_of(overrides: grids.Overrides):
+  config = config_lib.get_config()
+  for key, value in overrides.items():
+    _set(config, key, value)
+  return config
+
+
+def sibling_of(run: grids.Run) -> Optional[grids.Run]:
+  """The run whose best checkpoint `run`'s last stage starts from (its model's previous stage,
+  as a run of the grid), or None for a one-stage model."""
+  stages = models.stages(_config_of(run.overrides))
+  if len(stages) < 2:
+    return None
+  previous = grids.flatten(stages[-2][1])
+  defaults = grids.flatten(config_lib.get_config())
+  overrides = {k: v for k, v in previous.items() if not grids._same(defaults[k], v)}
+  return grids.make_runs([overrides])[0]
+
+
 def plan(runs: Sequence[grids.Run], runs_dir: str, base: grids.Overrides) -> list[Job]:
-  """Jobs for `runs` (finetune -> the second stage from its seed's Mix run, added if missing)."""
+  """Jobs for `runs`: a run with stages starts from its sibling run (added first if missing)."""
   by_name = {r.name: r for r in runs}
   ordered: list[grids.Run] = []
   for r in runs:
-    if r.overrides["model"] == "finetune":
-      mix = _mix_of(r)
-      if mix.name not in by_name:
-        by_name[mix.name] = mix
-        ordered.append(mix)
+    sib = sibling_of(r)
+    if sib is not None and sib.name not in by_name:
+      by_name[sib.name] = sib
+      ordered.append(sib)
     ordered.append(r)
   jobs = []
   for r in ordered:
-    workdir = os.path.join(os.path.abspath(runs_dir), r.name)
-    ov = {k: v for k, v in r.overrides.items()}
+    ov = dict(r.overrides)
     deps: tuple[str, ...] = ()
-    if ov["model"] == "finetune":
-      mix = _mix_of(r)
-      s = int(ov["single.scenario"])
-      ov.update({"model": "mix", "data.train_scenarios": (s,), "data.eval_scenarios": (s,),
-                 "train.init_from": os.path.join(os.path.abspath(runs_dir), mix.name)})
-      deps = (mix.name,)
-    jobs.append(Job(r, workdir, {**base, **ov}, deps))
+    sib = sibling_of(r)
+    if sib is not None:
+      ov["train.init_from"] = os.path.join("..", sib.name)     # relative to the run folder
+      deps = (sib.name,)
+    jobs.append(Job(r, os.path.join(runs_dir, r.name), {**base, **ov}, deps))
   return jobs
-
-
-def _mix_of(run: grids.Run) -> grids.Run:
-  o = {k: v for k, v in run.overrides.items() if k != "single.scenario"}
-  o["model"] = "mix"
-  return grids.make_runs([o])[0]
 
 
 def command(launcher: Sequence[str], job: Job) -> list[str]:
@@ -243,7 +282,7 @@ def _execute(launcher: Sequence[str], job: Job) -> tuple[int, float, float]:
               f"{shlex.join(cmd)}\n")
     log.flush()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             stdin=subprocess.DEVNULL)
     try:
       _, status, usage = os.wait4(proc.pid, 0)   # this child's own CPU time, also with K jobs
@@ -350,50 +389,69 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
 
 # ----------------------------------------------------------------------------- command line
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m experiments.grid", description=__doc__.split("\n")[0])
-  p.add_argument("--grid", required=True, choices=grids.GRID_NAMES)
-  p.add_argument("--dataset", default="synthetic", help="synthetic, or a built dataset's name "
-                 "(aliccp, cloudtheme, ...) with --data_path")
-  p.add_argument("--preset", default="default", help="synthetic preset: tiny | default | large")
-  p.add_argument("--data_path", default="", help="built dataset directory (real datasets)")
-  p.add_argument("--cache_dir", default="data_cache", help="where the synthetic data is built")
-  p.add_argument("--size", default=None, choices=list(grids.SIZES),
-                 help="model/training size (default: tiny with --preset=tiny, else default)")
-  p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-  p.add_argument("--scenarios", default="", help="target scenarios of single/finetune, e.g. 1,2,3")
-  p.add_argument("--jobs", type=int, default=1, help="runs at a time")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="extra shared config override, e.g. --set=train.num_epochs=2 (repeatable)")
-  p.add_argument("--out", required=True)
-  p.add_argument("--launcher", default="", help="command that runs one config "
-                 "(default: this Python and launch.py); for tests")
-  p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
-  return p.parse_args(list(argv))
+def _define_flags(fv: flags.FlagValues) -> None:
+  d = dict(flag_values=fv)
+  flags.DEFINE_enum("grid", None, list(grids.GRID_NAMES), "Grid to run.", required=True, **d)
+  flags.DEFINE_string("dataset", "synthetic", "A registered dataset (mscan_jax.data.datasets): "
+                      "synthetic, or a built dataset's name (aliccp, ...) with --data_path.", **d)
+  flags.DEFINE_string("preset", "default", "Synthetic preset: tiny | default | large.", **d)
+  flags.DEFINE_string("data_path", "", "Built dataset directory (real datasets).", **d)
+  flags.DEFINE_string("cache_dir", "data_cache", "Where the synthetic data is built.", **d)
+  flags.DEFINE_enum("size", None, list(grids.SIZES),
+                    "Model/training size (default: tiny with --preset=tiny, else default).", **d)
+  flags.DEFINE_integer("seeds", 3, "Model seeds 0..N-1.", lower_bound=1, **d)
+  flags.DEFINE_integer("data_seeds", 1, "Data seeds 0..N-1 of the synthetic benchmark.",
+                       lower_bound=1, **d)
+  flags.DEFINE_list("scenarios", [], "Target scenarios of Single/Finetune, e.g. 1,2,3.", **d)
+  flags.DEFINE_integer("jobs", 1, "Runs at a time.", lower_bound=1, **d)
+  flags.DEFINE_multi_string("set", [], "Extra shared config override KEY=VALUE, e.g. "
+                            "--set=train.num_epochs=2 (repeatable).", **d)
+  flags.DEFINE_string("out", None, "Output folder.", required=True, **d)
+  flags.DEFINE_string("launcher", "", "Command that runs one config (default: this Python and "
+                      "launch.py); for tests.", **d)
+  flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.", **d)
+
+
+def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
+  """absl flags of this command, parsed into a fresh FlagValues (so main() can run twice)."""
+  fv = flags.FlagValues()
+  _define_flags(fv)
+  try:
+    fv(["run_grid", *argv])
+  except flags.Error as e:
+    raise GridError(str(e)) from None
+  return fv
 
 
 def main(argv: Sequence[str]) -> int:
-  a = parse_args(argv)
-  size = a.size or ("tiny" if a.dataset == "synthetic" and a.preset == "tiny" else "default")
   try:
+    a = parse_flags(argv)
+    size = a.size or ("tiny" if a.dataset == "synthetic" and a.preset == "tiny" else "default")
     base = shared_overrides(data_overrides(a.dataset, preset=a.preset, data_path=a.data_path,
                                            cache_dir=a.cache_dir), size, a.set)
+    data_seeds = list(range(a.data_seeds))
+    if data_seeds != [0] and datasets.get_spec(a.dataset).needs_path:
+      raise GridError("--data_seeds applies to generated data (the synthetic benchmark) only")
     scenarios: list[int] = []
-    if a.scenarios:
-      scenarios = [int(s) for s in a.scenarios.split(",") if s.strip()]
-    elif grids.needs_scenarios(a.grid):
+    try:
+      scenarios = [int(s) for s in a.scenarios if s.strip()]
+    except ValueError:
+      raise GridError(f"--scenarios={','.join(a.scenarios)}: expected scenario ids") from None
+    if not scenarios and grids.needs_scenarios(a.grid):
       counts = count_test_samples(dataset_path_for(base))
       scenarios = choose_scenarios(counts)
-      print(f"target scenarios of single/finetune: {scenarios} (test samples: "
+      print(f"target scenarios: {scenarios} (test samples: "
             f"{ {s: counts[s] for s in scenarios} })")
-    runs = grids.build(a.grid, seeds=range(a.seeds), scenarios=scenarios)
+    runs = grids.build(a.grid, seeds=range(a.seeds), scenarios=scenarios, data_seeds=data_seeds,
+                       with_truth=has_truth(base))
     if not a.dry_run:
       check_or_write_grid_info(a.out, {"dataset": dataset_label(base), "size": size,
                                        "shared": base, "grids": [a.grid],
-                                       "scenarios": scenarios})
-      if base["data.name"] == "synthetic":
-        dataset_path_for(base)   # build the data once here, not in K runs at the same time
-  except GridError as e:
+                                       "scenarios": scenarios, "data_seeds": data_seeds})
+      if not datasets.get_spec(a.dataset).needs_path:
+        for d in data_seeds:   # generate the data once here, not in K runs at the same time
+          dataset_path_for(base, d)
+  except (GridError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   launcher = shlex.split(a.launcher) if a.launcher else list(DEFAULT_LAUNCHER)
