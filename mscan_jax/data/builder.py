@@ -53,6 +53,7 @@ class EventLog:
   is_sample: np.ndarray | None = None   # (E,) bool; False = behaviour only (e.g. a purchase log), never in a split
   true_like: np.ndarray | None = None   # (E,) {0,1} ground truth (synthetic only)
   true_prob: np.ndarray | None = None   # (E,) float
+  true_exam: np.ndarray | None = None   # (E,) float: examination probability (optional truth)
   source: str = "<memory>"              # file name(s), for error messages
 
 
@@ -213,6 +214,16 @@ def validate_log(log: EventLog) -> None:
       r = _first(bad)
       raise DataError(f"{src}: column 'true_prob' row {r}: value {p[r]} is not a probability in "
                       "[0, 1]")
+  if log.true_exam is not None:
+    if log.true_like is None:
+      raise DataError(f"{src}: column 'true_exam' is given without 'true_like' and 'true_prob' "
+                      "(the examination truth is stored with the interest truth)")
+    p = _column(src, "true_exam", log.true_exam, e, kind="float")
+    bad = ~((p >= 0) & (p <= 1))
+    if bad.any():
+      r = _first(bad)
+      raise DataError(f"{src}: column 'true_exam' row {r}: value {p[r]} is not a probability in "
+                      "[0, 1]")
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,9 +289,11 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
   if has_truth:
     cols["true_like"] = np.asarray(log.true_like)
     cols["true_prob"] = np.asarray(log.true_prob)
+  if log.true_exam is not None:
+    cols["true_exam"] = np.asarray(log.true_exam)
   dtypes = {"user": np.int32, "item": np.int32, "scenario": np.int32, "label": np.int8,
             "user_id": np.int32, "sample_id": np.int64, "is_sample": bool, "true_like": np.int8,
-            "true_prob": np.float32}
+            "true_prob": np.float32, "true_exam": np.float32}
   cols = {k: (v if order is None else v[order]).astype(dtypes[k], copy=False)
           for k, v in cols.items()}
 
@@ -325,7 +338,7 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
   schema = Schema(user_fields=tuple(log.user_fields), item_fields=tuple(log.item_fields),
                   scenario_fields=tuple(log.scenario_fields), max_cur_len=max_cur_len,
                   max_all_len=max_all_len, all_seq_mode=all_seq_mode, has_truth=has_truth,
-                  name=name)
+                  has_exam=log.true_exam is not None, name=name)
   stats = _statistics(name, cols, cur_idx, all_idx, split_rows, num_scen, counts,
                       min_scenarios_per_user, schema, ordered_by="time" if log.time is not None
                       else "row order")

@@ -12,6 +12,10 @@ most recent 40% of samples are the test set). A log file has one row per impress
     user_extra, item_extra, scenario_extra
                            further categorical columns (profile fields, item category, ...)
     true_like, true_prob   optional ground truth (synthetic or simulated logs only)
+    true_exam              optional: the impression's examination probability (ground truth,
+                           with true_like and true_prob)
+    is_sample              optional 0/1: 0 = a behaviour-only row (history for S_u/H_u, never
+                           in a split, e.g. a simulator's warm-up); None = every row is a sample
 
 Field order of the built dataset: user fields = user id then `user_extra`; item fields =
 item id then `item_extra` (item field 0 is the item id, which sequences are made of);
@@ -68,6 +72,8 @@ class LogColumns:
   scenario_extra: tuple[str, ...] = ()
   true_like: str | None = None      # ground truth, only logs from a simulator have it
   true_prob: str | None = None
+  true_exam: str | None = None      # optional: the impression's examination probability
+  is_sample: str | None = None      # optional 0/1: 0 = behaviour-only row (never in a split)
 
   def __post_init__(self):
     for group in ("user_extra", "item_extra", "scenario_extra"):
@@ -85,7 +91,8 @@ class LogColumns:
 
   def all_columns(self) -> list[str]:
     cols = [c for group in self.categorical().values() for c in group] + [self.label]
-    cols += [c for c in (self.time, self.true_like, self.true_prob) if c]
+    cols += [c for c in (self.time, self.true_like, self.true_prob, self.true_exam,
+                         self.is_sample) if c]
     return cols
 
 
@@ -101,7 +108,8 @@ def columns_from_config(cfg: Any) -> LogColumns:
                     time=opt("time"), user_extra=tuple(opt("user_extra") or ()),
                     item_extra=tuple(opt("item_extra") or ()),
                     scenario_extra=tuple(opt("scenario_extra") or ()),
-                    true_like=opt("true_like"), true_prob=opt("true_prob"))
+                    true_like=opt("true_like"), true_prob=opt("true_prob"),
+                    true_exam=opt("true_exam"), is_sample=opt("is_sample"))
 
 
 def load_log(path: str, columns: LogColumns, *,
@@ -141,13 +149,19 @@ def load_log(path: str, columns: LogColumns, *,
     true_like = _label(table.column(columns.true_like), columns.true_like, where, "true_like")
   if columns.true_prob:
     true_prob = _probability(table.column(columns.true_prob), columns.true_prob, where)
+  true_exam = is_sample = None
+  if columns.true_exam:
+    true_exam = _probability(table.column(columns.true_exam), columns.true_exam, where)
+  if columns.is_sample:
+    is_sample = _label(table.column(columns.is_sample), columns.is_sample, where,
+                       "is_sample").astype(bool)
 
   log = builder.EventLog(
       user=user, item=item, scenario=scenario, label=label,
       user_id=(user[:, 0] - 1).astype(np.int32),
       user_fields=user_fields, item_fields=item_fields, scenario_fields=scenario_fields,
-      time=time, sample_id=np.arange(n, dtype=np.int64), true_like=true_like,
-      true_prob=true_prob, source=source)
+      time=time, sample_id=np.arange(n, dtype=np.int64), is_sample=is_sample,
+      true_like=true_like, true_prob=true_prob, true_exam=true_exam, source=source)
   return log, vocab
 
 
@@ -334,14 +348,14 @@ def _label(col: pa.ChunkedArray, name: str, where: _Where, what: str) -> np.ndar
 def _probability(col: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
   t = col.type
   if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
-    raise DataError(f"{where.source}: column {name!r} has type {t}; true_prob must be numbers "
-                    "in [0, 1]")
-  _check_no_nulls(col, name, where, "true_prob")
+    raise DataError(f"{where.source}: column {name!r} has type {t}; a probability column must "
+                    "hold numbers in [0, 1]")
+  _check_no_nulls(col, name, where, "probability")
   values = col.to_numpy(zero_copy_only=False).astype(np.float32)
   bad = (values < 0) | (values > 1)
   if bad.any():
     row = _first(bad)
-    raise DataError(f"{where(name, row)}: true_prob {values[row].item()} outside [0, 1]")
+    raise DataError(f"{where(name, row)}: probability {values[row].item()} outside [0, 1]")
   return values
 
 

@@ -143,7 +143,8 @@ def keep_multi_scenario_users(log: builder.EventLog, vocab: dict[str, np.ndarray
       f"{policy}_rows": counts["rows_dropped"], f"{policy}_users": counts["users_dropped"]}}
   fields = dict(user=log.user, item=log.item, scenario=log.scenario, label=log.label,
                 user_id=log.user_id, time=log.time, sample_id=log.sample_id,
-                is_sample=log.is_sample, true_like=log.true_like, true_prob=log.true_prob)
+                is_sample=log.is_sample, true_like=log.true_like, true_prob=log.true_prob,
+                true_exam=log.true_exam)
   if log.sample_id is None:
     fields["sample_id"] = np.arange(log.label.shape[0], dtype=np.int64)
   if not keep.all():

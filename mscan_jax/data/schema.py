@@ -22,6 +22,8 @@ Every model (M-scan, its ablations, every baseline) consumes one batch layout:
   and, on data that knows it (the synthetic benchmark):
     true_like     (B,)         float32 the liked outcome (M), which real logs never have
     true_prob     (B,)         float32 its probability
+    true_exam     (B,)         float32 the examination probability of the impression (S -> Y),
+                                       where the dataset stores it (`Schema.has_exam`)
 
 A *built dataset* is a directory:
 
@@ -30,7 +32,7 @@ A *built dataset* is a directory:
     log/<array>.npy        one row per event, in time order (the row number *is* the time order)
         user (E,Fu) item (E,Fi) scenario (E,Fs) label (E,) int8 user_id (E,) int32
         sample_id (E,) int64, cur_idx (E,Ls) int64, all_idx (E,Lh) int64
-        [true_like (E,) int8, true_prob (E,) float32]
+        [true_like (E,) int8, true_prob (E,) float32 [, true_exam (E,) float32]]
     splits/{train,valid,test}.npy   int64 row numbers of `log` belonging to each split
     vocab/<field>.npy      (optional) raw value of each contiguous id, index 0 = padding
 
@@ -55,7 +57,7 @@ ALL_SEQ_MODES = ("impressions", "clicks")
 # Batch keys every model may read; `true_*` only exist where the data knows the truth.
 BATCH_KEYS = ("user", "item", "scenario", "label", "cur_seq", "cur_len", "all_seq",
               "all_len", "all_click", "all_scenario", "sample_id", "user_id", "mask")
-TRUTH_KEYS = ("true_like", "true_prob")
+TRUTH_KEYS = ("true_like", "true_prob", "true_exam")
 
 
 class DataError(ValueError):
@@ -84,6 +86,7 @@ class Schema:
   max_all_len: int                     # Lh: cap of H_u (most recent kept)
   all_seq_mode: str = "impressions"    # H_u holds all impressions (with click flags) or clicks only
   has_truth: bool = False              # true_like / true_prob stored (synthetic data)
+  has_exam: bool = False               # true_exam stored too (absent from older built datasets)
   name: str = "dataset"
 
   def __post_init__(self):
@@ -95,6 +98,9 @@ class Schema:
                       f"max_all_len={self.max_all_len}")
     if self.all_seq_mode not in ALL_SEQ_MODES:
       raise DataError(f"all_seq_mode must be one of {ALL_SEQ_MODES}, got {self.all_seq_mode!r}")
+    if self.has_exam and not self.has_truth:
+      raise DataError("schema.has_exam needs has_truth (true_exam is stored with true_like and "
+                      "true_prob)")
 
   @property
   def num_scenarios(self) -> int:
@@ -139,6 +145,8 @@ def log_layout(schema: Schema) -> dict[str, tuple[Any, tuple[int, ...]]]:
   if schema.has_truth:
     layout["true_like"] = (np.int8, ())
     layout["true_prob"] = (np.float32, ())
+  if schema.has_exam:
+    layout["true_exam"] = (np.float32, ())
   return layout
 
 
@@ -230,6 +238,8 @@ class BuiltDataset:
     if self.schema.has_truth:
       batch["true_like"] = np.asarray(lg["true_like"][rows], np.float32)
       batch["true_prob"] = np.asarray(lg["true_prob"][rows], np.float32)
+    if self.schema.has_exam:
+      batch["true_exam"] = np.asarray(lg["true_exam"][rows], np.float32)
     return batch
 
 
@@ -270,6 +280,8 @@ def batch_spec(schema: Schema, batch_size: int) -> dict[str, tuple[tuple[int, ..
   if schema.has_truth:
     spec["true_like"] = ((b,), np.float32)
     spec["true_prob"] = ((b,), np.float32)
+  if schema.has_exam:
+    spec["true_exam"] = ((b,), np.float32)
   return spec
 
 
@@ -301,4 +313,6 @@ def dummy_batch(schema: Schema, batch_size: int, seed: int = 0) -> dict[str, np.
   if schema.has_truth:
     batch["true_like"] = rng.integers(0, 2, size=b).astype(np.float32)
     batch["true_prob"] = rng.random(b).astype(np.float32)
+  if schema.has_exam:
+    batch["true_exam"] = rng.random(b).astype(np.float32)
   return batch

@@ -168,6 +168,9 @@ BAD = [
      ["column 'true_like' row 3: value 5 is not 0 or 1"]),
     (dict(true_like=np.zeros(11, np.int8), true_prob=_set(np.zeros(11), 4, 1.5)),
      ["column 'true_prob' row 4: value 1.5 is not a probability"]),
+    (dict(true_exam=np.full(11, 0.5)), ["column 'true_exam' is given without 'true_like'"]),
+    (dict(true_like=np.zeros(11, np.int8), true_prob=np.zeros(11), true_exam=_set(np.zeros(11), 7, -0.5)),
+     ["column 'true_exam' row 7: value -0.5 is not a probability"]),
     (dict(label=np.zeros(0, np.int8), user=np.zeros((0, 1), int), item=np.zeros((0, 2), int),
           scenario=np.zeros((0, 1), int), user_id=np.zeros(0, int), time=None),
      ["the log has no event"]),
@@ -217,3 +220,28 @@ def test_time_order_is_stable():
   np.testing.assert_array_equal(builder.time_order(huge, 5), want)
   assert builder.time_order(np.array([1, 1, 2]), 3) is None          # already in order
   assert builder.time_order(None, 3) is None
+
+
+def test_optional_examination_truth(tmp_path):
+  # true_exam is stored and gathered when given; a dataset built before it existed (no
+  # has_exam in schema.json, no log/true_exam.npy) still opens, without the key.
+  e = len(USER_ID)
+  exam = np.linspace(0.1, 0.9, e).astype(np.float32)
+  log = make_log(true_like=np.ones(e, np.int8), true_prob=np.full(e, 0.5, np.float32),
+                 true_exam=exam)
+  _, ds = build(tmp_path, log)
+  assert ds.schema.has_truth and ds.schema.has_exam
+  np.testing.assert_allclose(ds.log["true_exam"], exam[KEPT])
+  batch = ds.gather(np.array([0, 3]))
+  np.testing.assert_allclose(batch["true_exam"], exam[KEPT][[0, 3]])
+  assert batch["true_exam"].dtype == np.float32
+  path = os.path.join(tmp_path, "built")
+  with open(os.path.join(path, "schema.json")) as f:
+    old = json.load(f)
+  del old["has_exam"]
+  with open(os.path.join(path, "schema.json"), "w") as f:
+    json.dump(old, f)
+  os.remove(os.path.join(path, "log", "true_exam.npy"))
+  older = BuiltDataset(path)
+  assert older.schema.has_truth and not older.schema.has_exam
+  assert "true_exam" not in older.gather(np.array([0, 3])) and "true_prob" in older.gather(np.array([0]))
