@@ -1,5 +1,6 @@
-"""Baselines (issue #4, Appendix A.2): shapes, training, per-scenario routing, shared inputs,
-grouped products and the single / finetune stage contracts."""
+"""Every registered model (parametrised over the registry, so a model is tested the moment it is
+registered): shapes, gradients, training, per-scenario routing; and the baselines' shared
+inputs, grouped products and the single / finetune stage contracts (Appendix A.2)."""
 
 import functools
 
@@ -22,11 +23,24 @@ P = 5
 SCHEMA = Schema(user_fields=(Field("user_id", 20), Field("user_segment", 4)),
                 item_fields=(Field("item_id", 30), Field("item_category", 5)),
                 scenario_fields=(Field("scenario_id", P + 1),), max_cur_len=4, max_all_len=6)
-BASELINES = ("single", "mix", "finetune", "shared_bottom", "mmoe", "ple", "aesm2", "m2m", "star")
 # Models with stacked per-scenario parameters (`group_*`); m2m and aesm2 only have the scenario
 # embedding as scenario-specific parameters (see their docstrings).
 PER_SCENARIO = ("shared_bottom", "mmoe", "ple", "star")
 B = 30
+
+
+def distinct_networks() -> list[str]:
+  """One name per distinct trainable network of the registry (Single and Finetune are Mix's
+  network with other training stages, so they are not compiled twice)."""
+  seen, out = set(), []
+  for name, spec in models.specs().items():
+    if spec.trainable and spec.factory not in seen:
+      seen.add(spec.factory)
+      out.append(name)
+  return out
+
+
+NETWORKS = distinct_networks()
 
 
 def tiny_config(name: str, **baseline) -> ml_collections.ConfigDict:
@@ -39,6 +53,9 @@ def tiny_config(name: str, **baseline) -> ml_collections.ConfigDict:
   c.baseline.num_experts = 3
   c.baseline.num_specific_experts = 2
   c.baseline.dropout = 0.0
+  c.mscan.mlp, c.mscan.scenario_mlp, c.mscan.attn_mlp = (8,), (4,), (8, 4)
+  c.mscan.dropout = 0.0
+  c.reference.dim = 4
   for key, value in baseline.items():
     c.baseline[key] = value
   return c
@@ -47,6 +64,9 @@ def tiny_config(name: str, **baseline) -> ml_collections.ConfigDict:
 def tiny_batch(seed: int = 0) -> dict:
   batch = dummy_batch(SCHEMA, B, seed=seed)
   batch["scenario"][:, 0] = np.arange(B) % P + 1            # every scenario present
+  # Each sample's history lies in its own scenario, so a prediction may read only its own
+  # scenario's parameters (the routing test); other scenarios' behaviours are M-scan's own test.
+  batch["all_scenario"] = np.where(batch["all_scenario"] > 0, batch["scenario"][:, :1], 0)
   return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
@@ -68,10 +88,11 @@ def numpy_params(init_fn, seed: int = 0):
 
 
 def _perturb_scenario(params, k: int):
-  """Adds noise to scenario k's parameters: row k of the scenario-id table and row k-1 of every
-  stacked per-scenario parameter (`group_*`). Returns (params, number of group_* leaves)."""
+  """Adds noise to scenario k's parameters: row k of every scenario-id table and row k-1 of every
+  stacked per-scenario parameter (`group_*`). Returns (params, number of group_* leaves, number
+  of leaves perturbed)."""
   flat = flax.traverse_util.flatten_dict(params)
-  n_group = 0
+  n_group = n_perturbed = 0
   rng = np.random.default_rng(k)
   for path, leaf in flat.items():
     leaf = np.array(leaf)
@@ -79,10 +100,12 @@ def _perturb_scenario(params, k: int):
       assert leaf.shape[0] == P, path
       leaf[k - 1] += rng.normal(size=leaf.shape[1:])
       n_group += 1
+      n_perturbed += 1
     elif "scenario_scenario_id" in path and path[-1] == "embedding":
       leaf[k] += rng.normal(size=leaf.shape[1:])
+      n_perturbed += 1
     flat[path] = leaf
-  return flax.traverse_util.unflatten_dict(flat), n_group
+  return flax.traverse_util.unflatten_dict(flat), n_group, n_perturbed
 
 
 K = 3          # the perturbed scenario
@@ -95,7 +118,7 @@ def run_model(model):
   outputs with scenario K's parameters perturbed, and STEPS adam steps on a fixed batch."""
   batch = tiny_batch()
   params = numpy_params(lambda: model.init(jax.random.key(0), batch, train=False))
-  perturbed, n_group = _perturb_scenario(params, K)
+  perturbed, n_group, n_perturbed = _perturb_scenario(params, K)
   tx = optax.adam(1e-2)
   rngs = jax.random.split(jax.random.key(1), STEPS + 1)
 
@@ -123,7 +146,8 @@ def run_model(model):
   return {"out": out, "train_out": train_out, "y": np.asarray(out["y_m"]),
           "y_perturbed": np.asarray(y_perturbed),
           "losses": np.asarray(losses), "grads_finite": np.asarray(finite),
-          "n_group": n_group, "scenario": np.asarray(batch["scenario"][:, 0])}
+          "n_group": n_group, "n_perturbed": n_perturbed,
+          "scenario": np.asarray(batch["scenario"][:, 0])}
 
 
 # Both grouped products run inside whole models (one compilation per model, so not both for each).
@@ -138,23 +162,35 @@ def test_single_mix_and_finetune_are_one_network():
   assert build("single") == build("mix") == build("finetune")
 
 
-@pytest.mark.parametrize("name", [n for n in BASELINES if n not in ("single", "finetune")])
-def test_shapes_finite_and_adam_steps_lower_the_loss(name):
-  r = run_model(build(name))
-  assert set(r["out"]) == {"y_m"}                            # no SBE; eval has no aux loss
-  assert r["out"]["y_m"].shape == (B,) and r["out"]["y_m"].dtype == jnp.float32
+def check_shapes_gradients_and_training(r: dict) -> None:
+  assert set(r["out"]) <= {"y_m", "y_s"} and "y_m" in r["out"]   # eval has no aux loss
+  for key, y in r["out"].items():
+    assert y.shape == (B,) and y.dtype == jnp.float32, key
   assert np.isfinite(r["y"]).all() and r["grads_finite"].all()
   assert r["losses"][-1] < r["losses"][0], r["losses"]
 
 
-@pytest.mark.parametrize("name", [n for n in BASELINES if n not in ("single", "finetune")])
-def test_prediction_depends_only_on_its_own_scenarios_parameters(name):
-  r = run_model(build(name))
+def check_routing(r: dict) -> None:
+  """A prediction depends only on its own scenario's parameters; where the model has
+  scenario parameters, its own scenario's predictions do depend on them."""
   own = r["scenario"] == K
   assert own.any() and (~own).any()
-  assert (r["n_group"] > 0) == (name in PER_SCENARIO)
   np.testing.assert_allclose(r["y_perturbed"][~own], r["y"][~own], rtol=0, atol=1e-6)
-  assert np.all(np.abs(r["y_perturbed"][own] - r["y"][own]) > 1e-6)
+  if r["n_perturbed"]:
+    assert np.all(np.abs(r["y_perturbed"][own] - r["y"][own]) > 1e-6)
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_shapes_finite_and_adam_steps_lower_the_loss(name):
+  check_shapes_gradients_and_training(run_model(build(name)))
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_prediction_depends_only_on_its_own_scenarios_parameters(name):
+  r = run_model(build(name))
+  check_routing(r)
+  if name in PER_SCENARIO:
+    assert r["n_group"] > 0
 
 
 def test_only_aesm2_adds_a_training_loss_term():
@@ -243,7 +279,7 @@ def test_unknown_behaviours_and_model_names_are_clear_errors():
     models.build_model(tiny_config("mix", behaviours="everything"), SCHEMA)
   with pytest.raises(ValueError, match="valid: .*aesm2.*finetune.*m2m.*mix.*mmoe.*ple"):
     models.get_spec("dcn")
-  assert set(BASELINES) | {"mscan"} <= set(models.model_names())
+  assert set(NETWORKS) <= set(models.model_names())
 
 
 def test_single_trains_and_evaluates_on_its_scenario_only():
