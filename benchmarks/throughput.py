@@ -79,6 +79,7 @@ import numpy as np       # noqa: E402
 from mscan_jax import config as config_lib  # noqa: E402
 from mscan_jax import models  # noqa: E402
 from mscan_jax.data import datasets  # noqa: E402
+from mscan_jax.models import sequence  # noqa: E402
 from mscan_jax.data.schema import Field, Schema, dummy_batch  # noqa: E402
 from mscan_jax.training import sharding, train  # noqa: E402
 
@@ -457,7 +458,7 @@ def main(argv=None) -> dict:
   shapes = [x for x in args.shapes.split(",") if x]
   impls = [x for x in args.impls.split(",") if x]
   dtypes = [x for x in args.dtypes.split(",") if x]
-  for name, values, valid in (("shapes", shapes, SHAPES), ("impls", impls, config_lib.COATTENTION_IMPLS),
+  for name, values, valid in (("shapes", shapes, SHAPES), ("impls", impls, sequence.COATTENTION_IMPLS),
                               ("dtypes", dtypes, config_lib.DTYPES)):
     bad = [v for v in values if v not in valid]
     if bad:

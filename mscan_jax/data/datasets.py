@@ -68,7 +68,8 @@ def label(data: ml_collections.ConfigDict) -> str:
   name = data.name
   if name == "synthetic":
     seed = int(data.get("seed", 0))
-    return f"synthetic-{data.preset}" + (f"-data{seed}" if seed else "")
+    dials = "".join(f"-{k}{v:g}" for k, v in sorted(synthetic_overrides(data).items()))
+    return f"synthetic-{data.preset}{dials}" + (f"-data{seed}" if seed else "")
   if name == "log":
     path = os.path.realpath(data.path)
     key = repr((path, sorted(data.columns.to_dict().items())))
@@ -78,13 +79,20 @@ def label(data: ml_collections.ConfigDict) -> str:
   return name
 
 
+def synthetic_overrides(data: ml_collections.ConfigDict) -> dict[str, float]:
+  """The dials set in `config.data.synthetic` (>= 0), as generator overrides."""
+  dials = data.get("synthetic")
+  return {k: float(v) for k, v in (dials.items() if dials is not None else ()) if v >= 0}
+
+
 def built_path(data: ml_collections.ConfigDict) -> str:
   """The built dataset directory of `data`, building the synthetic benchmark or a log once."""
   name = data.name
   get_spec(name)
   if name == "synthetic":
     from mscan_jax.data import synthetic
-    return synthetic.ensure_synthetic(data.preset, data.get("seed", 0), data.cache_dir)
+    return synthetic.ensure_synthetic(data.preset, data.get("seed", 0), data.cache_dir,
+                                      **synthetic_overrides(data))
   path = data.path
   if not path:
     raise DataError(f"config.data.path is required for config.data.name={name!r} (a built "

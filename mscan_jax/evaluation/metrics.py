@@ -285,3 +285,30 @@ def evaluate_predictions(labels: Any, scores: Any, probs: Any, scenarios: Any, u
     out["true_interest_gauc"] = _weighted_auc(t_auc, t_pos + t_neg)
     out["true_interest_user_auc"] = _mean_defined(t_auc)
   return out
+
+
+def spearman(a: Any, b: Any) -> float:
+  """Spearman's rank correlation (average ranks for ties); nan for fewer than 2 values or a
+  constant input."""
+  from scipy import stats
+  a, b = _as_1d(a, "a"), _as_1d(b, "b")
+  _check_same_length(a=a, b=b)
+  if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+    return float("nan")
+  return float(stats.spearmanr(a, b).statistic)
+
+
+def scenario_factor_diagnostic(factor: Any, true_exam: Any, scenarios: Any) -> dict:
+  """Does the scenario tower learn the scenario bias? Per scenario, the mean of its factor
+  sigmoid(y_s) (or sigmoid(y_e)) against the true examination rate (the mean true_exam of that
+  scenario's test samples), and their rank correlation over scenarios."""
+  f, t = _as_1d(factor, "factor"), _as_1d(true_exam, "true_exam")
+  scen = _as_1d(scenarios, "scenarios", np.int64)
+  _check_same_length(factor=f, true_exam=t, scenarios=scen)
+  values, index = np.unique(scen, return_inverse=True)
+  n = np.bincount(index, minlength=len(values))
+  mean_f = np.bincount(index, weights=f, minlength=len(values)) / n
+  mean_t = np.bincount(index, weights=t, minlength=len(values)) / n
+  return {"mean_factor": {str(int(v)): float(x) for v, x in zip(values, mean_f)},
+          "true_exam_rate": {str(int(v)): float(x) for v, x in zip(values, mean_t)},
+          "spearman": spearman(mean_f, mean_t)}

@@ -8,10 +8,22 @@ Scenario-Aware Co-Attention, and the scenario tower of the Scenario Bias Elimina
     y_s      = Scenario FFN(s)                         Eq. (7)
 
 A behaviour (of S_u or H_u) is the concatenation of its item fields' embeddings, from the same
-tables as the candidate item; with `history_context` (default) a behaviour of H_u also carries an
-embedding of its click flag and of its scenario id (the paper's §2.1 gives every h_bj its scenario
-id; the authors' code feeds the click flags of the impressions). Unlike the authors' code,
-h_{N_us} really feeds Eq. (6).
+tables as the candidate item. Unlike the authors' code, h_{N_us} really feeds Eq. (6).
+
+The defaults are the paper's model. Switches that are NOT the paper's form, each documented and
+always labelled as such in tables (they exist to measure what each part buys):
+  history_context=True        a behaviour of H_u also carries an embedding of its click flag
+                              and of its scenario id (this project's addition; the authors' code
+                              feeds the click flags of the impressions). The paper's h_bj is
+                              the item alone.
+  saca_scenario_aware=False   the co-attention without its scenario-aware part: plain target
+                              attention of the candidate over H_u, same inputs and FFN, no max
+                              over S_u (`sequence.CoAttention`).
+  scenario_in_matching=False  the scenario embedding s is kept out of the matching tower (Eq. 6),
+                              so scenario effects can only go through the scenario tower.
+  fusion="probability"        the scenario tower's output is an exposure logit y_e and the
+                              click probability is sigmoid(y_m) * sigmoid(y_e) (a PAL-style
+                              factorisation, `objective`), instead of Eq. (8)'s y_m * sigmoid(y_s).
 
 The scenario tower reads the shared scenario embedding s (Eq. 7 says s is the scenario feature
 embedding); it has no tables of its own. Its hidden layers use the same dropout as the matching
@@ -40,6 +52,9 @@ from mscan_jax.models.sequence import COATTENTION_IMPLS, CoAttention, MaskedGRU
 
 Dtype = Any
 
+# The scenario tower's output name for each fusion (the rules live in training/objective.py).
+FUSION_OUTPUT = {"logit": "y_s", "probability": "y_e"}
+
 
 class MScan(nn.Module):
   """M-scan, Eq. (4)-(7). `__call__(batch, *, train) -> {"y_m": (B,), ["y_s": (B,)]}` float32.
@@ -57,11 +72,16 @@ class MScan(nn.Module):
   use_sbe: bool = True
   coattention: str = "factored"
   gru_hidden: int = 0
-  history_context: bool = True
+  history_context: bool = False
+  saca_scenario_aware: bool = True
+  scenario_in_matching: bool = True
+  fusion: str = "logit"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
+    if self.fusion not in FUSION_OUTPUT:
+      raise ValueError(f"MScan.fusion={self.fusion!r}; valid: {', '.join(FUSION_OUTPUT)}")
     if self.coattention not in COATTENTION_IMPLS:
       raise ValueError(f"MScan.coattention={self.coattention!r}; valid: {', '.join(COATTENTION_IMPLS)}")
     self._check_batch(batch)
@@ -86,10 +106,11 @@ class MScan(nn.Module):
     hidden = self.gru_hidden or cur.shape[-1]
     h_cur = MaskedGRU(hidden, dt, name="scenario_encoder")(cur, cur_len)   # (B, H)
 
-    parts = [u, i, s, h_cur]
+    parts = [u, i, s, h_cur] if self.scenario_in_matching else [u, i, h_cur]
     if self.use_saca:
       # Eq. (14)-(17) and (5): R_h (B, Dh).
-      r_h, _ = CoAttention(self.attn_mlp, self.coattention, dtype=dt, name="coattention")(
+      r_h, _ = CoAttention(self.attn_mlp, self.coattention, self.saca_scenario_aware, dtype=dt,
+                           name="coattention")(
           hist, i, cur, length_mask(all_len, sch.max_all_len), length_mask(cur_len, sch.max_cur_len))
       parts.append(r_h)
 
@@ -98,9 +119,10 @@ class MScan(nn.Module):
     y_m = MLP(self.mlp, self.dropout, 1, dtype=dt, name="matching_tower")(x, train=train)[:, 0]
     out = {"y_m": y_m.astype(jnp.float32)}                    # (B,)
     if self.use_sbe:
-      # Eq. (7): scenario tower on the shared scenario embedding s.
+      # Eq. (7): scenario tower on the shared scenario embedding s. Its output is named by the
+      # fusion it enters (objective.py): y_s for Eq. (8), y_e for the probability fusion.
       y_s = MLP(self.scenario_mlp, self.dropout, 1, dtype=dt, name="scenario_tower")(s, train=train)
-      out["y_s"] = y_s[:, 0].astype(jnp.float32)             # (B,)
+      out[FUSION_OUTPUT[self.fusion]] = y_s[:, 0].astype(jnp.float32)   # (B,)
     return out
 
   def _check_batch(self, batch: dict) -> None:
@@ -136,6 +158,9 @@ def from_config(config: ml_collections.ConfigDict, schema: Schema) -> MScan:
       use_sbe=bool(m.use_sbe),
       coattention=str(m.coattention),
       gru_hidden=int(m.get("gru_hidden", 0) or 0),
-      history_context=bool(m.get("history_context", True)),
+      history_context=bool(m.history_context),
+      saca_scenario_aware=bool(m.saca_scenario_aware),
+      scenario_in_matching=bool(m.scenario_in_matching),
+      fusion=str(m.fusion),
       dtype=activation_dtype(config),
   )

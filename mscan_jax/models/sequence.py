@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mscan_jax.config import COATTENTION_IMPLS  # ("factored", "pairwise")
+# Implementations of the co-attention (same parameters, same numbers): see CoAttention.
+COATTENTION_IMPLS = ("factored", "pairwise")
 
 Dtype = Any
 
@@ -110,12 +111,17 @@ class CoAttention(nn.Module):
       degrades to DIN-style target attention on (h_bj, i) (Eq. 13) with the same FFN.
     * N_uh = 0 (no behaviour at all): beta = 0 and R_h = 0.
 
+  scenario_aware=False (an ablation, not the paper's model): c_j = C_j0 for every row, i.e. plain
+    target attention of the candidate over H_u with the same FFN and inputs, without the
+    scenario-aware max over S_u; no pair is computed.
+
   `__call__(h, i, s, h_mask, s_mask)`: h (B, Lh, Dh) all-scenario behaviours H_u, i (B, Di)
   candidate item, s (B, Ls, Ds) current-scenario behaviours S_u, h_mask (B, Lh) and
   s_mask (B, Ls) bool (True = real) -> (R_h (B, Dh), beta (B, Lh) float32).
   """
   hidden: Sequence[int] = (200, 80)
   impl: str = "factored"
+  scenario_aware: bool = True
   activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
   dtype: Dtype = jnp.float32
 
@@ -133,7 +139,10 @@ class CoAttention(nn.Module):
     bias = self.param("bias_0", nn.initializers.zeros, (self.hidden[0],))
     kernel, bias = kernel.astype(dt), bias.astype(dt)
 
-    if self.impl == "pairwise":
+    if not self.scenario_aware:
+      a_pairs = None
+      a_null = h @ kernel[:dh] + (i @ kernel[dh:dh + di] + bias)[:, None, :]   # (B, Lh, H0)
+    elif self.impl == "pairwise":
       def concat(hj, ib, sk):                                             # (Dh,), (Di,), (Ds,)
         return jnp.concatenate([hj, ib, sk])                              # (Dh+Di+Ds,)
       over_k = jax.vmap(concat, in_axes=(None, None, 0))                  # -> (Ls, Din)
@@ -161,13 +170,15 @@ class CoAttention(nn.Module):
         a = self.activation(layer(a))
       return score(a)[..., 0]
 
-    c_pairs = tail(a_pairs)                                               # (B, Lh, Ls)
-    c_null = tail(a_null)                                                 # (B, Lh)
-
-    # Eq. (16): masked max over the current-scenario behaviours k.
-    c_max = jnp.where(s_mask[:, None, :], c_pairs.astype(jnp.float32), _MASK_FILL).max(-1)
-    has_cur = s_mask.any(axis=-1, keepdims=True)                          # (B, 1)
-    c = jnp.where(has_cur, c_max, c_null.astype(jnp.float32))             # (B, Lh)
+    c_null = tail(a_null).astype(jnp.float32)                             # (B, Lh)
+    if a_pairs is None:
+      c = c_null                                                          # target attention
+    else:
+      c_pairs = tail(a_pairs)                                             # (B, Lh, Ls)
+      # Eq. (16): masked max over the current-scenario behaviours k.
+      c_max = jnp.where(s_mask[:, None, :], c_pairs.astype(jnp.float32), _MASK_FILL).max(-1)
+      has_cur = s_mask.any(axis=-1, keepdims=True)                        # (B, 1)
+      c = jnp.where(has_cur, c_max, c_null)                               # (B, Lh)
     # Eq. (17): masked softmax over the all-scenario behaviours j; Eq. (5): R_h.
     beta = masked_softmax(c, h_mask)                                      # (B, Lh) float32
     r_h = jnp.einsum("bj,bjd->bd", beta.astype(dt), h)                    # (B, Dh)

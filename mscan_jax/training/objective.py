@@ -3,6 +3,12 @@
 Every model returns a dict of named logits:
   "y_m" (B,)  the matching (user-interest) logit, Eq. (6); every model has it.
   "y_s" (B,)  the scenario logit, Eq. (7); only a model with the SBE switched on has it.
+  "y_e" (B,)  instead of y_s, an exposure logit for the probability fusion (a documented
+              variant, not the paper's): p(click) = sigmoid(y_m) * sigmoid(y_e), where
+              sigmoid(y_e) is the chance that the scenario exposes the item, as position-bias
+              models such as PAL factor exposure. Trained on that product alone (no Eq. 11 term:
+              supervising sigmoid(y_e) with the click would contradict its meaning), and the
+              debiased score is y_m (the interest, exposure removed).
   "aux_loss" (B,)  optional, training only: a model's own weighted regulariser per sample
               (AESM2's expert-selection KL terms); `loss_fn` adds its masked mean.
 The rules below are the only place that combines them; the trainer and the evaluator call these
@@ -25,11 +31,29 @@ def has_sbe(out: dict) -> bool:
   return "y_s" in out
 
 
+def has_exposure(out: dict) -> bool:
+  return "y_e" in out
+
+
 def train_logit(out: dict) -> jnp.ndarray:
-  """Eq. (8): y_uis = y_m * sigmoid(y_s); y_m alone without the SBE. (B,)"""
+  """Eq. (8): y_uis = y_m * sigmoid(y_s); y_m alone without the SBE. With the probability
+  fusion, the logit of sigmoid(y_m) * sigmoid(y_e). (B,)"""
   if has_sbe(out):
     return out["y_m"] * jax.nn.sigmoid(out["y_s"])
+  if has_exposure(out):
+    log_p, log_1mp = _product_log_probs(out["y_m"], out["y_e"])
+    return log_p - log_1mp
   return out["y_m"]
+
+
+def _product_log_probs(a: jnp.ndarray, b: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """log p and log(1 - p) of p = sigmoid(a) sigmoid(b), computed stably:
+  1 - p = (e^-a + e^-b + e^-(a+b)) / ((1 + e^-a)(1 + e^-b))."""
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  log_p = -jax.nn.softplus(-a) - jax.nn.softplus(-b)
+  log_1mp = (jax.nn.logsumexp(jnp.stack([-a, -b, -a - b]), axis=0)
+             - jax.nn.softplus(-a) - jax.nn.softplus(-b))
+  return log_p, log_1mp
 
 
 def loss_fn(out: dict, label: jnp.ndarray, mask: jnp.ndarray, alpha: float):
@@ -41,8 +65,12 @@ def loss_fn(out: dict, label: jnp.ndarray, mask: jnp.ndarray, alpha: float):
   label = label.astype(jnp.float32)
   mask = mask.astype(jnp.float32)
   denom = jnp.maximum(mask.sum(), 1.0)
-  logit = train_logit(out).astype(jnp.float32)
-  loss_uis = (optax.sigmoid_binary_cross_entropy(logit, label) * mask).sum() / denom
+  if has_exposure(out):
+    log_p, log_1mp = _product_log_probs(out["y_m"], out["y_e"])
+    bce = -(label * log_p + (1.0 - label) * log_1mp)
+  else:
+    bce = optax.sigmoid_binary_cross_entropy(train_logit(out).astype(jnp.float32), label)
+  loss_uis = (bce * mask).sum() / denom
   aux = {"loss_uis": loss_uis}
   loss = loss_uis
   if has_sbe(out):
@@ -59,7 +87,8 @@ def loss_fn(out: dict, label: jnp.ndarray, mask: jnp.ndarray, alpha: float):
 
 
 def inference_score(out: dict, c: float) -> jnp.ndarray:
-  """Eq. (12): y_db = y_m * sigmoid(y_s) - c * sigmoid(y_s); y_m alone without the SBE. (B,)"""
+  """Eq. (12): y_db = y_m * sigmoid(y_s) - c * sigmoid(y_s); y_m alone without the SBE and with
+  the probability fusion (whose exposure term is removed, so c does not enter). (B,)"""
   if has_sbe(out):
     p_s = jax.nn.sigmoid(out["y_s"].astype(jnp.float32))
     return out["y_m"].astype(jnp.float32) * p_s - c * p_s
@@ -68,4 +97,15 @@ def inference_score(out: dict, c: float) -> jnp.ndarray:
 
 def click_prob(out: dict) -> jnp.ndarray:
   """The click probability the model was trained to fit, sigmoid(y_uis) (for log loss). (B,)"""
+  if has_exposure(out):
+    return jax.nn.sigmoid(out["y_m"].astype(jnp.float32)) * jax.nn.sigmoid(
+        out["y_e"].astype(jnp.float32))
   return jax.nn.sigmoid(train_logit(out).astype(jnp.float32))
+
+
+def scenario_factor(out: dict) -> jnp.ndarray | None:
+  """sigmoid of the scenario tower's output (y_s or y_e), or None without one. (B,)"""
+  for key in ("y_s", "y_e"):
+    if key in out:
+      return jax.nn.sigmoid(out[key].astype(jnp.float32))
+  return None

@@ -170,7 +170,7 @@ def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: floa
             sharding: NamedSharding, prefetch: int) -> dict[str, np.ndarray]:
   """Runs `eval_fn` over `rows` (padded last batch) and returns host arrays, one row per sample."""
   outs: dict[str, list] = {}
-  meta_keys = ("label", "scenario", "user_id", "sample_id", "mask", "true_like")
+  meta_keys = ("label", "scenario", "user_id", "sample_id", "mask", "true_like", "true_exam")
   c_arr = jnp.asarray(c, jnp.float32)
   it = pipeline.eval_batches(dataset, rows, batch_size=batch_size,
                              process_index=jax.process_index(), process_count=jax.process_count(),
@@ -201,16 +201,23 @@ def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: floa
 
 
 def compute_metrics(pred: dict[str, np.ndarray]) -> dict:
-  return metrics_lib.evaluate_predictions(
+  out = metrics_lib.evaluate_predictions(
       labels=pred["label"], scores=pred["score"], probs=pred["prob"], scenarios=pred["scenario"],
       user_ids=pred["user_id"], true_like=pred.get("true_like"))
+  factor = objective.scenario_factor({k: pred[k] for k in ("y_s", "y_e") if k in pred})
+  if factor is not None and "true_exam" in pred:
+    out["scenario_factor"] = metrics_lib.scenario_factor_diagnostic(
+        np.asarray(factor), pred["true_exam"], pred["scenario"])
+  return out
 
 
 def write_predictions(path: str, pred: dict[str, np.ndarray]) -> None:
-  """predictions.parquet: sample_id, user_id, scenario, label, score (+ y_m, y_s, prob, true_like)."""
+  """predictions.parquet: sample_id, user_id, scenario, label, score (+ y_m, y_s or y_e, prob,
+  true_like, true_exam where present)."""
   import pyarrow as pa
   import pyarrow.parquet as pq
-  cols = ["sample_id", "user_id", "scenario", "label", "score", "prob", "y_m", "y_s", "true_like"]
+  cols = ["sample_id", "user_id", "scenario", "label", "score", "prob", "y_m", "y_s", "y_e",
+          "true_like", "true_exam"]
   table = pa.table({k: pred[k] for k in cols if k in pred})
   pq.write_table(table, path)
 

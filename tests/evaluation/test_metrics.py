@@ -173,3 +173,15 @@ def test_selection_metrics_read_the_evaluation():
   assert metrics.select_value(out, "auc_all") == out["auc"]["all"]
   with pytest.raises(ValueError, match="valid: mean_scenario_auc"):
     metrics.select_value(out, "loss")
+
+
+def test_scenario_factor_diagnostic_by_hand():
+  factor = np.array([0.2, 0.4, 0.9, 0.7, 0.5])
+  exam = np.array([0.1, 0.1, 0.8, 0.8, 0.5])
+  scen = np.array([1, 1, 2, 2, 3])
+  d = metrics.scenario_factor_diagnostic(factor, exam, scen)
+  assert d["mean_factor"] == {"1": pytest.approx(0.3), "2": pytest.approx(0.8), "3": pytest.approx(0.5)}
+  assert d["true_exam_rate"] == {"1": pytest.approx(0.1), "2": pytest.approx(0.8), "3": pytest.approx(0.5)}
+  assert d["spearman"] == pytest.approx(1.0)
+  assert metrics.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+  assert math.isnan(metrics.spearman([1, 1], [0, 1]))

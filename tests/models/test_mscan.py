@@ -25,8 +25,10 @@ B = 8
 
 
 def _model(**kw) -> MScan:
+  """A small M-scan; with the H_u context switch on (the path that reads every batch input);
+  `test_defaults_are_the_papers_form` and the switch tests cover the paper's form."""
   args = dict(schema=SCHEMA, embed_dim=4, mlp=(16, 8), scenario_mlp=(8,), attn_mlp=(8, 4),
-              dropout=0.1)
+              dropout=0.1, history_context=True)
   args.update(kw)
   return MScan(**args)
 
@@ -176,6 +178,7 @@ def test_empty_sequences_finite(all_empty):
 def test_bfloat16_runs_with_float32_outputs_and_params():
   cfg = get_config()
   cfg.embed_dim, cfg.dtype, cfg.mscan.dropout = 4, "bfloat16", 0.1
+  cfg.mscan.history_context = True
   cfg.mscan.mlp, cfg.mscan.attn_mlp, cfg.mscan.scenario_mlp = (16, 8), (8, 4), (8,)
   model = from_config(cfg, SCHEMA)
   assert model.dtype == jnp.bfloat16
@@ -305,3 +308,56 @@ def test_coattention_matches_numpy_loop_both_paths():
     got[impl] = r_h
   np.testing.assert_allclose(got["factored"], got["pairwise"], rtol=1e-5, atol=1e-6)
   assert np.all(np.asarray(got["factored"])[[2, 4]] == 0)   # N_uh = 0 -> R_h = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Switches that are not the paper's form (each measured against the paper's in the study)
+
+
+def test_defaults_are_the_papers_form():
+  c = get_config()
+  m = from_config(c, SCHEMA)
+  assert (m.history_context, m.saca_scenario_aware, m.scenario_in_matching, m.fusion) == (
+      False, True, True, "logit")
+  # The paper's h_bj is the item alone: R_h has the item fields' width (2*4), not + 2*4.
+  paper = _model(history_context=False)
+  tree = _params(paper)["params"]
+  assert tree["matching_tower"]["Dense_0"]["kernel"].shape[0] == 28 + 8
+  assert "history_click" not in tree and "history_scenario" not in tree
+
+
+def test_target_attention_ignores_the_current_scenario_behaviours():
+  """saca_scenario_aware=False: c_j = FFN([h_j ⊕ i ⊕ 0]) for every row (no max over S_u), with
+  the same parameters as the scenario-aware layer."""
+  rng = np.random.default_rng(1)
+  h = rng.normal(size=(4, 5, 3)).astype(np.float32)
+  i = rng.normal(size=(4, 2)).astype(np.float32)
+  s = rng.normal(size=(4, 3, 4)).astype(np.float32)
+  h_mask = np.ones((4, 5), bool)
+  s_mask = np.arange(3)[None] < np.array([0, 1, 3, 2])[:, None]
+  aware, target = CoAttention((8, 4)), CoAttention((8, 4), scenario_aware=False)
+  params = _randomize(jax.eval_shape(aware.init, jax.random.key(0), h, i, s, h_mask, s_mask), 2)
+  r_t, _ = target.apply(params, h, i, s, h_mask, s_mask)
+  r_t2, _ = target.apply(params, h, i, -s + 1.0, h_mask, s_mask)        # other S_u
+  np.testing.assert_allclose(r_t, r_t2, atol=1e-6)
+  # Equal to the scenario-aware layer where S_u is empty (its documented fallback) ...
+  r_a, _ = aware.apply(params, h, i, s, h_mask, s_mask)
+  np.testing.assert_allclose(r_t[0], r_a[0], atol=1e-6)
+  # ... and not elsewhere.
+  assert not np.allclose(r_t[2], r_a[2], atol=1e-4)
+
+
+def test_scenario_kept_out_of_the_matching_tower_and_probability_fusion():
+  batch = _batch()
+  other = dict(batch, scenario=(batch["scenario"] % 4) + 1)           # every scenario id changed
+  for keep_out in (False, True):
+    m = _model(scenario_in_matching=not keep_out, dropout=0.0)
+    p = _params(m)
+    y, y2 = (m.apply(p, b, train=False) for b in (batch, other))
+    assert np.allclose(y["y_m"], y2["y_m"]) == keep_out                 # s only via y_s
+    assert not np.allclose(y["y_s"], y2["y_s"])
+  m = _model(fusion="probability", dropout=0.0)
+  out = m.apply(_params(m), batch, train=False)
+  assert set(out) == {"y_m", "y_e"}
+  with pytest.raises(ValueError, match="fusion"):
+    _model(fusion="sum").apply(_params(_model()), batch, train=False)

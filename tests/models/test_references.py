@@ -1,6 +1,8 @@
 """Reference scorers and oracles (mscan_jax/models/references.py): what each reads, and that on
 the tiny synthetic preset popularity beats a constant and the oracle beats popularity."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,8 +61,8 @@ def _run(tmp_path, name):
   c = config_lib.get_tiny_config()
   c.model = name
   c.data.cache_dir = str(tmp_path / "cache")
-  c.train.learning_rate = 0.05
-  c.train.num_epochs = 3
+  c.reference.learning_rate = 0.05       # references train with config.reference.*
+  c.reference.num_epochs = 3
   return train.run(c, str(tmp_path / name))
 
 
@@ -68,6 +70,8 @@ def test_references_on_the_tiny_preset(tmp_path):
   pop = _run(tmp_path, "popularity")
   oracle = _run(tmp_path, "oracle_click")
   assert oracle["steps"] == 0                                # scored, never trained
+  saved = json.loads((tmp_path / "popularity" / "config.json").read_text())
+  assert (saved["train"]["learning_rate"], saved["train"]["num_epochs"]) == (0.05, 3)
   # A constant scores 0.5 everywhere; the item's click propensity does better on clicks, and
   # the true click probability better still.
   assert pop["auc"]["all"] > 0.52, pop["auc"]

@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -63,3 +64,22 @@ def test_debiased_score_keeps_within_scenario_order_and_c_changes_pooled_order()
     orders[c] = np.argsort(score, kind="stable")
   # Across scenarios c changes the pooled ranking.
   assert not np.array_equal(orders[0.0], orders[18.0])
+
+
+def test_probability_fusion_is_a_product_of_probabilities():
+  rng = np.random.default_rng(0)
+  y_m = jnp.asarray(rng.normal(size=64) * 8, jnp.float32)        # large logits: stability
+  y_e = jnp.asarray(rng.normal(size=64) * 8, jnp.float32)
+  label = jnp.asarray(rng.integers(0, 2, 64), jnp.float32)
+  out = {"y_m": y_m, "y_e": y_e}
+  p = np.asarray(jax.nn.sigmoid(y_m), np.float64) * np.asarray(jax.nn.sigmoid(y_e), np.float64)
+  np.testing.assert_allclose(objective.click_prob(out), p, rtol=1e-5, atol=1e-7)
+  want = -np.mean(np.asarray(label) * np.log(p) + (1 - np.asarray(label)) * np.log1p(-p))
+  loss, aux = objective.loss_fn(out, label, jnp.ones(64), alpha=0.5)
+  assert float(loss) == pytest.approx(want, rel=1e-4)
+  assert "loss_s" not in aux                                      # no Eq. (11) term
+  grads = jax.grad(lambda o: objective.loss_fn(o, label, jnp.ones(64), 0.5)[0])(out)
+  assert all(np.isfinite(np.asarray(g)).all() for g in grads.values())
+  # Debiased ranking is by the interest y_m alone, whatever c.
+  np.testing.assert_array_equal(objective.inference_score(out, 5.0), y_m)
+  np.testing.assert_allclose(objective.scenario_factor(out), jax.nn.sigmoid(y_e))
