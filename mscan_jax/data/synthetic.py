@@ -836,6 +836,8 @@ def main(argv):
     sizes = [k for k in _SIZE_FLAGS if getattr(f, k) is not None]
     if sizes:
       raise app.UsageError(f"--references runs on a preset and its dials; drop --{sizes[0]}")
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)   # Orbax logs every file it writes at INFO
     from mscan_jax.training import references
     dials = {k: getattr(f, k) for k in DIALS if getattr(f, k) is not None}
     start = time.perf_counter()
