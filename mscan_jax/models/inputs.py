@@ -8,7 +8,13 @@ Which behaviours a baseline sees is one switch, `config.baseline.behaviours`:
              paper's "w/o SACA, w/o SBE" variant (§4.3: "it only utilizes the historical behaviors
              from the current scenario as features"), which the paper calls the input of "other
              mainstream state-of-the-art models".
-  "cur+all"  also DIN over the behaviours of all scenarios H_u (its own attention parameters).
+  "cur+all"  also DIN over the behaviours of all scenarios H_u (its own attention parameters):
+             the same behaviours M-scan's co-attention reads in the paper's form.
+  "cur+all+context"
+             also DIN over H_u whose behaviours carry their click flag and scenario id, as M-scan
+             with `history_context` reads them: key_j = [h_j ⊕ click_j ⊕ scen_j] (tables
+             `history_click`, `history_scenario`), query = [i ⊕ 0 ⊕ scen(candidate)], so that
+             a baseline can be given exactly M-scan's information (equal-information rows).
   "none"     no behaviour feature: [u ⊕ i ⊕ s].
 
 Target attention follows DIN (Zhou et al., KDD 2018, Eq. 3) as in DIN's released code
@@ -35,7 +41,7 @@ from mscan_jax.models.layers import Embedders, length_mask
 
 Dtype = Any
 
-BEHAVIOURS = ("cur", "cur+all", "none")
+BEHAVIOURS = ("cur", "cur+all", "cur+all+context", "none")
 
 # DIN's attention FFN: hidden (80, 40), sigmoid (DIN's released code, din/model.py).
 DEFAULTS = {"attn_mlp": (80, 40)}
@@ -79,20 +85,33 @@ class BaselineInputs(nn.Module):
                        f"valid: {', '.join(BEHAVIOURS)}")
     emb = Embedders(self.schema, self.embed_dim, self.dtype, name="embed")(batch)
     parts = [emb["u"], emb["i"], emb["s"]]                       # (B, Fu*D), (B, Fi*D), (B, Fs*D)
-    if self.behaviours in ("cur", "cur+all"):
+    if self.behaviours != "none":
       parts.append(DinPooling(self.attn_mlp, self.dtype, name="din_cur")(
           emb["i"], emb["cur"], batch["cur_len"]))                       # (B, Fi*D)
     if self.behaviours == "cur+all":
       parts.append(DinPooling(self.attn_mlp, self.dtype, name="din_all")(
           emb["i"], emb["all"], batch["all_len"]))                       # (B, Fi*D)
+    if self.behaviours == "cur+all+context":
+      d, sch = self.embed_dim, self.schema
+      mask = length_mask(batch["all_len"].astype(jnp.int32), sch.max_all_len)[..., None]
+      click_t = nn.Embed(2, d, name="history_click")
+      scen_t = nn.Embed(sch.num_scenarios + 1, d, name="history_scenario")
+      keys = jnp.concatenate([
+          emb["all"], (click_t(jnp.clip(batch["all_click"], 0, 1)) * mask).astype(self.dtype),
+          (scen_t(batch["all_scenario"]) * mask).astype(self.dtype)], axis=-1)  # (B, Lh, Fi*D+2D)
+      query = jnp.concatenate([emb["i"], jnp.zeros(emb["i"].shape[:1] + (d,), self.dtype),
+                               scen_t(batch["scenario"][:, 0]).astype(self.dtype)], axis=-1)
+      parts.append(DinPooling(self.attn_mlp, self.dtype, name="din_all")(
+          query, keys, batch["all_len"]))                                # (B, Fi*D+2D)
     return {"x": jnp.concatenate(parts, axis=-1), "s": emb["s"]}
 
 
 def input_dim(schema: Schema, embed_dim: int, behaviours: str) -> int:
   """F, the width of `BaselineInputs(...)["x"]`."""
   fu, fi, fs = len(schema.user_fields), len(schema.item_fields), len(schema.scenario_fields)
-  n_seq = {"cur": 1, "cur+all": 2, "none": 0}[behaviours]
-  return (fu + fi + fs + n_seq * fi) * embed_dim
+  n_seq = {"cur": 1, "cur+all": 2, "cur+all+context": 2, "none": 0}[behaviours]
+  context = 2 if behaviours == "cur+all+context" else 0
+  return (fu + fi + fs + n_seq * fi + context) * embed_dim
 
 
 def option(config, key: str, defaults: dict):

@@ -266,12 +266,17 @@ def test_behaviour_switch_decides_which_sequences_a_baseline_reads(behaviours):
   apply = jax.jit(module.apply)
   x = apply(v, batch)["x"]
   assert x.shape == (B, inputs.input_dim(SCHEMA, 4, behaviours))
-  assert ("din_all" in v["params"]) == (behaviours == "cur+all")
+  reads_all = behaviours.startswith("cur+all")
+  assert ("din_all" in v["params"]) == reads_all
+  assert ("history_click" in v["params"]) == (behaviours == "cur+all+context")
   other = tiny_batch(seed=1)
-  for seq, reads in (("cur", behaviours != "none"), ("all", behaviours == "cur+all")):
+  for seq, reads in (("cur", behaviours != "none"), ("all", reads_all)):
     changed = dict(batch, **{f"{seq}_seq": other[f"{seq}_seq"], f"{seq}_len": other[f"{seq}_len"]})
     differs = not np.allclose(apply(v, changed)["x"], x)
     assert differs == reads, (seq, behaviours)
+  # With context, the click flags of H_u are read too (and only then).
+  flipped = dict(batch, all_click=1 - batch["all_click"])
+  assert (not np.allclose(apply(v, flipped)["x"], x)) == (behaviours == "cur+all+context")
 
 
 def test_unknown_behaviours_and_model_names_are_clear_errors():
