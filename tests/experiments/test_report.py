@@ -11,6 +11,8 @@ negative at 0) 0.5 + (number of positives at 1) / 40. results.json comes from th
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -18,10 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from experiments import report
+from experiments.report import __main__ as report_main
 from mscan_jax.evaluation.metrics import evaluate_predictions
 
 N = 10   # positives (and negatives) per scenario
 SEEDS = (0, 1, 2)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _scenario_block(scenario: int, j: int, offset: int) -> dict:
@@ -220,9 +224,29 @@ def test_label_mismatch_is_an_error(folder, tmp_path):
 
 
 def test_cli_report_dir_gets_results_without_predictions(folder, tmp_path):
+  """The real entry point: `python -m experiments.report --out=DIR --report_dir=OTHER`."""
   dest = tmp_path / "results"
-  assert report.main([f"--out={folder.path}", f"--report_dir={dest}"]) == 0
+  proc = subprocess.run([sys.executable, "-m", "experiments.report", f"--out={folder.path}",
+                         f"--report_dir={dest}"], capture_output=True, text=True, cwd=REPO_ROOT)
+  assert proc.returncode == 0, proc.stderr
   assert (dest / "report.md").exists() and (dest / "grid.json").exists()
   assert (dest / "runs" / "mscan-s0" / "results.json").exists()
   assert not (dest / "runs" / "mscan-s0" / "predictions.parquet").exists()
   assert not (dest / "runs" / "m2m-s0").exists()                 # unfinished: not copied
+
+
+def test_cli_user_errors_exit_2_without_traceback(tmp_path):
+  missing = subprocess.run([sys.executable, "-m", "experiments.report",
+                            f"--out={tmp_path / 'nowhere'}"], capture_output=True, text=True,
+                           cwd=REPO_ROOT)
+  assert missing.returncode == 2
+  assert missing.stderr.startswith("error: ") and "runs does not exist" in missing.stderr
+  assert "Traceback" not in missing.stderr
+
+
+def test_no_finished_run_is_a_user_error(tmp_path):
+  os.makedirs(tmp_path / "runs" / "mix-s0")
+  with open(tmp_path / "runs" / "mix-s0" / "run.json", "w") as f:
+    json.dump({"name": "mix-s0", "overrides": {"model": "mix", "seed": 0}}, f)
+  with pytest.raises(report.ReportError, match="no finished run .1 unfinished"):
+    report_main.make_report(str(tmp_path))
