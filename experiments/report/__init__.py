@@ -14,23 +14,19 @@ predictions.parquet) every table and figure is also given in true-interest AUC. 
 is one of the paper's (aliccp, cloudtheme), the paper's numbers (`experiments.paper_results`) are
 shown beside ours.
 
-Definitions used:
-  * mean ± std: over seeds, std the sample standard deviation (ddof 1); "n" seeds.
-  * RelaImpr = ((AUC - 0.5) / (AUC_ref - 0.5) - 1) x 100 % of the mean AUCs, against Single per
-    scenario and Mix on #All (§4.1.2, `metrics.relaimpr`).
-  * `*`: M-scan against the best baseline of the row (highest mean AUC), on the seeds both have:
-    per seed, DeLong's test of the two correlated AUCs on the same test samples (that scenario's
-    test samples of the two models' predictions.parquet, joined on sample_id); the per-seed
-    p-values are combined by Fisher's method; and a paired t-test of the per-seed AUCs.
-    `significance.significant`: M-scan's mean is higher and both p < 0.05 (so no `*` with fewer
-    than 2 seeds).
-  * c sweep: score = (y_m - c) * sigmoid(y_s) (Eq. 12, `objective.inference_score`) recomputed
-    from each run's saved y_m and y_s for every c; per-scenario AUCs do not depend on c, so the
-    figure shows #All.
+The rules behind the numbers (mean ± std over seed pairs (seed, data_seed), RelaImpr and where
+it is left out, the `*` and the bold) are in `experiments.report.tables` and printed at the top
+of report.md. Every model list and title comes from the model registry (`mscan_jax.models`):
+Table 1's columns are `models.names(table="table1")`, then the reference scorers and oracles
+present in the folder, labelled as such; a newly registered model appears with no change here.
+
+The c sweep of Figure 5: score = (y_m - c) * sigmoid(y_s) (Eq. 12, `objective.inference_score`)
+recomputed from each run's saved y_m and y_s for every c; per-scenario AUCs do not depend on c,
+so the figure shows #All.
 """
 
 from experiments.report.figures import figure5_data, figure6_data, plot, sweep_c
-from experiments.report.loading import (METRICS, PRED_LABEL, Folder, ReportError, RunResult, Stat,
+from experiments.report.loading import (METRICS, Folder, ReportError, RunResult, Stat,
                                         joined_scores, load_folder)
 from experiments.report.tables import (Table1, build_table1, build_table2, significance_test,
                                        table1_markdown, table2_markdown)

@@ -1,4 +1,6 @@
-"""Figures 5 (#All AUC against c, swept over saved predictions) and 6 (against alpha)."""
+"""Figures 5 (#All AUC against c of Eq. 12, swept over saved predictions) and 6 (against alpha of
+Eq. 11, one trained run per alpha), in the pooled AUCs of `FIGURE_METRICS`; mean, std, min and
+max over seed pairs (seed, data_seed)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.report.loading import (METRICS, PRED_LABEL, Folder, ReportError, RunResult, Stat,
-                                        alpha_runs, default_mscan_runs)
+from experiments.report.loading import (FIGURE_METRICS, METRICS, Folder, ReportError, RunKey,
+                                        RunResult, Stat, alpha_runs, default_mscan_runs,
+                                        metric_value)
 from mscan_jax.evaluation import metrics as metrics_lib
 
 
@@ -16,7 +19,7 @@ def sweep_c(run: RunResult, c_values: Sequence[float], label_key: str) -> dict[f
   from mscan_jax.training import objective
   pred = run.predictions()
   if "y_s" not in pred or "y_m" not in pred:
-    raise ReportError(f"{run.workdir}/predictions.parquet has no y_m / y_s (the SBE is off?)")
+    raise ReportError(f"run {run.name}: predictions.parquet has no y_m / y_s (the SBE is off?)")
   out = {}
   for c in c_values:
     score = np.asarray(objective.inference_score({"y_m": pred["y_m"], "y_s": pred["y_s"]}, c))
@@ -26,17 +29,17 @@ def sweep_c(run: RunResult, c_values: Sequence[float], label_key: str) -> dict[f
 
 def figure5_data(folder: Folder, c_values: Sequence[float]) -> list[dict]:
   """Rows {dataset, metric, c, n_seeds, mean, std, min, max} of the c sweep."""
-  runs = [r for r in default_mscan_runs(folder.runs)]
+  runs = default_mscan_runs(folder.runs)
   rows = []
-  for metric in METRICS:
-    label_key = PRED_LABEL[metric]
-    per_seed: dict[int, dict[float, float]] = {}
+  for metric in FIGURE_METRICS:
+    label_key = METRICS[metric].label
+    per_seed: dict[RunKey, dict[float, float]] = {}
     for r in runs:
       if metric not in r.results:
         continue
       cs = sorted(set(float(c) for c in c_values) | {float(r.results.get("c", 1.0))})
       try:
-        per_seed[r.seed] = sweep_c(r, cs, label_key)
+        per_seed[r.key] = sweep_c(r, cs, label_key)
       except ReportError:
         continue
     if not per_seed:
@@ -53,12 +56,11 @@ def figure5_data(folder: Folder, c_values: Sequence[float]) -> list[dict]:
 def figure6_data(folder: Folder) -> list[dict]:
   rows = []
   runs = alpha_runs(folder.runs)
-  for metric in METRICS:
-    by_alpha: dict[float, dict[int, float]] = {}
+  for metric in FIGURE_METRICS:
+    by_alpha: dict[float, dict[RunKey, float]] = {}
     for r in runs:
-      if metric in r.results:
-        by_alpha.setdefault(float(r.setting("mscan.alpha")), {})[r.seed] = float(
-            r.results[metric]["all"])
+      if (v := metric_value(r.results, metric, "all")) is not None:
+        by_alpha.setdefault(float(r.setting("mscan.alpha")), {})[r.key] = v
     for a in sorted(by_alpha):
       st = Stat(by_alpha[a])
       v = list(st.values.values())
@@ -69,8 +71,8 @@ def figure6_data(folder: Folder) -> list[dict]:
 
 def plot(rows: Sequence[dict], x_key: str, path: str, title: str, xlabel: str,
          categorical: bool = False) -> bool:
-  """Mean #All AUC against x, one line per dataset, bars and a band of ± 1 std over seeds; one panel
-  per metric present. Returns False (nothing written) when there is nothing to plot."""
+  """Mean #All AUC against x, one line per dataset, bars and a band of ± 1 std over seed pairs;
+  one panel per metric present. Returns False (nothing written) when there is nothing to plot."""
   if not rows:
     return False
   import matplotlib
@@ -97,7 +99,7 @@ def plot(rows: Sequence[dict], x_key: str, path: str, title: str, xlabel: str,
     if categorical:
       ax.set_xticks(range(len(xs_all)), [f"{v:g}" for v in xs_all])
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"#All {METRICS[metric]}")
+    ax.set_ylabel(f"#All {METRICS[metric].title}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle(title)

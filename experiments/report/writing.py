@@ -1,4 +1,4 @@
-"""report.md, the CSVs and the committable copy of a report folder."""
+"""report.md, the CSVs, and the committable copy of a report folder (`--report_dir`)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import csv
 import json
 import os
 import shutil
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from experiments import grids, paper_results
 from experiments.report.figures import figure5_data, figure6_data, plot
-from experiments.report.loading import METRICS, Folder
-from experiments.report.tables import (build_table1, significance_csv_rows, significance_markdown,
+from experiments.report.loading import METRICS, MSCAN, Folder, metric_value
+from experiments.report.tables import (LEVEL, RELAIMPR_MIN_REF, SIGNIFICANCE_CSV_FIELDS,
+                                       TABLE1_CSV_FIELDS, TABLE2_CSV_FIELDS, build_table1,
+                                       significance_csv_rows, significance_markdown,
                                        table1_csv_rows, table1_markdown, table2_csv_rows,
                                        table2_markdown)
+from mscan_jax import models
 
 
 def write_csv(path: str, rows: Sequence[dict], fields: Optional[Sequence[str]] = None) -> None:
@@ -26,21 +29,30 @@ def write_csv(path: str, rows: Sequence[dict], fields: Optional[Sequence[str]] =
                   for k, v in r.items()})
 
 
+def _blank(x: Optional[float]) -> Any:
+  return "" if x is None else x
+
+
 def runs_csv_rows(folders: Sequence[Folder]) -> list[dict]:
   out = []
   for f in folders:
     for r in f.runs:
       res = r.results
       out.append({"dataset": f.dataset, "name": r.name, "model": r.model, "seed": r.seed,
+                  "data_seed": r.data_seed,
                   "overrides": json.dumps({k: v for k, v in r.overrides.items()
                                            if k not in ("model", "seed")}),
-                  "auc_all": res["auc"]["all"],
-                  "true_interest_auc_all": res.get("true_interest_auc", {}).get("all", ""),
-                  "gauc": res.get("gauc", ""), "logloss": res.get("logloss", ""),
+                  **{f"{m}_all": _blank(metric_value(res, m, "all")) for m in METRICS},
+                  "logloss": res.get("logloss", ""),
                   "c": res.get("c", ""), "best_step": res.get("best_step", ""),
                   "steps": res.get("steps", ""), "wall_s": r.timing.get("wall_s", ""),
                   "cpu_s": r.timing.get("cpu_s", "")})
   return out
+
+
+RUNS_CSV_FIELDS = ("dataset", "name", "model", "seed", "data_seed", "overrides",
+                   *(f"{m}_all" for m in METRICS), "logloss", "c", "best_step", "steps", "wall_s",
+                   "cpu_s")
 
 
 def write_report(folders: Sequence[Folder], out_dir: str,
@@ -51,73 +63,91 @@ def write_report(folders: Sequence[Folder], out_dir: str,
             if (t := build_table1(f, metric)) is not None]
   fig5 = [row for f in folders for row in figure5_data(f, c_values)]
   fig6 = [row for f in folders for row in figure6_data(f)]
-  md = _markdown(folders, tables, fig5, fig6, out_dir, c_values)
+  md = _markdown(folders, tables, fig5, fig6, out_dir)
   write_csv(os.path.join(out_dir, "table1.csv"),
-            [r for t in tables for r in table1_csv_rows(t)],
-            ["dataset", "metric", "scenario", "model", "n_seeds", "mean", "std", "seeds",
-             "relaimpr_pct", "best", "star", "paper_auc", "paper_relimp_pct", "paper_star"])
+            [r for t in tables for r in table1_csv_rows(t)], TABLE1_CSV_FIELDS)
   write_csv(os.path.join(out_dir, "significance.csv"),
-            [r for t in tables for r in significance_csv_rows(t)],
-            ["dataset", "metric", "scenario", "baseline", "seeds", "delong_p_per_seed",
-             "fisher_p", "ttest_p", "mean_diff", "star", "note"])
-  write_csv(os.path.join(out_dir, "table2.csv"), table2_csv_rows(folders),
-            ["dataset", "metric", "use_saca", "use_sbe", "n_seeds", "mean", "std", "paper_auc"])
+            [r for t in tables for r in significance_csv_rows(t)], SIGNIFICANCE_CSV_FIELDS)
+  write_csv(os.path.join(out_dir, "table2.csv"), table2_csv_rows(folders), TABLE2_CSV_FIELDS)
   write_csv(os.path.join(out_dir, "figure5_c.csv"), fig5,
             ["dataset", "metric", "c", "n_seeds", "mean", "std", "min", "max", "default_c"])
   write_csv(os.path.join(out_dir, "figure6_alpha.csv"), fig6,
             ["dataset", "metric", "alpha", "n_seeds", "mean", "std", "min", "max"])
-  write_csv(os.path.join(out_dir, "runs.csv"), runs_csv_rows(folders),
-            ["dataset", "name", "model", "seed", "overrides", "auc_all", "true_interest_auc_all",
-             "gauc", "logloss", "c", "best_step", "steps", "wall_s", "cpu_s"])
+  write_csv(os.path.join(out_dir, "runs.csv"), runs_csv_rows(folders), RUNS_CSV_FIELDS)
   path = os.path.join(out_dir, "report.md")
   with open(path, "w") as f:
     f.write(md)
   return path
 
 
-def _markdown(folders, tables, fig5, fig6, out_dir, c_values) -> str:
+def _definitions(folders: Sequence[Folder]) -> list[str]:
+  L = ["Numbers are mean ± std over seed pairs (model seed, data seed): sample std, ddof 1; no ± "
+       "with one pair. A run is identified by its seed pair, so the runs of one model seed on two "
+       "data seeds count twice.",
+       "",
+       f"RelaImpr = ((AUC − 0.5) / (AUC_ref − 0.5) − 1) × 100 % of the mean values, against "
+       f"{models.title(models.names(table='table1', target_scenario=True)[0])} per scenario and "
+       f"{models.title(models.names(table='table1', target_scenario=False)[0])} on #All "
+       f"(§4.1.2); printed – where AUC_ref < {RELAIMPR_MIN_REF}, where the ratio divides by "
+       "almost zero and swings to thousands of percent (the tables say where).",
+       "",
+       f"\\*: {models.title(MSCAN)}'s mean is above the best baseline's (the highest mean among "
+       f"the other models of the row) and the paired t-test over seed pairs gives p < {LEVEL} "
+       "(so no \\* with fewer than 2 pairs). DeLong's test per seed pair, combined by Fisher's "
+       "method, is shown beside it as an auxiliary column only (see under the significance "
+       "table why). **Bold**: the best model of the row, only where its lead over the "
+       "second-best exceeds the larger of the two cells' std over seed pairs.",
+       "",
+       "Reference scorers ([ref]: no sequence features, nothing of M-scan) and oracles "
+       "([oracle]: read the recorded truth) present in the folder are shown beside the models in "
+       "every table, so a reader sees at once whether a model beats them; they are never bold and "
+       "never the best baseline. Under each table: what each column's input holds (its 'sees', "
+       "from the model registry `mscan_jax.models`).",
+       "",
+       "Metrics: " + "; ".join(f"`{m.key}`: {m.title}" for m in METRICS.values())
+       + ". GAUC and the per-user true-interest AUC are single numbers per run (of the whole test "
+       "set, or of a target-scenario model's one scenario), so their tables have a #All row and "
+       "the target-scenario models' rows; – where a run does not hold the metric."]
+  if any(paper_results.paper_key(f.dataset) for f in folders):
+    L += ["", "_Italic rows/columns marked paper are the paper's own numbers "
+          "(`experiments/paper_results.py`; n/a: not a column of the paper). † The paper's RelImp "
+          "column is the plain ratio AUC / AUC_ref − 1, not the RelaImpr above. The paper's "
+          "Aliccp #1..#3 are assumed to be our scenario ids 1..3; its Cloud Theme scenarios are "
+          "unnamed, so only #All is shown._"]
+  return L
+
+
+def _markdown(folders, tables, fig5, fig6, out_dir) -> str:
   n_runs = sum(len(f.runs) for f in folders)
   seeds = sorted({r.seed for f in folders for r in f.runs})
+  data_seeds = sorted({r.data_seed for f in folders for r in f.runs})
   L = ["# M-scan: experiment report (paper §4)", "",
        f"Generated by `python -m experiments.report` from {n_runs} finished runs "
-       f"(seeds {', '.join(map(str, seeds)) or '–'}) in: "
+       f"(seeds {', '.join(map(str, seeds)) or '–'}; data seeds "
+       f"{', '.join(map(str, data_seeds)) or '–'}) in: "
        + ", ".join(f"`{os.path.relpath(f.path, out_dir)}` ({f.dataset}, size "
                    f"{f.info.get('size', '?')})" for f in folders) + "."]
   unfinished = [f"{f.dataset}: {', '.join(f.unfinished)}" for f in folders if f.unfinished]
   if unfinished:
     L += ["", "Unfinished runs (not used): " + "; ".join(unfinished) + "."]
-  L += ["", "Numbers are mean ± std over seeds (sample std, ddof 1; no ± with one seed). "
-        "RelaImpr = ((AUC − 0.5) / (AUC_ref − 0.5) − 1) × 100 % of the mean AUCs, against Single "
-        "per scenario and Mix on #All (§4.1.2). **Bold**: best mean of the row. "
-        "\\*: M-scan beats the best baseline of the row with p < 0.05 in both tests: DeLong's test "
-        "of two correlated AUCs on the same test samples, one per seed, the per-seed p-values "
-        "combined by Fisher's method, and a paired t-test of the per-seed AUCs (needs ≥ 2 seeds)."]
-  if any(paper_results.paper_key(f.dataset) for f in folders):
-    L += ["", "_Italic rows/columns marked paper_ are the paper's own numbers "
-          "(`experiments/paper_results.py`). † The paper's RelImp column is the plain ratio "
-          "AUC / AUC_ref − 1, not the RelaImpr above. The paper's Aliccp #1..#3 are assumed to be "
-          "our scenario ids 1..3; its Cloud Theme scenarios are unnamed, so only #All is shown._"]
+  L += [""] + _definitions(folders)
   # Table 1
-  L += ["", "## Table 1: AUC per scenario and over all scenarios (#All)", ""]
+  L += ["", "## Table 1: every scenario and over all scenarios (#All)", ""]
   if not tables:
     L += ["No finished Table 1 runs (`--grid=table1`)."]
   for t in tables:
-    L += [f"### {t.dataset}: {METRICS[t.metric]}", ""] + table1_markdown(t) + [""]
-    n = {st.n for st in t.stats.values() if st.n}
-    if n:
-      L += [f"Seeds per cell: {', '.join(map(str, sorted(n)))}. "
-            "Single and Finetune are trained and tested on one scenario, so they have no #All.", ""]
+    L += [f"### {t.dataset}: {METRICS[t.metric].title}", ""] + table1_markdown(t) + [""]
   if any(t.tests for t in tables):
-    L += ["### Significance of M-scan against the best baseline", ""]
+    L += [f"### Significance of {models.title(MSCAN)} against the best baseline", ""]
     L += significance_markdown(tables)
   # Table 2
-  L += ["", "## Table 2: ablation of SACA and SBE (#All AUC)", ""]
+  L += ["", "## Table 2: ablation of SACA and SBE (#All)", ""]
   any2 = False
   for metric in METRICS:
     lines = table2_markdown(folders, metric)
     if lines:
       any2 = True
-      L += [f"### {METRICS[metric]}", ""] + lines + [""]
+      L += [f"### {METRICS[metric].title}", ""] + lines + [""]
   if not any2:
     L += ["No finished Table 2 runs (`--grid=table2`).", ""]
   # Figures
@@ -126,18 +156,18 @@ def _markdown(folders, tables, fig5, fig6, out_dir, c_values) -> str:
           "M-scan: #All AUC against c (Eq. 12), no retraining", "c"):
     L += ["![Figure 5](figure5_c.png)", "",
           "c is swept over the saved y_m and y_s of the default M-scan runs (one trained model per "
-          "seed); bars and band: ± 1 std over seeds; the dotted line the c the runs used. "
-          "Data: `figure5_c.csv`.", ""]
+          "seed pair); bars and band: ± 1 std over seed pairs; the dotted line the c the runs "
+          "used. Data: `figure5_c.csv`.", ""]
   else:
     L += ["No finished default M-scan runs with the SBE (`--grid=c`).", ""]
   L += ["## Figure 6: #All AUC against α of Eq. (11)", ""]
   if len({r["alpha"] for r in fig6}) < 2:
     L += ["Fewer than two α values have finished runs (`--grid=alpha`).", ""]
   elif plot(fig6, "alpha", os.path.join(out_dir, "figure6_alpha.png"),
-          "M-scan: #All AUC against α (Eq. 11), one training per α", "α", categorical=True):
+            "M-scan: #All AUC against α (Eq. 11), one training per α", "α", categorical=True):
     L += ["![Figure 6](figure6_alpha.png)", "",
-          "One trained M-scan per α and seed; bars and band: ± 1 std over seeds; the x axis is "
-          "categorical. Data: `figure6_alpha.csv`.", ""]
+          "One trained M-scan per α and seed pair; bars and band: ± 1 std over seed pairs; the x "
+          "axis is categorical. Data: `figure6_alpha.csv`.", ""]
   else:
     L += ["No finished α runs (`--grid=alpha`).", ""]
   timed = [r.timing for f in folders for r in f.runs if "cpu_s" in r.timing]
@@ -165,4 +195,3 @@ def copy_run_files(folders: Sequence[Folder], report_dir: str) -> None:
       for name in ("results.json", "config.json"):
         if os.path.exists(os.path.join(r.workdir, name)):
           shutil.copyfile(os.path.join(r.workdir, name), os.path.join(dest, "runs", r.name, name))
-
