@@ -30,4 +30,4 @@ from experiments.report.loading import (METRICS, Folder, ReportError, RunResult,
                                         joined_scores, load_folder)
 from experiments.report.tables import (Table1, build_table1, build_table2, significance_test,
                                        table1_markdown, table2_markdown)
-from experiments.report.writing import copy_run_files, write_report
+from experiments.report.writing import copy_run_files, portable, write_report

@@ -1,11 +1,17 @@
-"""report.md, the CSVs, and the committable copy of a report folder (`--report_dir`)."""
+"""report.md, the CSVs, and the committable copy of a report folder (`--report_dir`).
+
+The copy holds each folder's grid.json and each finished run's results.json and config.json (no
+checkpoints, no predictions), with no absolute path (`portable`): a path inside the grid folder
+(config.json's train.init_from, a sibling Mix run) becomes relative to the JSON file's own folder,
+as `train.py` reads init_from; any other absolute path (data.cache_dir, data.path: folders of the
+machine that ran the grid) is reduced to its last component.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import shutil
 from typing import Any, Optional, Sequence
 
 from experiments import grids, paper_results
@@ -173,7 +179,10 @@ def _markdown(folders, tables, fig5, fig6, out_dir) -> str:
   timed = [r.timing for f in folders for r in f.runs if "cpu_s" in r.timing]
   L += ["## Files", "",
         "`table1.csv`, `significance.csv`, `table2.csv`, `figure5_c.csv`, `figure6_alpha.csv`, "
-        "`runs.csv` (one line per run, with its wall and CPU seconds).", ""]
+        "`runs.csv` (one line per run, with its wall and CPU seconds). In a `--report_dir` copy, "
+        "each run's results.json and config.json and the grid's grid.json hold no absolute path: "
+        "a path inside the grid folder (train.init_from) is relative to the file's folder, any "
+        "other (data.cache_dir, data.path) is reduced to its last component.", ""]
   if timed:
     L += [f"Training time of the {len(timed)} timed runs: "
           f"{sum(t['wall_s'] for t in timed) / 3600:.2f} h wall (summed over runs, as run by "
@@ -182,16 +191,44 @@ def _markdown(folders, tables, fig5, fig6, out_dir) -> str:
   return "\n".join(L)
 
 
+# ----------------------------------------------------------------------------- committable copy
+
+def portable(value: Any, *, grid_dir: str, base: str) -> Any:
+  """`value` (parsed JSON) with every absolute path made portable: one inside `grid_dir` becomes
+  relative to `base` (the folder of the file it is read from), any other is reduced to its last
+  component."""
+  if isinstance(value, dict):
+    return {k: portable(v, grid_dir=grid_dir, base=base) for k, v in value.items()}
+  if isinstance(value, list):
+    return [portable(v, grid_dir=grid_dir, base=base) for v in value]
+  if isinstance(value, str) and os.path.isabs(value):
+    path, grid = os.path.normpath(value), os.path.abspath(grid_dir)
+    if path == grid or path.startswith(grid + os.sep):
+      return os.path.relpath(path, os.path.abspath(base))
+    return os.path.basename(path) or "."
+  return value
+
+
+def _copy_json(src: str, dest: str, *, grid_dir: str) -> None:
+  with open(src) as f:
+    value = json.load(f)
+  with open(dest, "w") as f:
+    json.dump(portable(value, grid_dir=grid_dir, base=os.path.dirname(src)), f, indent=2)
+
+
 def copy_run_files(folders: Sequence[Folder], report_dir: str) -> None:
   """Copies each folder's grid.json and each finished run's results.json and config.json (no
-  checkpoints, no predictions) into `report_dir` (under `<dataset>/` when several folders)."""
+  checkpoints, no predictions) into `report_dir` (under `<dataset>/` when several folders), with
+  no absolute path (`portable`)."""
   for f in folders:
     dest = os.path.join(report_dir, f.dataset) if len(folders) > 1 else report_dir
     os.makedirs(dest, exist_ok=True)
     if os.path.exists(os.path.join(f.path, "grid.json")):
-      shutil.copyfile(os.path.join(f.path, "grid.json"), os.path.join(dest, "grid.json"))
+      _copy_json(os.path.join(f.path, "grid.json"), os.path.join(dest, "grid.json"),
+                 grid_dir=f.path)
     for r in f.runs:
       os.makedirs(os.path.join(dest, "runs", r.name), exist_ok=True)
       for name in ("results.json", "config.json"):
         if os.path.exists(os.path.join(r.workdir, name)):
-          shutil.copyfile(os.path.join(r.workdir, name), os.path.join(dest, "runs", r.name, name))
+          _copy_json(os.path.join(r.workdir, name), os.path.join(dest, "runs", r.name, name),
+                     grid_dir=f.path)

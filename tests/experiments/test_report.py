@@ -1,6 +1,6 @@
 """experiments.report on hand-made runs with predictions: the expected Table 1 (means, stds,
 RelaImpr, bold, `*` and its tests on joined predictions), Table 2, the c sweep over saved
-y_m / y_s (Figure 5), the alpha figure (Figure 6) and the command line.
+y_m / y_s (Figure 5), the alpha figure (Figure 6), the command line and the committable copy.
 The rules of the tables on results alone (every scenario, references, RelaImpr "–", bold, `*`,
 titles from the registry) are tested in test_report_tables.py.
 
@@ -286,8 +286,21 @@ def test_label_mismatch_is_an_error(folder, tmp_path):
     report.joined_scores(a, bad, "1", "label")
 
 
-def test_cli_report_dir_gets_results_without_predictions(folder, tmp_path):
-  """The real entry point: `python -m experiments.report --out=DIR --report_dir=OTHER`."""
+def _json_strings(x):
+  if isinstance(x, dict):
+    for v in x.values():
+      yield from _json_strings(v)
+  elif isinstance(x, list):
+    for v in x:
+      yield from _json_strings(v)
+  elif isinstance(x, str):
+    yield x
+
+
+def test_cli_report_dir_is_committable(folder, tmp_path):
+  """The real entry point, `python -m experiments.report --out=DIR --report_dir=OTHER`: OTHER gets
+  the report, grid.json and each finished run's results.json and config.json, no predictions,
+  and no absolute path anywhere (init_from relative to its run folder, other paths reduced)."""
   dest = tmp_path / "results"
   proc = subprocess.run([sys.executable, "-m", "experiments.report", f"--out={folder.path}",
                          f"--report_dir={dest}"], capture_output=True, text=True, cwd=REPO_ROOT)
@@ -296,6 +309,23 @@ def test_cli_report_dir_gets_results_without_predictions(folder, tmp_path):
   assert (dest / "runs" / "mscan-s0" / "results.json").exists()
   assert not (dest / "runs" / "mscan-s0" / "predictions.parquet").exists()
   assert not (dest / "runs" / "m2m-s0").exists()                 # unfinished: not copied
+  config = json.load(open(dest / "runs" / "single-scenario=1-s0" / "config.json"))
+  assert config["train"]["init_from"] == os.path.join("..", "mix-s0")
+  assert config["data"]["cache_dir"] == "data_cache"
+  assert json.load(open(dest / "grid.json"))["shared"]["data.cache_dir"] == "data_cache"
+  n_json = 0
+  for base, _, files in os.walk(dest):
+    for name in files:
+      path = os.path.join(base, name)
+      if name.endswith(".json"):
+        n_json += 1
+        bad = [s for s in _json_strings(json.load(open(path))) if s.startswith("/")]
+        assert not bad, (path, bad)
+      if name.endswith((".json", ".md", ".csv")):
+        text = open(path).read()
+        for absolute in (os.path.abspath(folder.path), str(tmp_path), CACHE):
+          assert absolute not in text, (path, absolute)
+  assert n_json == 1 + 2 * len(folder.runs)
 
 
 def test_cli_user_errors_exit_2_without_traceback(tmp_path):
@@ -313,3 +343,11 @@ def test_no_finished_run_is_a_user_error(tmp_path):
     json.dump({"name": "mix-s0", "overrides": {"model": "mix", "seed": 0}}, f)
   with pytest.raises(report.ReportError, match="no finished run .1 unfinished"):
     report_main.make_report(str(tmp_path))
+
+
+def test_portable_paths():
+  grid = "/g/grid"
+  assert report.portable({"a": ["/g/grid/runs/mix-s0", "/data/built", "rel/x", 3]},
+                         grid_dir=grid, base="/g/grid/runs/ft-s0") == {
+      "a": ["../mix-s0", "built", "rel/x", 3]}
+  assert report.portable("/g/gridother/x", grid_dir=grid, base=grid) == "x"   # not inside
