@@ -6,9 +6,10 @@ table2.csv, figure5_c.csv, figure6_alpha.csv, figure5_c.png, figure6_alpha.png a
 
 Reads every `DIR/runs/<name>/` holding `run.json` and `results.json` (unfinished runs are listed,
 not used). With --report_dir=OTHER the files go there, beside grid.json and each used run's
-results.json and config.json (no checkpoints, no predictions): a folder small enough to commit.
-Several folders (`--also`), one dataset each, give one line per dataset in the figures and one
-block per dataset in the tables. The definitions behind the numbers are in `experiments.report`.
+results.json and config.json (no checkpoints, no predictions, no absolute path): a folder small
+enough to commit. Several folders (`--also`), one dataset each, give one line per dataset in the
+figures and one block per dataset in the tables. The rules behind the numbers (RelaImpr, `*`,
+bold, reference columns) are in `experiments.report.tables` and at the top of report.md.
 
 A user error (a missing folder, a folder with no finished run, a bad flag value) prints
 `error: <message>` and exits with code 2.
