@@ -2,12 +2,14 @@
 
     python -m experiments.report --out=DIR [--also=DIR2,DIR3] [--report_dir=DIR]
 
-(the command line is `experiments/report/__main__.py`). One module per concern:
+(the command line is `experiments/report/__main__.py`; `main(argv) -> exit code` runs it
+in-process). One module per concern:
 
   loading   grid folders, their finished runs, per-seed values (`Stat`), joins of predictions
   tables    Table 1, its significance tests, Table 2: the tables as data, markdown and CSV rows
   figures   Figures 5 (c) and 6 (alpha): data and plots
   writing   report.md, the CSVs, and the copy of `--report_dir` (results.json, config.json)
+  cli       the flags, `make_report` and `run` (the command line in-process)
 
 On data that knows the true interest (the synthetic benchmark, `true_like` in
 predictions.parquet) every table and figure is also given in true-interest AUC. Where the dataset
@@ -25,6 +27,8 @@ recomputed from each run's saved y_m and y_s for every c; per-scenario AUCs do n
 so the figure shows #All.
 """
 
+from experiments.report.cli import make_report
+from experiments.report.cli import run as main
 from experiments.report.figures import figure5_data, figure6_data, plot, sweep_c
 from experiments.report.loading import (METRICS, Folder, ReportError, RunResult, Stat,
                                         joined_scores, load_folder)

@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from experiments import report
-from experiments.report import __main__ as report_main
 from mscan_jax.evaluation.metrics import evaluate_predictions
 
 N = 10   # positives (and negatives) per scenario
@@ -337,12 +336,31 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path):
   assert "Traceback" not in missing.stderr
 
 
+def test_main_in_process(folder, tmp_path, capsys):
+  """`report.main(argv)`: the command line in-process, flags parsed into a fresh set each call."""
+  assert report.main([f"--out={folder.path}", f"--report_dir={tmp_path / 'a'}",
+                      "--c_values=0,4"]) == 0
+  rows = list(csv.DictReader(open(tmp_path / "a" / "figure5_c.csv")))
+  assert {float(r["c"]) for r in rows} == {0.0, 1.0, 4.0}            # 1.0: the runs' own c
+  assert report.main([f"--out={folder.path}", f"--report_dir={tmp_path / 'b'}"]) == 0
+  rows = list(csv.DictReader(open(tmp_path / "b" / "figure5_c.csv")))
+  assert len({r["c"] for r in rows}) == 10                            # the default c values
+  capsys.readouterr()
+  for argv, message in (([], "--out=DIR (a grid folder) is required"),
+                        ([f"--out={folder.path}", "--c_values=1,x"], "not a list of numbers"),
+                        ([f"--out={folder.path}", "stray"], "unexpected arguments: stray"),
+                        (["--outt=x"], "Unknown command line flag 'outt'")):
+    assert report.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+
+
 def test_no_finished_run_is_a_user_error(tmp_path):
   os.makedirs(tmp_path / "runs" / "mix-s0")
   with open(tmp_path / "runs" / "mix-s0" / "run.json", "w") as f:
     json.dump({"name": "mix-s0", "overrides": {"model": "mix", "seed": 0}}, f)
   with pytest.raises(report.ReportError, match="no finished run .1 unfinished"):
-    report_main.make_report(str(tmp_path))
+    report.make_report(str(tmp_path))
 
 
 def test_portable_paths():
