@@ -1,9 +1,12 @@
 """The paper's own numbers (Table 1 and Table 2 of §4), typed in from it, to show beside ours.
 
-`TABLE1[dataset][row][model] = (AUC, RelaImpr % or None, starred)` with rows "1", "2", "3" (the
-paper's #1..#3) and "all" (#All); `None` where the paper prints "-". `TABLE2[(use_saca,
-use_sbe)][dataset]` = #All AUC. Datasets are keyed by our `config.data.name`: "aliccp" and
-"cloudtheme" (`PAPER_DATASET` maps our names, e.g. "aliccp_csv", to these keys).
+`TABLE1[dataset][row][model] = (AUC, RelImp % or None, starred)` with rows "1", "2", "3" (the
+paper's #1..#3) and "all" (#All); a model the paper prints "-" for has no entry. Models are our
+registry names (`mscan_jax.models`): each cell is keyed by name, so no column order is kept here;
+`models()` lists the models that have a column in the paper, in the registry's display order, and
+titles come from the registry. `TABLE2[(use_saca, use_sbe)][dataset]` = #All AUC. Datasets are
+keyed by our `config.data.name`: "aliccp" and "cloudtheme" (`PAPER_DATASET` maps our names, e.g.
+"aliccp_csv", to these keys).
 
 Two cautions, also printed in the report:
   * The paper's "RelImp" column is the plain relative AUC gain AUC / AUC_ref - 1 (e.g. Aliccp #1,
@@ -20,55 +23,63 @@ from __future__ import annotations
 
 from typing import Optional
 
-# Column names of the paper's Table 1 -> our model names.
-PAPER_MODELS = {"Single": "single", "Mix": "mix", "Shared bottom": "shared_bottom",
-                "Finetune": "finetune", "MMOE": "mmoe", "PLE": "ple", "AESM2": "aesm2",
-                "M2M": "m2m", "M-scan": "mscan"}
+from mscan_jax import models as models_lib
+
 PAPER_DATASET = {"aliccp": "aliccp", "aliccp_csv": "aliccp", "cloudtheme": "cloudtheme"}
 # Whether the paper's scenario #k can be read as our scenario id k (see the module docstring).
 SCENARIOS_COMPARABLE = {"aliccp": True, "cloudtheme": False}
 
 Cell = tuple[float, Optional[float], bool]
 
-_MODEL_ORDER = ("single", "mix", "shared_bottom", "finetune", "mmoe", "ple", "aesm2", "m2m",
-                "mscan")
+
+def _row(**cells: Cell) -> dict[str, Cell]:
+  """One row of Table 1: model name -> (AUC, RelImp % or None, starred)."""
+  return cells
 
 
-def _row(*cells) -> dict[str, Cell]:
-  """Cells in the paper's column order; a cell is None (no result) or (auc, relimp, star)."""
-  assert len(cells) == len(_MODEL_ORDER)
-  return {m: c for m, c in zip(_MODEL_ORDER, cells) if c is not None}
-
-
-# Table 1 (AUC, RelImp %, *), transcribed row by row.
+# Table 1 (AUC, RelImp %, *), transcribed row by row, cells in the paper's column order.
 TABLE1: dict[str, dict[str, dict[str, Cell]]] = {
     "aliccp": {
-        "1": _row((0.6557, None, False), (0.6634, 1.17, False), (0.6667, 1.68, False),
-                  (0.6699, 1.71, False), (0.6606, 0.75, False), (0.6672, 1.75, False),
-                  (0.6644, 1.33, False), (0.6523, -0.52, False), (0.6782, 3.43, True)),
-        "2": _row((0.6514, None, False), (0.6575, 0.94, False), (0.6589, 1.15, False),
-                  (0.6647, 2.04, False), (0.6550, 0.55, False), (0.6633, 1.83, False),
-                  (0.6385, -1.98, False), (0.6430, -1.29, False), (0.6685, 2.63, True)),
-        "3": _row((0.6061, None, False), (0.6361, 4.95, False), (0.6313, 4.16, False),
-                  (0.6321, 4.29, False), (0.6304, 4.01, False), (0.6405, 5.68, False),
-                  (0.6216, 2.56, False), (0.6226, 2.72, False), (0.6513, 7.46, True)),
-        "all": _row(None, (0.6574, None, False), (0.6573, -0.02, False), None,
-                    (0.6543, -0.47, False), (0.6621, 0.71, False), (0.6420, -2.34, False),
-                    (0.6441, -2.02, False), (0.6714, 2.13, True)),
+        "1": _row(single=(0.6557, None, False), mix=(0.6634, 1.17, False),
+                  shared_bottom=(0.6667, 1.68, False), finetune=(0.6699, 1.71, False),
+                  mmoe=(0.6606, 0.75, False), ple=(0.6672, 1.75, False),
+                  aesm2=(0.6644, 1.33, False), m2m=(0.6523, -0.52, False),
+                  mscan=(0.6782, 3.43, True)),
+        "2": _row(single=(0.6514, None, False), mix=(0.6575, 0.94, False),
+                  shared_bottom=(0.6589, 1.15, False), finetune=(0.6647, 2.04, False),
+                  mmoe=(0.6550, 0.55, False), ple=(0.6633, 1.83, False),
+                  aesm2=(0.6385, -1.98, False), m2m=(0.6430, -1.29, False),
+                  mscan=(0.6685, 2.63, True)),
+        "3": _row(single=(0.6061, None, False), mix=(0.6361, 4.95, False),
+                  shared_bottom=(0.6313, 4.16, False), finetune=(0.6321, 4.29, False),
+                  mmoe=(0.6304, 4.01, False), ple=(0.6405, 5.68, False),
+                  aesm2=(0.6216, 2.56, False), m2m=(0.6226, 2.72, False),
+                  mscan=(0.6513, 7.46, True)),
+        "all": _row(mix=(0.6574, None, False), shared_bottom=(0.6573, -0.02, False),
+                    mmoe=(0.6543, -0.47, False), ple=(0.6621, 0.71, False),
+                    aesm2=(0.6420, -2.34, False), m2m=(0.6441, -2.02, False),
+                    mscan=(0.6714, 2.13, True)),
     },
     "cloudtheme": {
-        "1": _row((0.7769, None, False), (0.8037, 3.45, False), (0.8070, 3.87, False),
-                  (0.8099, 4.25, False), (0.8099, 4.25, False), (0.8117, 4.48, False),
-                  (0.8063, 3.78, False), (0.8063, 3.78, False), (0.8120, 4.52, False)),
-        "2": _row((0.7611, None, False), (0.8011, 5.12, False), (0.8006, 5.19, False),
-                  (0.8032, 5.53, False), (0.8013, 5.28, False), (0.8031, 5.52, False),
-                  (0.8010, 5.24, False), (0.8010, 5.24, False), (0.8070, 6.03, True)),
-        "3": _row((0.7287, None, False), (0.7738, 6.19, False), (0.7721, 5.96, False),
-                  (0.7754, 6.41, False), (0.7728, 6.05, False), (0.7756, 6.43, False),
-                  (0.7746, 6.30, False), (0.7744, 6.27, False), (0.7757, 6.45, True)),
-        "all": _row(None, (0.7536, None, False), (0.7543, 0.09, False), None,
-                    (0.7553, 0.23, False), (0.7563, 0.36, False), (0.7551, 0.20, False),
-                    (0.7570, 0.45, False), (0.7608, 0.96, True)),
+        "1": _row(single=(0.7769, None, False), mix=(0.8037, 3.45, False),
+                  shared_bottom=(0.8070, 3.87, False), finetune=(0.8099, 4.25, False),
+                  mmoe=(0.8099, 4.25, False), ple=(0.8117, 4.48, False),
+                  aesm2=(0.8063, 3.78, False), m2m=(0.8063, 3.78, False),
+                  mscan=(0.8120, 4.52, False)),
+        "2": _row(single=(0.7611, None, False), mix=(0.8011, 5.12, False),
+                  shared_bottom=(0.8006, 5.19, False), finetune=(0.8032, 5.53, False),
+                  mmoe=(0.8013, 5.28, False), ple=(0.8031, 5.52, False),
+                  aesm2=(0.8010, 5.24, False), m2m=(0.8010, 5.24, False),
+                  mscan=(0.8070, 6.03, True)),
+        "3": _row(single=(0.7287, None, False), mix=(0.7738, 6.19, False),
+                  shared_bottom=(0.7721, 5.96, False), finetune=(0.7754, 6.41, False),
+                  mmoe=(0.7728, 6.05, False), ple=(0.7756, 6.43, False),
+                  aesm2=(0.7746, 6.30, False), m2m=(0.7744, 6.27, False),
+                  mscan=(0.7757, 6.45, True)),
+        "all": _row(mix=(0.7536, None, False), shared_bottom=(0.7543, 0.09, False),
+                    mmoe=(0.7553, 0.23, False), ple=(0.7563, 0.36, False),
+                    aesm2=(0.7551, 0.20, False), m2m=(0.7570, 0.45, False),
+                    mscan=(0.7608, 0.96, True)),
     },
 }
 
@@ -79,6 +90,12 @@ TABLE2: dict[tuple[bool, bool], dict[str, float]] = {
     (False, True): {"aliccp": 0.6618, "cloudtheme": 0.7591},
     (False, False): {"aliccp": 0.6573, "cloudtheme": 0.7477},
 }
+
+
+def models() -> tuple[str, ...]:
+  """The models with a column in the paper's Table 1, in the registry's display order."""
+  named = {m for rows in TABLE1.values() for cells in rows.values() for m in cells}
+  return tuple(m for m in models_lib.names() if m in named)
 
 
 def paper_key(dataset: str) -> Optional[str]:

@@ -1,0 +1,37 @@
+"""Turns the finished runs of `experiments.grid` into the paper's tables and figures (§4).
+
+    python -m experiments.report --out=DIR [--also=DIR2,DIR3] [--report_dir=DIR]
+
+(the command line is `experiments/report/__main__.py`; `main(argv) -> exit code` runs it
+in-process). One module per concern:
+
+  loading   grid folders, their finished runs, per-seed values (`Stat`), joins of predictions
+  tables    Table 1, its significance tests, Table 2: the tables as data, markdown and CSV rows
+  figures   Figures 5 (c) and 6 (alpha): data and plots
+  writing   report.md, the CSVs, and the copy of `--report_dir` (results.json, config.json)
+  cli       the flags, `make_report` and `run` (the command line in-process)
+
+On data that knows the true interest (the synthetic benchmark, `true_like` in
+predictions.parquet) every table and figure is also given in true-interest AUC. Where the dataset
+is one of the paper's (aliccp, cloudtheme), the paper's numbers (`experiments.paper_results`) are
+shown beside ours.
+
+The rules behind the numbers (mean ± std over seed pairs (seed, data_seed), RelaImpr and where
+it is left out, the `*` and the bold) are in `experiments.report.tables` and printed at the top
+of report.md. Every model list and title comes from the model registry (`mscan_jax.models`):
+Table 1's columns are `models.names(table="table1")`, then the reference scorers and oracles
+present in the folder, labelled as such; a newly registered model appears with no change here.
+
+The c sweep of Figure 5: score = (y_m - c) * sigmoid(y_s) (Eq. 12, `objective.inference_score`)
+recomputed from each run's saved y_m and y_s for every c; per-scenario AUCs do not depend on c,
+so the figure shows #All.
+"""
+
+from experiments.report.cli import make_report
+from experiments.report.cli import run as main
+from experiments.report.figures import figure5_data, figure6_data, plot, sweep_c
+from experiments.report.loading import (METRICS, Folder, ReportError, RunResult, Stat,
+                                        joined_scores, load_folder)
+from experiments.report.tables import (Table1, build_table1, build_table2, significance_test,
+                                       table1_markdown, table2_markdown)
+from experiments.report.writing import copy_run_files, portable, write_report

@@ -1,0 +1,299 @@
+"""The finished runs of a grid folder, which table each belongs to, their per-seed values and
+joins of their predictions.
+
+A run is identified by its model, its settings and its seed pair `RunKey = (seed, data_seed)`:
+the model seed and the seed of the synthetic data (`results.json`'s "data_seed"; absent in older
+runs, which all used data seed 0). Every statistic is over seed pairs.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from experiments import grids
+from mscan_jax import models
+
+RunKey = tuple[int, int]   # (seed, data_seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """A test metric of results.json.
+
+  key:      its key in results.json: {"all": x, "per_scenario": {"<id>": x}}, or one number (a
+            metric of the whole test set; a target-scenario model's is of its scenario).
+  title:    its name in the report.
+  label:    the predictions.parquet column it is an AUC of, for the tests on joined predictions
+            (DeLong) and Figure 5; None for metrics averaged over users (no pooled test).
+  """
+  key: str
+  title: str
+  label: Optional[str] = None
+
+
+# Report order: each user-averaged metric beside its pooled AUC.
+METRICS = {m.key: m for m in (
+    Metric("auc", "AUC (observed clicks)", "label"),
+    Metric("gauc", "GAUC (observed clicks, per-user AUC averaged over users)"),
+    Metric("true_interest_auc", "true-interest AUC", "true_like"),
+    Metric("true_interest_user_auc",
+           "per-user true-interest AUC (pooled per user, averaged over users)"),
+)}
+# Metrics of the figures (pooled AUCs: Figure 5 recomputes them from saved predictions).
+FIGURE_METRICS = ("auc", "true_interest_auc")
+MSCAN = "mscan"   # the paper's model: Table 2's ablations and Figures 5 and 6 are of it
+
+
+class ReportError(ValueError):
+  """A user error (a missing folder, no finished run) or inconsistent runs (two models'
+  predictions disagree on a sample's label)."""
+
+
+def spec(model: str) -> Optional[models.ModelSpec]:
+  """The registry's entry of `model`, None for a model no longer registered."""
+  return models.specs().get(model)
+
+
+def is_reference(model: str) -> bool:
+  """A reference scorer or an oracle: shown beside the models, never bold, never the baseline."""
+  s = spec(model)
+  return s is not None and s.kind != "model"
+
+
+def has_target_scenario(model: str) -> bool:
+  s = spec(model)
+  return s is not None and s.target_scenario
+
+
+# Columns of predictions.parquet the report reads; the last `_CACHE_SIZE` runs read are kept
+# (a paper-scale test split is tens of millions of rows per run).
+PRED_COLUMNS = ("sample_id", "scenario", "label", "score", "true_like", "y_m", "y_s")
+_CACHE_SIZE = 8
+_PRED_CACHE: "collections.OrderedDict[str, dict]" = collections.OrderedDict()
+
+
+@dataclasses.dataclass
+class RunResult:
+  name: str
+  dataset: str
+  overrides: dict
+  results: dict
+  workdir: str
+  timing: dict = dataclasses.field(default_factory=dict)   # wall_s, cpu_s of the run (run.json)
+
+  def setting(self, key: str) -> Any:
+    return self.overrides.get(key, grids.default_value(key))
+
+  @property
+  def model(self) -> str:
+    return self.overrides["model"]
+
+  @property
+  def seed(self) -> int:
+    return int(self.overrides["seed"])
+
+  @property
+  def data_seed(self) -> int:
+    return int(self.results.get("data_seed", self.overrides.get("data.seed", 0)))
+
+  @property
+  def key(self) -> RunKey:
+    return (self.seed, self.data_seed)
+
+  def predictions(self) -> dict[str, np.ndarray]:
+    """The `PRED_COLUMNS` of predictions.parquet present in the file, {column: numpy array}."""
+    path = os.path.join(self.workdir, "predictions.parquet")
+    if path in _PRED_CACHE:
+      _PRED_CACHE.move_to_end(path)
+      return _PRED_CACHE[path]
+    if not os.path.exists(path):
+      raise ReportError(f"run {self.name} has no predictions.parquet "
+                        "(run with train.export_predictions=True)")
+    import pyarrow.parquet as pq
+    names = pq.read_schema(path).names
+    missing = [c for c in ("sample_id", "scenario", "label", "score") if c not in names]
+    if missing:
+      raise ReportError(f"run {self.name}: predictions.parquet lacks columns {missing}")
+    table = pq.read_table(path, columns=[c for c in PRED_COLUMNS if c in names])
+    pred = {c: table.column(c).to_numpy() for c in table.column_names}
+    _PRED_CACHE[path] = pred
+    while len(_PRED_CACHE) > _CACHE_SIZE:
+      _PRED_CACHE.popitem(last=False)
+    return pred
+
+
+@dataclasses.dataclass
+class Folder:
+  path: str
+  dataset: str
+  info: dict
+  runs: list[RunResult]
+  unfinished: list[str]
+
+
+def load_folder(path: str) -> Folder:
+  """The finished runs of one grid folder (`run.json` + `results.json` in `runs/<name>/`)."""
+  info_path = os.path.join(path, "grid.json")
+  info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+  runs_dir = os.path.join(path, "runs")
+  if not os.path.isdir(runs_dir):
+    raise ReportError(f"{runs_dir} does not exist: run "
+                      f"`python -m experiments.grid --out={path}` first")
+  runs, unfinished = [], []
+  for name in sorted(os.listdir(runs_dir)):
+    wd = os.path.join(runs_dir, name)
+    run_file, res_file = os.path.join(wd, "run.json"), os.path.join(wd, "results.json")
+    if not os.path.exists(run_file):
+      continue
+    if not os.path.exists(res_file):
+      unfinished.append(name)
+      continue
+    with open(run_file) as f:
+      run = json.load(f)
+    with open(res_file) as f:
+      res = json.load(f)
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in run["overrides"].items()}
+    timing = {k: run[k] for k in ("wall_s", "cpu_s") if k in run}
+    runs.append(RunResult(name, info.get("dataset") or res.get("dataset", "?"), overrides, res, wd,
+                          timing))
+  dataset = info.get("dataset") or (runs[0].dataset if runs else os.path.basename(path))
+  return Folder(path, dataset, info, runs, unfinished)
+
+
+# ----------------------------------------------------------------------------- which table
+
+def _only(run: RunResult, keys: Iterable[str]) -> bool:
+  """The run sets no override but `keys`, the model and its seeds."""
+  return set(run.overrides) <= set(keys) | {"model", "seed", "data.seed"}
+
+
+def table1_runs(runs: Sequence[RunResult]) -> list[RunResult]:
+  """Runs of Table 1's models, reference scorers and oracles with default settings."""
+  cols = set(models.names(table="table1")) | {m for m in models.specs() if is_reference(m)}
+  return [r for r in runs if r.model in cols and _only(r, {"single.scenario"})]
+
+
+def reference_runs(runs: Sequence[RunResult]) -> list[RunResult]:
+  """Runs of reference scorers and oracles with default settings (the reference rows)."""
+  return [r for r in runs if is_reference(r.model) and _only(r, ())]
+
+
+def table2_runs(runs: Sequence[RunResult]) -> list[RunResult]:
+  return [r for r in runs if r.model == MSCAN and _only(r, {"mscan.use_saca", "mscan.use_sbe"})]
+
+
+def alpha_runs(runs: Sequence[RunResult]) -> list[RunResult]:
+  return [r for r in runs if r.model == MSCAN and _only(r, {"mscan.alpha"})]
+
+
+def default_mscan_runs(runs: Sequence[RunResult]) -> list[RunResult]:
+  return [r for r in runs if r.model == MSCAN and _only(r, ())]
+
+
+# ----------------------------------------------------------------------------- per-seed values
+
+@dataclasses.dataclass
+class Stat:
+  values: dict[RunKey, float]     # (seed, data_seed) -> value
+
+  @property
+  def n(self) -> int:
+    return len(self.values)
+
+  @property
+  def mean(self) -> float:
+    v = [x for x in self.values.values() if not math.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+  @property
+  def std(self) -> float:
+    v = [x for x in self.values.values() if not math.isnan(x)]
+    return float(np.std(v, ddof=1)) if len(v) >= 2 else float("nan")
+
+
+def format_keys(keys: Iterable[RunKey]) -> str:
+  """Seed pairs as "seed/data_seed", space-separated ("0/0 1/0 0/1")."""
+  return " ".join(f"{s}/{d}" for s, d in sorted(keys))
+
+
+def metric_value(results: dict, metric: str, row: str) -> Optional[float]:
+  """`metric` of one results.json on `row` (a scenario id or "all"); None if it has none."""
+  v = results.get(metric)
+  if v is None:
+    return None
+  if isinstance(v, dict):
+    v = v.get("all") if row == "all" else v.get("per_scenario", {}).get(row)
+    return None if v is None else float(v)
+  return float(v) if row == "all" else None
+
+
+def run_value(run: RunResult, metric: str, row: str) -> Optional[float]:
+  """The run's value in Table 1's `row`. A target-scenario model (Single, Finetune) is trained
+  and tested on its scenario only: its whole-test-set value is that scenario's row, no #All."""
+  if has_target_scenario(run.model):
+    if row == "all" or str(run.setting("single.scenario")) != row:
+      return None
+    return metric_value(run.results, metric, "all")
+  return metric_value(run.results, metric, row)
+
+
+def rows_of(runs: Sequence[RunResult], metric: str) -> list[str]:
+  """Every scenario some run has a value of `metric` for (sorted by id), then "all"."""
+  scen = set()
+  for r in runs:
+    if has_target_scenario(r.model):
+      if metric_value(r.results, metric, "all") is not None:
+        scen.add(int(r.setting("single.scenario")))
+    elif isinstance(r.results.get(metric), dict):
+      scen.update(int(k) for k in r.results[metric].get("per_scenario", {}))
+  return [str(s) for s in sorted(scen)] + ["all"]
+
+
+def cell_stat(runs: Sequence[RunResult], model: str, row: str, metric: str) -> Stat:
+  """Per-seed-pair values of `metric` for `model` in `row` (a scenario id or "all")."""
+  values: dict[RunKey, float] = {}
+  for r in runs:
+    if r.model == model and (v := run_value(r, metric, row)) is not None:
+      values[r.key] = v
+  return Stat(values)
+
+
+def run_for(runs: Sequence[RunResult], model: str, row: str, key: RunKey
+            ) -> Optional[RunResult]:
+  """The run of `model` with seed pair `key` whose value is `row`'s."""
+  for r in runs:
+    if r.model == model and r.key == key and (
+        not has_target_scenario(model) or str(r.setting("single.scenario")) == row):
+      return r
+  return None
+
+
+# ----------------------------------------------------------------------------- joins
+
+def joined_scores(a: RunResult, b: RunResult, row: str, label_key: str
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """Labels and both runs' scores on the test samples of `row` both scored, joined on sample_id.
+
+  Returns (labels, scores_a, scores_b, number of samples only one of the runs has)."""
+  pa, pb = a.predictions(), b.predictions()
+  if label_key not in pa or label_key not in pb:
+    raise ReportError(f"{label_key!r} missing from the predictions of {a.name} or {b.name}")
+  sel_a = np.ones(len(pa["sample_id"]), bool) if row == "all" else pa["scenario"] == int(row)
+  sel_b = np.ones(len(pb["sample_id"]), bool) if row == "all" else pb["scenario"] == int(row)
+  ids_a, ids_b = pa["sample_id"][sel_a], pb["sample_id"][sel_b]
+  common, ia, ib = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
+  y_a, y_b = pa[label_key][sel_a][ia], pb[label_key][sel_b][ib]
+  if not np.array_equal(y_a, y_b):
+    bad = int(common[np.flatnonzero(y_a != y_b)[0]])
+    raise ReportError(f"runs {a.name} and {b.name}: predictions.parquet disagree on "
+                      f"{label_key} of sample_id {bad}")
+  unmatched = len(ids_a) + len(ids_b) - 2 * len(common)
+  return (y_a.astype(np.float64), pa["score"][sel_a][ia].astype(np.float64),
+          pb["score"][sel_b][ib].astype(np.float64), unmatched)
