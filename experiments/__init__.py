@@ -1,6 +1,6 @@
 """Experiment grids (paper §4: Table 1, Table 2, Figures 5-6), their runner and their report.
 
-    python -m experiments.grid --grid=table2 --dataset=synthetic --preset=tiny --seeds=2 --out=DIR
+    python -m experiments.run_grid --grid=table2 --dataset=synthetic --preset=tiny --seeds=2 --out=DIR
     python -m experiments.report --out=DIR
 
 `grids` holds the grids as data (lists of config overrides), `grid` runs them through
@@ -11,7 +11,7 @@ The committed reference result `results/synthetic/` (every grid on the synthetic
 3 seeds, the `small` model size of `grids.SIZES`, 63 trained runs; about 65 CPU-minutes, so
 about 35-45 minutes on 2 CPU cores with --jobs=2) is made by:
 
-    python -m experiments.grid --grid=all --dataset=synthetic --preset=default --size=small \
+    python -m experiments.run_grid --grid=all --dataset=synthetic --preset=default --size=small \
         --seeds=3 --jobs=2 --out=runs/grid-synthetic
     python -m experiments.report --out=runs/grid-synthetic --report_dir=results/synthetic
 

@@ -1,4 +1,4 @@
-"""Turns the finished runs of `experiments.grid` into the paper's tables and figures (§4).
+"""Turns the finished runs of `experiments.run_grid` into the paper's tables and figures (§4).
 
     python -m experiments.report --out=DIR [--also=DIR2,DIR3] [--report_dir=DIR]
 

@@ -1,6 +1,6 @@
 """python -m experiments.report --out=DIR [--also=DIR2,DIR3] [--report_dir=DIR] [--c_values=...]
 
-writes the paper's tables and figures (§4) from the finished runs of `experiments.grid` into DIR
+writes the paper's tables and figures (§4) from the finished runs of `experiments.run_grid` into DIR
 (or --report_dir): report.md (Table 1, Table 2, Figures 5 and 6), table1.csv, significance.csv,
 table2.csv, figure5_c.csv, figure6_alpha.csv, figure5_c.png, figure6_alpha.png and runs.csv.
 

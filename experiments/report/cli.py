@@ -24,7 +24,7 @@ PROG = "python -m experiments.report"
 def define_flags(fv: flags.FlagValues, module_name: Optional[str] = None) -> None:
   """Defines the flags on `fv` (under `module_name`: `--help` lists the main module's flags)."""
   kw = {"flag_values": fv, "module_name": module_name}
-  flags.DEFINE_string("out", None, "Grid folder (from experiments.grid).", **kw)
+  flags.DEFINE_string("out", None, "Grid folder (from experiments.run_grid).", **kw)
   flags.DEFINE_list("also", [], "More grid folders (other datasets), comma-separated.", **kw)
   flags.DEFINE_string(
       "report_dir", "", "Where to write (default: --out); a folder other than --out also gets "

@@ -145,7 +145,7 @@ def load_folder(path: str) -> Folder:
   runs_dir = os.path.join(path, "runs")
   if not os.path.isdir(runs_dir):
     raise ReportError(f"{runs_dir} does not exist: run "
-                      f"`python -m experiments.grid --out={path}` first")
+                      f"`python -m experiments.run_grid --out={path}` first")
   runs, unfinished = [], []
   for name in sorted(os.listdir(runs_dir)):
     wd = os.path.join(runs_dir, name)

@@ -186,7 +186,7 @@ def _markdown(folders, tables, fig5, fig6, out_dir) -> str:
   if timed:
     L += [f"Training time of the {len(timed)} timed runs: "
           f"{sum(t['wall_s'] for t in timed) / 3600:.2f} h wall (summed over runs, as run by "
-          f"`experiments.grid`, possibly several at a time), "
+          f"`experiments.run_grid`, possibly several at a time), "
           f"{sum(t['cpu_s'] for t in timed) / 3600:.2f} CPU hours.", ""]
   return "\n".join(L)
 

@@ -43,7 +43,7 @@ def _scenario_block(scenario: int, j: int, offset: int) -> dict:
 def _write_run(root: str, name: str, overrides: dict, pred: dict | None,
                results: dict | None = None, init_from: str = "") -> None:
   """run.json, results.json (from `pred` if given), predictions.parquet and a config.json with
-  absolute paths, as `experiments.grid` writes them (init_from: a sibling run's name)."""
+  absolute paths, as `experiments.run_grid` writes them (init_from: a sibling run's name)."""
   wd = os.path.join(root, "runs", name)
   os.makedirs(wd)
   with open(os.path.join(wd, "run.json"), "w") as f:
