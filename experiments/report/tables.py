@@ -145,7 +145,7 @@ def significance_test(runs: Sequence[RunResult], row: str, metric: str, baseline
     notes.append(f"{unmatched} test samples scored by only one of the two models were left out")
   fisher = (significance.combine_pvalues(ps) if ps and not any(math.isnan(p) for p in ps)
             else float("nan"))
-  star = bool(mscan_stat.mean > base_stat.mean and t["p_value"] < LEVEL)   # nan < x is False
+  star = significance.significant(a_vals, b_vals, LEVEL) if keys else False
   return SigTest(row, metric, baseline, keys, ps, fisher, t["p_value"], t["mean_diff"], star,
                  "; ".join(notes))
 
