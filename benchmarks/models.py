@@ -46,8 +46,21 @@ from mscan_jax.data.schema import Field, Schema, dummy_batch
 from mscan_jax.models import experts
 from mscan_jax.training import objective
 
-MODELS = ("mscan", "mix", "shared_bottom", "mmoe", "ple", "aesm2", "m2m", "star")
-# single and finetune are mix's network (only their training stages differ): not timed twice.
+
+
+def _networks() -> tuple[str, ...]:
+  """Every distinct trainable network of the registry's models (kind "model"): Single and
+  Finetune are Mix's network with other training stages, so they are not timed twice."""
+  seen, out = set(), []
+  for name, spec in models.specs().items():
+    if (spec.kind == "model" and spec.trainable and not spec.target_scenario
+        and spec.factory not in seen):
+      seen.add(spec.factory)
+      out.append(name)
+  return tuple(out)
+
+
+MODELS = _networks()
 
 
 def _fields(prefix: str, vocabs) -> tuple[Field, ...]:
