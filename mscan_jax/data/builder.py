@@ -1,4 +1,4 @@
-"""Event log -> built dataset: validation, time order, user filter, sequences, splits, statistics.
+"""Event log -> built dataset: validation, user filter, time order, sequences, splits, statistics.
 
 Every loader (synthetic benchmark, generic CSV/Parquet log, Ali-CCP, Cloud Theme, RecBole) ends
 here, so the paper's protocol (Appendix A.1) is applied in one place:
@@ -6,12 +6,15 @@ here, so the paper's protocol (Appendix A.1) is applied in one place:
 1. validate the arrays (shapes, integer dtypes, ids within their field's vocabulary, labels in
    {0, 1}, times present and finite, unique sample ids): the first problem raises one
    `DataError` naming the source, the column and the (input, 0-based) row;
-2. stable-sort the events by time. Tie-break: events with equal timestamps keep their input row
+2. keep the users with samples in at least `min_scenarios_per_user` (paper: 2) scenarios
+   (`filter_users`); the rows and users dropped are counted in `stats["dropped"]`. A scenario
+   whose samples all belonged to dropped users is removed and counted too, and the scenario ids
+   are re-numbered 1..P' in order (its vocab entry goes with it): the model never carries a
+   scenario it cannot see. A log where no user spans enough scenarios is refused with the
+   scenario values its samples have;
+3. stable-sort the events by time. Tie-break: events with equal timestamps keep their input row
    order (the order in which the log lists them), so of two events at the same second the one
    listed first is "earlier" and may enter the other's sequences, never the reverse;
-3. keep the users with samples in at least `min_scenarios_per_user` (paper: 2) scenarios; the
-   rows dropped are counted in `stats["dropped"]`. A scenario whose samples all belong to
-   dropped users is an error (its tower and metrics would be empty);
 4. build S_u and H_u of every event from strictly earlier events (`sequences.build_sequences`,
    §2.1);
 5. split the samples chronologically: the most recent `test_fraction` (paper: 40%) are test, the
@@ -216,7 +219,76 @@ def validate_log(log: EventLog) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# 2-6. Build
+# 2. User filter
+
+
+def filter_users(log: EventLog, vocab: dict | None, min_scenarios: int
+                 ) -> tuple[EventLog, dict | None, dict[str, Any]]:
+  """The paper's user filter (App. A.1), then the removal of the scenarios it empties.
+
+  Keeps the events of the users whose samples span >= `min_scenarios` scenarios
+  (`splits.filter_users`; a dropped user loses every event). A scenario that had samples and
+  has none left (e.g. a small Cloud Theme theme whose users were all single-theme) is removed:
+  the scenario ids are re-numbered 1..P' in the same order, `vocab` (a copy) loses its entry,
+  and behaviour-only events of a removed scenario get scenario id 0 (none). With no user left,
+  a `DataError` names the scenario values the samples have (a single-scenario file, typically).
+  `sample_id` is filled with the input row number first, so it still names the input row.
+
+  Returns (log, vocab, counts): counts holds `splits.filter_users`'s counts and, when scenarios
+  were removed, "scenarios_removed" and "scenarios_removed_raw" (their raw values).
+  """
+  e = int(np.asarray(log.label).shape[0])
+  sample = np.ones(e, bool) if log.is_sample is None else np.asarray(log.is_sample, bool)
+  scen = np.asarray(log.scenario)[:, 0]
+  keep, counts = splits_lib.filter_users(log.user_id, scen, min_scenarios=min_scenarios,
+                                         is_sample=sample)
+  name = log.scenario_fields[0].name
+  vocab = dict(vocab) if vocab else vocab
+  if not keep[sample].any():
+    ids, n = np.unique(scen[sample], return_counts=True)
+    shown = ", ".join(f"{r} ({c} rows)" for r, c in zip(_raw(vocab, name, ids).tolist(), n.tolist()))
+    raise DataError(
+        f"{log.source}: no user has samples in at least {min_scenarios} scenarios, so the paper's "
+        f"user filter (App. A.1) leaves no sample. The samples have {ids.shape[0]} scenario "
+        f"value(s) in field {name!r}: {shown}"
+        + (". A single-scenario file cannot be used for multi-scenario training"
+           if ids.shape[0] == 1 else "")
+        + "; lower config.data.min_scenarios_per_user only if that is what you mean")
+  if keep.all():
+    return log, vocab, counts
+  per_event = {f.name: getattr(log, f.name) for f in dataclasses.fields(log)
+               if f.name not in ("user_fields", "item_fields", "scenario_fields", "source")}
+  if per_event["sample_id"] is None:
+    per_event["sample_id"] = np.arange(e, dtype=np.int64)
+  per_event = {k: (None if v is None else np.asarray(v)[keep]) for k, v in per_event.items()}
+  num = log.scenario_fields[0].vocab_size
+  had = np.bincount(scen[sample], minlength=num) > 0                      # (P+1,)
+  has = np.bincount(scen[sample & keep], minlength=num) > 0
+  emptied = np.flatnonzero(had & ~has)
+  sf = tuple(log.scenario_fields)
+  if emptied.size:
+    kept_ids = np.setdiff1d(np.arange(1, num), emptied)                     # (P',) old ids
+    new = np.zeros(num, np.int32)
+    new[kept_ids] = np.arange(1, kept_ids.shape[0] + 1)
+    scenario = np.array(per_event["scenario"], np.int32)                  # (E', Fs) copy
+    scenario[:, 0] = new[scenario[:, 0]]
+    per_event["scenario"] = scenario
+    counts["scenarios_removed"] = int(emptied.shape[0])
+    counts["scenarios_removed_raw"] = ", ".join(str(r) for r in _raw(vocab, name, emptied).tolist()[:50])
+    if vocab and name in vocab and np.shape(vocab[name])[0] == num:
+      vocab[name] = np.asarray(vocab[name])[np.concatenate([[0], kept_ids])]
+    sf = (Field(name, max(kept_ids.shape[0] + 1, 2)),) + sf[1:]
+  out = dataclasses.replace(log, scenario_fields=sf, **per_event)
+  return out, vocab, counts
+
+
+def _raw(vocab: dict | None, name: str, ids: np.ndarray) -> np.ndarray:
+  """Raw values of the ids of field `name` (the ids themselves without a vocab)."""
+  return np.asarray(vocab[name])[ids] if vocab and name in vocab else ids
+
+
+# ---------------------------------------------------------------------------------------
+# 3-6. Build
 
 
 def time_order(time: np.ndarray | None, e: int) -> np.ndarray | None:
@@ -261,11 +333,14 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
     raise DataError(f"min_scenarios_per_user must be >= 1, got {min_scenarios_per_user}")
   validate_log(log)
   src = log.source
+  # 2. Users with samples in at least `min_scenarios_per_user` scenarios (paper A.1), and the
+  # scenarios this empties. A row selection: the time order of the rest is unchanged.
+  log, vocab, kept = filter_users(log, vocab, min_scenarios_per_user)
   e = int(np.asarray(log.label).shape[0])
   has_truth = log.true_like is not None
   num_scen = log.scenario_fields[0].vocab_size - 1                   # P
 
-  # 2. Time order (stable: equal times keep their input row order).
+  # 3. Time order (stable: equal times keep their input row order).
   order = time_order(log.time, e)
   cols: dict[str, np.ndarray] = {
       "user": np.asarray(log.user), "item": np.asarray(log.item),
@@ -284,29 +359,8 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
   cols = {k: (v if order is None else v[order]).astype(dtypes[k], copy=False)
           for k, v in cols.items()}
 
-  # 3. Users with samples in at least `min_scenarios_per_user` scenarios (paper A.1).
-  scen_before = cols["scenario"][cols["is_sample"], 0]
-  keep, counts = splits_lib.filter_users(cols["user_id"], cols["scenario"][:, 0],
-                                         min_scenarios=min_scenarios_per_user,
-                                         is_sample=cols["is_sample"])
-  if not keep[cols["is_sample"]].any():
-    raise DataError(f"{src}: no user has samples in at least {min_scenarios_per_user} scenarios, "
-                    "so the paper's user filter (App. A.1) leaves no sample. Multi-scenario data "
-                    "is needed (or lower min_scenarios_per_user)")
-  if not keep.all():
-    cols = {k: v[keep] for k, v in cols.items()}
   sample = cols["is_sample"]
   scen = cols["scenario"][:, 0]
-  had = np.bincount(scen_before, minlength=num_scen + 1)[1:]
-  per_scen = np.bincount(scen[sample], minlength=num_scen + 1)[1:]
-  emptied = np.flatnonzero((had > 0) & (per_scen == 0)) + 1
-  if emptied.size:
-    raise DataError(f"{src}: column {log.scenario_fields[0].name!r}: scenario id(s) "
-                    f"{emptied[:20].tolist()} have no sample left after keeping the users with "
-                    f"samples in >= {min_scenarios_per_user} scenarios (all of their "
-                    f"{int(had[emptied - 1].sum())} samples belong to dropped users). Drop those "
-                    "scenarios from the log and re-index the scenario ids, or lower "
-                    "min_scenarios_per_user")
 
   # 4. S_u and H_u from strictly earlier events (§2.1).
   cur_idx, all_idx = sequences.build_sequences(
@@ -326,7 +380,7 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
                   scenario_fields=tuple(log.scenario_fields), max_cur_len=max_cur_len,
                   max_all_len=max_all_len, all_seq_mode=all_seq_mode, has_truth=has_truth,
                   name=name)
-  stats = _statistics(name, cols, cur_idx, all_idx, split_rows, num_scen, counts,
+  stats = _statistics(name, cols, cur_idx, all_idx, split_rows, num_scen, kept,
                       min_scenarios_per_user, schema, ordered_by="time" if log.time is not None
                       else "row order")
   _merge_extra(stats, extra_stats)
@@ -403,6 +457,9 @@ def _statistics(name: str, cols: dict[str, np.ndarray], cur_idx: np.ndarray, all
       "users_before_filter": counts["users_before"],
       "dropped": {f"{policy}_rows": counts["rows_dropped"], f"{policy}_users": counts["users_dropped"]},
   }
+  if counts.get("scenarios_removed"):
+    stats["dropped"][f"{policy}_scenarios"] = counts["scenarios_removed"]
+    stats["scenarios_removed_raw"] = counts["scenarios_removed_raw"]
   if "true_like" in cols:
     truth = cols["true_like"][sample]
     stats["true_interest_rate"] = float(truth.mean())
@@ -446,4 +503,7 @@ def format_stats(stats: dict) -> str:
                   and isinstance(v, (int, np.integer)) and not isinstance(v, bool)})
   for policy, count in dropped.items():
     lines.append(f"dropped by policy {policy}: {count:,}")
+  if s.get("scenarios_removed_raw"):
+    lines.append(f"scenarios removed (no sample left after the user filter): "
+                 f"{s['scenarios_removed_raw']}")
   return "\n".join(lines)

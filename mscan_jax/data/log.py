@@ -90,18 +90,21 @@ class LogColumns:
 
 
 def columns_from_config(cfg: Any) -> LogColumns:
-  """`LogColumns` from `config.data` (reads `cfg.columns.{user, item, ...}`)."""
-  c = cfg.columns
+  """`LogColumns` from `config.data` (`cfg.columns.{user, item, ...}`), lists normalised by
+  `datasets.normalize_columns` ("" = no such column).
 
-  def opt(key):
-    value = c.get(key, None) if hasattr(c, "get") else getattr(c, key, None)
-    return value or None       # "" and None both mean "no such column"
-
-  return LogColumns(user=c.user, item=c.item, scenario=c.scenario, label=c.label,
-                    time=opt("time"), user_extra=tuple(opt("user_extra") or ()),
-                    item_extra=tuple(opt("item_extra") or ()),
-                    scenario_extra=tuple(opt("scenario_extra") or ()),
-                    true_like=opt("true_like"), true_prob=opt("true_prob"))
+  Every key of the mapping that names a `LogColumns` field is passed on; a key `LogColumns`
+  does not know must be left "" (a ConfigError names it otherwise).
+  """
+  from mscan_jax.config import ConfigError
+  from mscan_jax.data import datasets
+  given = datasets.normalize_columns(cfg)
+  known = {f.name for f in dataclasses.fields(LogColumns)}
+  for key, value in given.items():
+    if value and key not in known:
+      raise ConfigError(f"config.data.columns.{key}={value!r}: this version's log loader reads "
+                        f"no such column (it reads {', '.join(sorted(known))})")
+  return LogColumns(**{k: v for k, v in given.items() if k in known})
 
 
 def load_log(path: str, columns: LogColumns, *,
@@ -156,35 +159,38 @@ def build_from_log(path: str, out_dir: str, columns: LogColumns, *, max_cur_len:
                    test_fraction: float = 0.4, valid_fraction: float = 0.1,
                    min_scenarios_per_user: int = 2, name: str | None = None,
                    extra_stats: dict | None = None, source_name: str | None = None) -> dict:
-  """Loads a log file and writes it as a built dataset into `out_dir` (with its vocab)."""
+  """Loads a log file and writes it as a built dataset into `out_dir` (with its vocab).
+
+  The built dataset is named `datasets.log_label(path, columns)` unless `name` is given: the
+  name results.json and run folders give the same log.
+  """
+  from mscan_jax.data import datasets
   log, vocab = load_log(path, columns, source_name=source_name)
-  if name is None:
-    name = os.path.basename(path).split(".")[0] or "log"
   return builder.build_dataset(
       out_dir, log, max_cur_len=max_cur_len, max_all_len=max_all_len,
       all_seq_mode=all_seq_mode, test_fraction=test_fraction, valid_fraction=valid_fraction,
-      min_scenarios_per_user=min_scenarios_per_user, name=name, extra_stats=extra_stats,
-      vocab=vocab)
+      min_scenarios_per_user=min_scenarios_per_user,
+      name=name or datasets.log_label(path, columns), extra_stats=extra_stats, vocab=vocab)
 
 
 def ensure_built(path: str, data: Any) -> str:
   """Built dataset of the log file `path`, built once into `data.cache_dir` (`config.data`).
 
   The cache key covers the file (absolute path, size, modification time), the column mapping
-  and the sequence settings (`config.data.{max_cur_len, max_all_len, all_seq_mode}`), so a
-  changed file or mapping builds anew.
+  and the build options (`datasets.build_options`: caps, history content, split fractions,
+  user filter), so a changed file, mapping or option builds anew. The dataset is named
+  `datasets.label(data)`.
   """
+  from mscan_jax.data import datasets
   columns = columns_from_config(data)
+  options = datasets.build_options(data)
   st = os.stat(path)
   key = json.dumps({"file": os.path.abspath(path), "size": st.st_size, "mtime": st.st_mtime_ns,
-                    "columns": dataclasses.asdict(columns), "max_cur_len": int(data.max_cur_len),
-                    "max_all_len": int(data.max_all_len), "mode": str(data.all_seq_mode)},
-                   sort_keys=True)
+                    "columns": dataclasses.asdict(columns), **options}, sort_keys=True)
   stem = os.path.basename(path).split(".")[0] or "log"
   out = os.path.join(data.cache_dir, f"log-{stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
-  build_atomically(out, lambda tmp: build_from_log(
-      path, tmp, columns, max_cur_len=int(data.max_cur_len), max_all_len=int(data.max_all_len),
-      all_seq_mode=str(data.all_seq_mode), name=stem))
+  build_atomically(out, lambda tmp: build_from_log(path, tmp, columns, **options,
+                                                   name=datasets.log_label(path, columns)))
   return out
 
 

@@ -185,19 +185,29 @@ def test_bad_input_names_file_column_and_row(tmp_path, change, fragments):
   assert not os.path.exists(os.path.join(tmp_path, "built", "schema.json"))
 
 
-def test_scenario_emptied_by_the_user_filter_is_an_error(tmp_path):
-  # Scenario 3 holds only user 2's samples (rows 3, 10); user 2 is seen in one scenario and
-  # dropped, which leaves scenario 3 without a sample.
-  scen = SCEN.copy()
-  scen[[3, 10]] = 3
+def test_scenario_emptied_by_the_user_filter_is_removed_and_counted(tmp_path):
+  # Scenario 2 of 3 holds only user 2's samples (rows 3, 10; user 2 is seen in it alone and
+  # dropped), so it is removed: old scenario 3 becomes 2, the vocab loses "s2".
+  scen = np.where(SCEN == 2, 3, SCEN)
+  scen[[3, 10]] = 2
   log = make_log(scenario=scen[:, None], scenario_fields=(Field("scen", 4),))
-  with pytest.raises(DataError, match=r"mylog.csv: column 'scen': scenario id\(s\) \[3\] have no "
-                                      r"sample left .* 2 samples .* re-index the scenario ids"):
-    build(tmp_path, log)
+  vocab = {"scen": np.array(["", "s1", "s2", "s3"])}
+  out = os.path.join(tmp_path, "built")
+  stats = build_dataset(out, log, max_cur_len=2, max_all_len=3, vocab=vocab)
+  ds = BuiltDataset(out)
+  assert ds.schema.num_scenarios == 2
+  np.testing.assert_array_equal(ds.log["scenario"][:, 0], SCEN[KEPT])   # as without scenario 2
+  assert list(np.load(os.path.join(out, "vocab", "scen.npy"))) == ["", "s1", "s3"]
+  assert list(vocab["scen"]) == ["", "s1", "s2", "s3"]                  # the caller's is intact
+  assert stats["dropped"]["users_in_fewer_than_2_scenarios_scenarios"] == 1
+  assert stats["scenarios_removed_raw"] == "s2"
+  assert "scenarios removed (no sample left after the user filter): s2" in format_stats(stats)
 
 
 def test_no_multi_scenario_user_and_empty_split_are_errors(tmp_path):
-  with pytest.raises(DataError, match="mylog.csv: no user has samples in at least 2 scenarios"):
+  with pytest.raises(DataError, match=r"mylog.csv: no user has samples in at least 2 scenarios.*"
+                                      r"1 scenario value\(s\) in field 'scen': 1 \(11 rows\)\. A "
+                                      r"single-scenario file"):
     build(tmp_path, make_log(scenario=np.ones((11, 1), int)))
   with pytest.raises(DataError, match="mylog.csv: split 'valid' is empty: 9 samples"):
     build(tmp_path, valid_fraction=0.01)

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mscan_jax import config as config_lib
+from mscan_jax.data import datasets
 from mscan_jax.data import log as log_lib
 from mscan_jax.data.schema import BuiltDataset, DataError
 
@@ -172,7 +173,8 @@ def test_build_from_log_writes_a_dataset_with_its_vocab(tmp_path):
   log_lib.build_from_log(path, out, COLS, max_cur_len=3, max_all_len=4)
   ds = BuiltDataset(out)
   assert [f.name for f in ds.schema.item_fields] == ["iid", "cat"]
-  assert ds.schema.name == "mylog" and not ds.schema.has_truth
+  assert ds.schema.name == datasets.log_label(path, COLS) and not ds.schema.has_truth
+  assert ds.schema.name.startswith("log-mylog-")
   assert list(np.load(os.path.join(out, "vocab", "uid.npy"))) == ["", "u3", "u7"]
   # Every stored row maps back to a raw value of the file.
   users = np.load(os.path.join(out, "vocab", "uid.npy"))[np.asarray(ds.log["user"][:, 0])]
