@@ -103,6 +103,17 @@ def _check_binary(src: str, name: str, arr: np.ndarray) -> None:
 def validate_log(log: EventLog) -> None:
   """Raises one DataError naming the source, the column and the (input, 0-based) row of the
   first problem; returns None when the log is valid."""
+  e = _check_rows(log)
+  _check_ids(log, e)
+  _check_label_and_user_key(log, e)
+  _check_samples_have_a_scenario(log, e)
+  _check_time(log, e)
+  _check_sample_ids(log, e)
+  _check_truth(log, e)
+
+
+def _check_rows(log: EventLog) -> int:
+  """The label column is 1-D, every column has its number of rows E > 0. Returns E."""
   src = log.source
   if log.label is None:
     raise DataError(f"{src}: column 'label' is missing")
@@ -119,6 +130,12 @@ def validate_log(log: EventLog) -> None:
     raise DataError(f"{src}: the columns have different numbers of rows: {lengths}")
   if e == 0:
     raise DataError(f"{src}: the log has no event")
+  return e
+
+
+def _check_ids(log: EventLog, e: int) -> None:
+  """User, item and scenario ids: (E, F) integers within each field's vocabulary."""
+  src = log.source
   groups = (("user", log.user, log.user_fields), ("item", log.item, log.item_fields),
             ("scenario", log.scenario, log.scenario_fields))
   for group, value, fields in groups:
@@ -154,6 +171,12 @@ def validate_log(log: EventLog) -> None:
         r = _first(big)
         raise DataError(f"{src}: column {field.name!r} row {r}: unknown id {col[r]}, outside the "
                         f"field's vocabulary [0, {field.vocab_size}) ({int(big.sum())} such rows)")
+
+
+def _check_label_and_user_key(log: EventLog, e: int) -> None:
+  """Labels in {0, 1}; user keys non-negative and within int32."""
+  src = log.source
+  label = np.asarray(log.label)
   _column(src, "label", label, e)
   _check_binary(src, "label", label)
 
@@ -168,6 +191,10 @@ def validate_log(log: EventLog) -> None:
     raise DataError(f"{src}: column 'user_id' row {r}: user key {user_id[r]} does not fit int32 "
                     "(use contiguous keys 0..U-1)")
 
+
+def _check_samples_have_a_scenario(log: EventLog, e: int) -> None:
+  """`is_sample` is 0/1, and every sample has a scenario id (behaviour-only events may not)."""
+  src = log.source
   is_sample = _column(src, "is_sample", log.is_sample, e, kind="bool", required=False)
   if is_sample is not None:
     _check_binary(src, "is_sample", is_sample)
@@ -178,6 +205,10 @@ def validate_log(log: EventLog) -> None:
     raise DataError(f"{src}: column {log.scenario_fields[0].name!r} row {r}: a sample has no "
                     "scenario (id 0 is padding/unknown; scenario ids are 1..P)")
 
+
+def _check_time(log: EventLog, e: int) -> None:
+  """Timestamps: (E,) numbers or datetimes, none missing or non-finite."""
+  src = log.source
   if log.time is not None:
     t = np.asarray(log.time)
     if t.shape != (e,):
@@ -195,6 +226,10 @@ def validate_log(log: EventLog) -> None:
       raise DataError(f"{src}: column 'time' row {r}: missing or non-finite timestamp {t[r]} "
                       f"({int(missing.sum())} such rows)")
 
+
+def _check_sample_ids(log: EventLog, e: int) -> None:
+  """Sample ids, when given, are unique integers."""
+  src = log.source
   sample_id = _column(src, "sample_id", log.sample_id, e, required=False)
   if sample_id is not None:
     s = np.sort(sample_id)
@@ -204,6 +239,10 @@ def validate_log(log: EventLog) -> None:
       raise DataError(f"{src}: column 'sample_id' rows {int(rows[0])} and {int(rows[1])}: "
                       f"duplicate sample id {s[dup[0]]} (sample ids must be unique)")
 
+
+def _check_truth(log: EventLog, e: int) -> None:
+  """Ground truth, when given: true_like in {0, 1} with true_prob in [0, 1], both or neither."""
+  src = log.source
   if (log.true_like is None) != (log.true_prob is None):
     given, absent = ("true_like", "true_prob") if log.true_prob is None else ("true_prob", "true_like")
     raise DataError(f"{src}: column {absent!r} is missing while {given!r} is given (give both "

@@ -245,34 +245,6 @@ def _take_rows(table: np.ndarray, idx: np.ndarray, valid: np.ndarray) -> np.ndar
   return np.where(mask, out, 0).astype(table.dtype)
 
 
-def validate_ids(name: str, values: np.ndarray, vocab_size: int, source: str = "") -> None:
-  """Raises DataError naming the first row with an id outside [0, vocab_size)."""
-  values = np.asarray(values)
-  bad = np.flatnonzero((values < 0) | (values >= vocab_size))
-  if bad.size:
-    r = int(bad[0])
-    where = f"{source}: " if source else ""
-    raise DataError(f"{where}field {name!r} row {r}: id {values.reshape(-1)[r]} outside "
-                    f"[0, {vocab_size}) ({bad.size} such rows)")
-
-
-def batch_spec(schema: Schema, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-  """Shapes and dtypes of one batch: the static shapes every jitted step compiles for."""
-  fu, fi, fs = len(schema.user_fields), len(schema.item_fields), len(schema.scenario_fields)
-  b, ls, lh = batch_size, schema.max_cur_len, schema.max_all_len
-  spec = {
-      "user": ((b, fu), np.int32), "item": ((b, fi), np.int32), "scenario": ((b, fs), np.int32),
-      "label": ((b,), np.float32), "cur_seq": ((b, ls, fi), np.int32), "cur_len": ((b,), np.int32),
-      "all_seq": ((b, lh, fi), np.int32), "all_len": ((b,), np.int32),
-      "all_click": ((b, lh), np.int32), "all_scenario": ((b, lh), np.int32),
-      "sample_id": ((b,), np.int64), "user_id": ((b,), np.int32), "mask": ((b,), np.float32),
-  }
-  if schema.has_truth:
-    spec["true_like"] = ((b,), np.float32)
-    spec["true_prob"] = ((b,), np.float32)
-  return spec
-
-
 def dummy_batch(schema: Schema, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
   """A random batch with valid ids and lengths (for init, tests and benchmarks)."""
   rng = np.random.default_rng(seed)
