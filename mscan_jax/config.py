@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.test_fraction = 0.4       # the most recent samples (paper: 40%)
   c.data.valid_fraction = 0.1      # of the rest, the most recent, for early stopping
   c.data.min_scenarios_per_user = 2  # keep users with samples in >= this many scenarios
+  c.data.duplicates = ""           # exact duplicate rows: drop | keep; "" = the dataset's default
   # Column mapping of a generic CSV/Parquet log (config.data.name=log; mscan_jax/data/log.py).
   # Lists are written `--config.data.columns.user_extra=age,gender`; "" = no such column.
   c.data.columns = ml_collections.ConfigDict()

@@ -6,17 +6,19 @@ here, so the paper's protocol (Appendix A.1) is applied in one place:
 1. validate the arrays (shapes, integer dtypes, ids within their field's vocabulary, labels in
    {0, 1}, times present and finite, unique sample ids): the first problem raises one
    `DataError` naming the source, the column and the (input, 0-based) row;
-2. keep the users with samples in at least `min_scenarios_per_user` (paper: 2) scenarios
+2. drop exact duplicate rows (`find_duplicates`: equal in every column, timestamp included;
+   `duplicates="keep"` keeps them), counted; then keep the users with samples in at least `min_scenarios_per_user` (paper: 2) scenarios
    (`filter_users`); the rows and users dropped are counted in `stats["dropped"]`. A scenario
    whose samples all belonged to dropped users is removed and counted too, and the scenario ids
    are re-numbered 1..P' in order (its vocab entry goes with it): the model never carries a
    scenario it cannot see. A log where no user spans enough scenarios is refused with the
    scenario values its samples have;
-3. stable-sort the events by time. Tie-break: events with equal timestamps keep their input row
-   order (the order in which the log lists them), so of two events at the same second the one
-   listed first is "earlier" and may enter the other's sequences, never the reverse;
-4. build S_u and H_u of every event from strictly earlier events (`sequences.build_sequences`,
-   §2.1);
+3. stable-sort the events by time (equal timestamps keep their input row order, which fixes
+   the stored row order and the split boundary, nothing else);
+4. build S_u and H_u of every event from the events with a strictly earlier timestamp
+   (`sequences.build_sequences`, §2.1): events that share a timestamp never see each other,
+   whatever the order in which the log lists them (without timestamps, the row order is the
+   time order);
 5. split the samples chronologically: the most recent `test_fraction` (paper: 40%) are test, the
    most recent `valid_fraction` of the rest is validation (`splits.chronological_split`);
 6. write the built dataset (`schema.write_built`) with its statistics.
@@ -38,6 +40,7 @@ from mscan_jax.data import sequences, splits as splits_lib
 from mscan_jax.data.schema import ALL_SEQ_MODES, SPLITS, DataError, Field, Schema, write_built
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
+DUPLICATE_POLICIES = ("drop", "keep")
 
 
 @dataclasses.dataclass
@@ -258,7 +261,77 @@ def _check_truth(log: EventLog, e: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# 2. User filter
+# 2. Exact duplicates, user filter
+
+_NOT_PER_EVENT = ("user_fields", "item_fields", "scenario_fields", "source")
+
+
+def _per_event(log: EventLog, keep: np.ndarray) -> dict[str, np.ndarray | None]:
+  """The per-event columns of `log` at the rows where `keep` holds (every column of the
+  dataclass but the field lists and the source, so a column added to `EventLog` follows).
+  `sample_id` is filled with the input row number first, so it still names the input row."""
+  per_event = {f.name: getattr(log, f.name) for f in dataclasses.fields(log)
+               if f.name not in _NOT_PER_EVENT}
+  if per_event["sample_id"] is None:
+    per_event["sample_id"] = np.arange(keep.shape[0], dtype=np.int64)
+  return {k: (None if v is None else np.asarray(v)[keep]) for k, v in per_event.items()}
+
+
+def _as_int64_columns(value: np.ndarray) -> np.ndarray:
+  """(E, k) int64 columns with the same equalities as `value` (floats by their bits)."""
+  a = np.asarray(value)
+  a = a.reshape(a.shape[0], -1)
+  if np.issubdtype(a.dtype, np.datetime64) or np.issubdtype(a.dtype, np.timedelta64):
+    return a.view(np.int64)
+  if np.issubdtype(a.dtype, np.floating):
+    return (a.astype(np.float64) + 0.0).view(np.int64)          # + 0.0: -0.0 equals 0.0
+  return a.astype(np.int64)
+
+
+def find_duplicates(log: EventLog) -> tuple[np.ndarray, int]:
+  """Exact duplicates of a log with timestamps: rows equal to an earlier row in every column,
+  timestamp included (`sample_id`, the row's name, excluded).
+
+  Returns (dup, same_time): dup (E,) bool marks every copy after the first (input order);
+  same_time counts the events sharing their user's timestamp with another event. A log
+  without timestamps has neither: each row is its own instant.
+  """
+  e = int(np.asarray(log.label).shape[0])
+  dup = np.zeros(e, bool)
+  if log.time is None or e < 2:
+    return dup, 0
+  # Only events sharing (user, time) with another can be duplicates.
+  user = np.asarray(log.user_id).astype(np.int64)
+  t = _as_int64_columns(log.time)[:, 0]
+  o = np.lexsort((t, user))
+  same = (user[o][1:] == user[o][:-1]) & (t[o][1:] == t[o][:-1])
+  shared = np.zeros(e, bool)
+  shared[o[1:][same]] = True
+  shared[o[:-1][same]] = True
+  rows = np.flatnonzero(shared)
+  if rows.size == 0:
+    return dup, 0
+  keys = np.concatenate([_as_int64_columns(np.asarray(v)[rows]) for k, v in
+                         ((f.name, getattr(log, f.name)) for f in dataclasses.fields(log))
+                         if k not in _NOT_PER_EVENT + ("sample_id",) and v is not None], 1)
+  o = np.lexsort(keys.T[::-1])                                    # stable: copies in input order
+  equal = np.all(keys[o][1:] == keys[o][:-1], axis=1)
+  dup[rows[o[1:][equal]]] = True
+  return dup, int(rows.size)
+
+
+def drop_duplicates(log: EventLog, policy: str) -> tuple[EventLog, dict[str, int]]:
+  """`find_duplicates`, then the copies dropped (`policy="drop"`) or kept ("keep"). Returns
+  (log, counts) with counts {"duplicate_rows", "duplicate_rows_dropped", "same_time_events"}."""
+  if policy not in DUPLICATE_POLICIES:
+    raise DataError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {policy!r}")
+  dup, same_time = find_duplicates(log)
+  n = int(dup.sum())
+  counts = {"duplicate_rows": n, "duplicate_rows_dropped": n if policy == "drop" else 0,
+            "same_time_events": same_time}
+  if policy == "drop" and n:
+    log = dataclasses.replace(log, **_per_event(log, ~dup))
+  return log, counts
 
 
 def filter_users(log: EventLog, vocab: dict | None, min_scenarios: int
@@ -295,11 +368,7 @@ def filter_users(log: EventLog, vocab: dict | None, min_scenarios: int
         + "; lower config.data.min_scenarios_per_user only if that is what you mean")
   if keep.all():
     return log, vocab, counts
-  per_event = {f.name: getattr(log, f.name) for f in dataclasses.fields(log)
-               if f.name not in ("user_fields", "item_fields", "scenario_fields", "source")}
-  if per_event["sample_id"] is None:
-    per_event["sample_id"] = np.arange(e, dtype=np.int64)
-  per_event = {k: (None if v is None else np.asarray(v)[keep]) for k, v in per_event.items()}
+  per_event = _per_event(log, keep)
   num = log.scenario_fields[0].vocab_size
   had = np.bincount(scen[sample], minlength=num) > 0                      # (P+1,)
   has = np.bincount(scen[sample & keep], minlength=num) > 0
@@ -356,7 +425,7 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
                   all_seq_mode: str = "impressions", test_fraction: float = 0.4,
                   valid_fraction: float = 0.1, min_scenarios_per_user: int = 2,
                   name: str = "dataset", extra_stats: dict | None = None,
-                  vocab: dict | None = None) -> dict:
+                  vocab: dict | None = None, duplicates: str = "drop") -> dict:
   """Validates `log`, applies the paper's protocol (module docstring) and writes the built
   dataset into `out_dir` with `schema.write_built`. Returns the statistics (also in stats.json).
 
@@ -372,7 +441,9 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
     raise DataError(f"min_scenarios_per_user must be >= 1, got {min_scenarios_per_user}")
   validate_log(log)
   src = log.source
-  # 2. Users with samples in at least `min_scenarios_per_user` scenarios (paper A.1), and the
+  # 2. Exact duplicate rows (same timestamp and values): dropped by default, counted.
+  log, dup_counts = drop_duplicates(log, duplicates)
+  # Users with samples in at least `min_scenarios_per_user` scenarios (paper A.1), and the
   # scenarios this empties. A row selection: the time order of the rest is unchanged.
   log, vocab, kept = filter_users(log, vocab, min_scenarios_per_user)
   e = int(np.asarray(log.label).shape[0])
@@ -401,10 +472,12 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
   sample = cols["is_sample"]
   scen = cols["scenario"][:, 0]
 
-  # 4. S_u and H_u from strictly earlier events (§2.1).
+  # 4. S_u and H_u from events with a strictly earlier timestamp (§2.1): ties never see
+  # each other.
+  time = None if log.time is None else np.asarray(log.time)
   cur_idx, all_idx = sequences.build_sequences(
       cols["user_id"], scen, cols["label"], max_cur_len=max_cur_len, max_all_len=max_all_len,
-      all_seq_mode=all_seq_mode)
+      all_seq_mode=all_seq_mode, time=time if order is None else time[order])
 
   # 5. Chronological split of the samples (behaviour-only rows are in no split).
   sample_rows = np.flatnonzero(sample).astype(np.int64)
@@ -422,6 +495,11 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
   stats = _statistics(name, cols, cur_idx, all_idx, split_rows, num_scen, kept,
                       min_scenarios_per_user, schema, ordered_by="time" if log.time is not None
                       else "row order")
+  if log.time is not None:
+    stats["duplicate_rows"] = dup_counts["duplicate_rows"]
+    stats["same_time_events"] = dup_counts["same_time_events"]
+    if duplicates == "drop":
+      stats["dropped"]["duplicate_rows"] = dup_counts["duplicate_rows_dropped"]
   _merge_extra(stats, extra_stats)
   stored = {k: v for k, v in cols.items() if k != "is_sample"}
   stored.update(cur_idx=cur_idx, all_idx=all_idx)
@@ -492,7 +570,8 @@ def _statistics(name: str, cols: dict[str, np.ndarray], cur_idx: np.ndarray, all
       "max_cur_len": schema.max_cur_len,
       "max_all_len": schema.max_all_len,
       "all_seq_mode": schema.all_seq_mode,
-      "time_order": f"by {ordered_by}; equal times keep their input row order",
+      "time_order": (f"by {ordered_by}; histories hold strictly earlier times only"
+                     if ordered_by == "time" else f"by {ordered_by}"),
       "users_before_filter": counts["users_before"],
       "dropped": {f"{policy}_rows": counts["rows_dropped"], f"{policy}_users": counts["users_dropped"]},
   }
@@ -542,6 +621,11 @@ def format_stats(stats: dict) -> str:
                   and isinstance(v, (int, np.integer)) and not isinstance(v, bool)})
   for policy, count in dropped.items():
     lines.append(f"dropped by policy {policy}: {count:,}")
+  if "duplicate_rows" in s:
+    lines.append(f"exact duplicate rows: {s['duplicate_rows']:,} ("
+                 f"{'dropped' if 'duplicate_rows' in s.get('dropped', {}) else 'kept'}); events "
+                 f"sharing their user's timestamp: {s.get('same_time_events', 0):,} (never in "
+                 "each other's histories)")
   if s.get("scenarios_removed_raw"):
     lines.append(f"scenarios removed (no sample left after the user filter): "
                  f"{s['scenarios_removed_raw']}")

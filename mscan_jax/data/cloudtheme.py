@@ -26,13 +26,14 @@ a theme whose pool offers no other item is a `DataError` naming the theme and th
 
 Time and ties. `reach_time` is `%Y%m%d%H%M%S` or `%Y-%m-%d %H:%M:%S` (both occur in public
 code); anything else is a `DataError` naming the line. Events are sorted by time (stable: ties
-keep file order), and a click's negatives get its time and come right BEFORE it in the log.
-The builder orders ties by row, so:
-  * a negative never sees its own positive (the positive is later), in S_u or H_u;
-  * the positive's S_u (same-theme clicks) never holds its negatives (they are not clicks);
-  * H_u must hold clicks only (`all_seq_mode="clicks"`): with "impressions" the positive would
-    see its own sampled negatives, at its own timestamp, just before it: a label leak. The
-    prepare CLI therefore builds Cloud Theme with "clicks" and refuses "impressions".
+keep file order), and a click's negatives get its time and come right before it in the log.
+The builder's histories hold strictly earlier timestamps only, so:
+  * a negative never sees its own positive, nor the positive its negatives, in S_u or H_u;
+    two clicks of a user in the same second do not see each other either;
+  * H_u holds clicks only all the same (`all_seq_mode="clicks"`): sampled negatives are no
+    behaviour of the user, and with "impressions" the positive of a later click would see
+    earlier clicks' sampled negatives, items the user never saw. `prepare` therefore builds
+    Cloud Theme with "clicks" and refuses "impressions".
 
 Purchases (`purchases=True`; off by default). Each purchase becomes a behaviour-only event
 (`is_sample=False`, never in a split) with label 1 at its `paytime`, and scenario id 0: a
@@ -40,7 +41,7 @@ purchase happens in no theme, and id 0 (padding, a zero scenario embedding) says
 inventing a scenario P+1 that would have no sample (the builder requires every scenario to have
 samples). Behaving as clicks, purchases enter H_u (all scenarios) in "clicks" mode and never
 S_u, which holds the same theme's clicks. Purchases of users absent from the click log are
-dropped and counted; a purchase at the same second as a click comes after it. The user filter
+dropped and counted; a purchase at the same second as a click is not in its history. The user filter
 counts sample scenarios only, so purchases never make a user multi-scenario.
 
 `sample_id` = click-log line * 100 + j (j = 0 the positive, 1..negatives its negatives);

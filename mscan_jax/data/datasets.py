@@ -138,6 +138,7 @@ class DatasetSpec:
   check: Callable[[ml_collections.ConfigDict], None] | None = None   # the loader's options
   all_seq_mode: str = "impressions"   # H_u content when config.data.all_seq_mode is ""
   all_seq_mode_reason: str = ""   # set: the default is the only valid mode, for this reason
+  duplicates: str = "drop"        # exact duplicate rows, when config.data.duplicates is ""
 
   @property
   def prepared(self) -> bool:
@@ -161,9 +162,12 @@ DATASETS: dict[str, DatasetSpec] = {
     "cloudtheme": DatasetSpec(
         "Cloud Theme click log (Tianchi dataset 9716)", default_c=5.0, load=_load_cloudtheme,
         check=_check_cloudtheme, all_seq_mode="clicks",
-        all_seq_mode_reason="all_seq_mode='impressions' would put each click's own sampled "
-        "negatives (same timestamp, just before it) into its all-scenario history, a label "
-        "leak; Cloud Theme logs clicks only, so H_u holds clicks (all_seq_mode='clicks')"),
+        all_seq_mode_reason="all_seq_mode='impressions' would put the sampled negatives of "
+        "earlier clicks into the all-scenario history as if the user had seen them; Cloud Theme "
+        "logs clicks only, so H_u holds clicks (all_seq_mode='clicks')",
+        # One click's negatives are drawn with replacement (the authors' protocol), so two of
+        # them may be the same item at the same time: kept as drawn.
+        duplicates="keep"),
     "recbole": DatasetSpec("RecBole atomic files with a scenario column", load=_load_recbole,
                            check=_check_recbole),
 }
@@ -257,7 +261,8 @@ def build_options(data: ml_collections.ConfigDict) -> dict[str, Any]:
   return {"max_cur_len": int(data.max_cur_len), "max_all_len": int(data.max_all_len),
           "all_seq_mode": resolve_all_seq_mode(data),
           "test_fraction": float(data.test_fraction), "valid_fraction": float(data.valid_fraction),
-          "min_scenarios_per_user": int(data.min_scenarios_per_user)}
+          "min_scenarios_per_user": int(data.min_scenarios_per_user),
+          "duplicates": data.duplicates or get_spec(data.name).duplicates}
 
 
 def resolve_all_seq_mode(data: ml_collections.ConfigDict) -> str:
@@ -291,6 +296,9 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
     if not 0 < data[key] < 1:
       raise ConfigError(f"config.data.{key} must be in (0, 1), got {data[key]}")
   _at_least("config.data.min_scenarios_per_user", data.min_scenarios_per_user, 1)
+  if data.duplicates:
+    from mscan_jax.data.builder import DUPLICATE_POLICIES
+    _one_of("config.data.duplicates", data.duplicates, DUPLICATE_POLICIES)
   normalize_columns(data)
   if spec.check is not None:
     spec.check(data)

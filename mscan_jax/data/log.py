@@ -157,8 +157,9 @@ def load_log(path: str, columns: LogColumns, *,
 def build_from_log(path: str, out_dir: str, columns: LogColumns, *, max_cur_len: int,
                    max_all_len: int, all_seq_mode: str = "impressions",
                    test_fraction: float = 0.4, valid_fraction: float = 0.1,
-                   min_scenarios_per_user: int = 2, name: str | None = None,
-                   extra_stats: dict | None = None, source_name: str | None = None) -> dict:
+                   min_scenarios_per_user: int = 2, duplicates: str = "drop",
+                   name: str | None = None, extra_stats: dict | None = None,
+                   source_name: str | None = None) -> dict:
   """Loads a log file and writes it as a built dataset into `out_dir` (with its vocab).
 
   The built dataset is named `datasets.log_label(path, columns)` unless `name` is given: the
@@ -169,7 +170,7 @@ def build_from_log(path: str, out_dir: str, columns: LogColumns, *, max_cur_len:
   return builder.build_dataset(
       out_dir, log, max_cur_len=max_cur_len, max_all_len=max_all_len,
       all_seq_mode=all_seq_mode, test_fraction=test_fraction, valid_fraction=valid_fraction,
-      min_scenarios_per_user=min_scenarios_per_user,
+      min_scenarios_per_user=min_scenarios_per_user, duplicates=duplicates,
       name=name or datasets.log_label(path, columns), extra_stats=extra_stats, vocab=vocab)
 
 

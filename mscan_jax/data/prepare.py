@@ -25,7 +25,7 @@ loader, `datasets.prepared_names()`), `--raw`, `--out` and `--overwrite` are pla
 everything else is `mscan_jax/config.py`'s `config.data`, set with `--config.data.*` exactly as
 for `launch.py`: the column mapping of a log (`--config.data.columns.*`), the common build
 options (`max_cur_len`, `max_all_len`, `all_seq_mode`, `test_fraction`, `valid_fraction`,
-`min_scenarios_per_user`) and each loader's own sub-dict (`--config.data.aliccp.*`,
+`min_scenarios_per_user`, `duplicates`) and each loader's own sub-dict (`--config.data.aliccp.*`,
 `--config.data.cloudtheme.*`, `--config.data.recbole.*`). An invalid value stops with one line
 `error: ...` naming the field, exit code 2.
 
