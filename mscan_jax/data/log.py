@@ -5,7 +5,8 @@ click y), kept in time order so that S_u and H_u hold only earlier behaviours (A
 most recent 40% of samples are the test set). A log file has one row per impression; a
 `LogColumns` names its columns:
 
-    user, item, scenario   categorical ids (any type pyarrow reads: integers, strings, ...)
+    user, item, scenario   categorical ids, read exactly: integers (int64, or uint64 where
+                           needed), text, booleans or timestamps, never floats (below)
     label                  click, 0 or 1 (integers or booleans; floats only if exactly 0.0/1.0)
     time                   number (int/float), timestamp or date; None = the file's row order
                            is the time order
@@ -20,9 +21,13 @@ in 1..P). Each field is named after its column.
 
 Re-indexing. Every categorical column is re-indexed by the sorted order of its distinct raw
 values: the smallest raw value gets id 1, the largest id V (pyarrow's order: numbers
-numerically, strings byte-wise); id 0 is padding and never stands for a raw value. The
+numerically, strings byte-wise); id 0 is padding and never stands for a raw value. Ids are
+never floats, where distinct ids above 2**53 merge: CSV id cells are read as text, which
+becomes int64 (uint64 where needed) when every value is a plain integer that fits, and stays
+text otherwise (e.g. a 25-digit id, or `007`); in Parquet, a float id column is accepted only
+when every value is an integer below 2**53, and a decimal one is read like text. The
 mapping is saved with the built dataset as `vocab/<column>.npy`, whose entry k is the raw
-value of id k (entry 0 is a placeholder: 0, NaN, False, NaT or "" by type), so predictions
+value of id k (entry 0 is a placeholder: 0, False, NaT or "" by type), so predictions
 can be mapped back to raw ids. The user key `user_id` (for GAUC) is the re-indexed user id
 minus 1 (0-based, contiguous).
 
@@ -240,7 +245,10 @@ def _read_table(path: str, columns: LogColumns, source: str) -> tuple[pa.Table, 
         available = reader.schema.names
       _check_columns(available, wanted, columns, source)
       # Empty cells are nulls in every column (so that a missing id is an error, not "").
-      convert = pacsv.ConvertOptions(include_columns=wanted, strings_can_be_null=True)
+      # Id columns are read as text, so that no id is ever read as a float (`_exact_ids`).
+      ids = {c: pa.string() for group in columns.categorical().values() for c in group}
+      convert = pacsv.ConvertOptions(include_columns=wanted, strings_can_be_null=True,
+                                     column_types=ids)
       table = pacsv.read_csv(path, parse_options=parse, convert_options=convert)
     else:
       available = pq.read_schema(path).names
@@ -295,15 +303,53 @@ _PLACEHOLDER = {"b": False, "i": 0, "u": 0, "f": np.nan, "M": np.datetime64("NaT
                 "m": np.timedelta64("NaT"), "U": "", "S": b""}
 
 
+_INTEGER = r"^(0|-?[1-9][0-9]*)$"
+_FLOAT_EXACT = 2 ** 53        # every integer up to this is a float64 of its own
+
+
+def _exact_ids(col: pa.ChunkedArray, name: str, where: _Where) -> pa.ChunkedArray:
+  """An id column as exact values: text of integers (as CSV cells are read) becomes int64, or
+  uint64 where int64 is too small, and stays text where no integer type holds it (or where a
+  value is no plain integer, e.g. `007`); decimals without fraction likewise; floats become
+  int64 only if every value is an integer below 2**53 in magnitude, and are refused otherwise
+  (distinct ids above that merge into one float)."""
+  t = col.type
+  if pa.types.is_decimal(t) and t.scale == 0:
+    col, t = col.cast(pa.string()), pa.string()
+  if pa.types.is_floating(t):
+    v = col.to_numpy(zero_copy_only=False).astype(np.float64)
+    finite = v[np.isfinite(v)]
+    if finite.size and (np.any(np.abs(finite) > _FLOAT_EXACT) or np.any(finite != np.round(finite))):
+      raise DataError(f"{where.source}: column {name!r} holds floats ({t}); ids must be exact "
+                      "integers or text, and floats are exact integers only up to 2**53 (larger "
+                      "ids may already have merged). Write the ids as integers or strings")
+    return col.cast(pa.int64(), safe=False) if finite.size == v.size else col
+  if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+    return col
+  present = pc.drop_null(col)
+  if present.length() == 0 or not pc.all(pc.match_substring_regex(present, _INTEGER)).as_py():
+    return col
+  digits = pc.max(pc.utf8_length(present)).as_py()
+  if digits <= 18:                                  # fits int64 whatever the digits
+    return col.cast(pa.int64())
+  for typ in (pa.int64(), pa.uint64()):
+    try:
+      return col.cast(typ)
+    except (pa.ArrowInvalid, OverflowError):
+      continue
+  return col                                        # more digits than any integer type
+
+
 def _reindex(col: pa.ChunkedArray, name: str, where: _Where) -> tuple[np.ndarray, np.ndarray]:
   """Contiguous ids 1..V by sorted raw value. Returns ids (E,) int32 and raw (V+1,)."""
   if pa.types.is_dictionary(col.type):
     col = col.cast(col.type.value_type)
+  col = _exact_ids(col, name, where)
   t = col.type
   if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
           or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_temporal(t)):
     raise DataError(f"{where.source}: column {name!r} has type {t}; a categorical column must "
-                    "hold integers, strings, booleans, floats or timestamps")
+                    "hold integers, strings, booleans or timestamps")
   _check_no_nulls(col, name, where, "value")
   uniq = pc.unique(col)
   uniq = uniq.take(pc.array_sort_indices(uniq))                  # (V,) sorted raw values
