@@ -33,7 +33,7 @@ from typing import Any, Callable
 import ml_collections
 
 from mscan_jax.config import PRESETS, ConfigError
-from mscan_jax.data.schema import ALL_SEQ_MODES, BuiltDataset, DataError
+from mscan_jax.data.schema import ALL_SEQ_MODES, BuiltDataset, DataError, check_name
 
 # (raw path, config.data) -> (EventLog, vocab, loader statistics)
 Loader = Callable[[str, ml_collections.ConfigDict], tuple[Any, dict, dict]]
@@ -334,7 +334,8 @@ def label(data: ml_collections.ConfigDict) -> str:
     schema = os.path.join(data.path, "schema.json")
     if os.path.isfile(schema):
       with open(schema) as f:
-        return str(json.load(f).get("name") or name)
+        stored = json.load(f).get("name") or name
+      return check_name(str(stored), f"{schema}: dataset name")  # it names run folders
     return name
   if name == "log":
     from mscan_jax.data import log as log_lib

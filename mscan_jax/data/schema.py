@@ -112,6 +112,19 @@ class Schema:
     return cls(**d)
 
 
+def check_name(name: str, what: str) -> str:
+  """`name` if it can name a file inside a folder (a vocab file, a run folder); a DataError
+  naming it otherwise. Names come from data files (column names, a stored dataset name), so
+  one holding a path separator, `..` or a control character never becomes a path."""
+  bad = (not isinstance(name, str) or not name.strip() or ".." in name
+         or any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/"))
+         or any(ord(c) < 32 or ord(c) == 127 for c in name))
+  if bad:
+    raise DataError(f"{what} {name!r} cannot name a file: it is empty or holds a path separator, "
+                    "'..' or a control character; rename it")
+  return name
+
+
 def save_json(path: str, obj: Any) -> None:
   with open(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
@@ -146,6 +159,8 @@ def write_built(out_dir: str, schema: Schema, log: Mapping[str, np.ndarray],
                 splits: Mapping[str, np.ndarray], stats: Mapping[str, Any],
                 vocab: Mapping[str, np.ndarray] | None = None) -> None:
   """Writes a built dataset (layout in the module docstring), checking every array."""
+  for field in vocab or {}:
+    check_name(field, "field name (of a vocab file)")
   layout = log_layout(schema)
   n = None
   for key, (dtype, tail) in layout.items():

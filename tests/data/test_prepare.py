@@ -337,3 +337,44 @@ def test_cli_bad_value_is_one_error_line_naming_the_field(tmp_path, flag, messag
   assert res.stderr.startswith("error: ") and message in res.stderr, res.stderr
   assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
   assert not os.path.exists(tmp_path / "o")
+
+
+# ---------------------------------------------------------------------------------------
+# Names from data never become paths
+
+EVIL = "../../../../PWNED"
+
+
+def test_a_column_name_holding_a_path_never_leaves_out(tmp_path):
+  d = tmp_path / "toy"
+  d.mkdir()
+  rows = ["user_id:token\titem_id:token\tlabel:float\ttimestamp:float\tscene:token"]
+  rows += [f"u{t % 2}\ti{t % 5}\t{t % 3 == 0:d}\t{t}\ts{t // 2 % 2}" for t in range(12)]
+  (d / "toy.inter").write_text("\n".join(rows) + "\n")
+  (d / "toy.user").write_text(f"user_id:token\t{EVIL}:token\nu0\ta\nu1\tb\n")
+  out = tmp_path / "a" / "b" / "c" / "built"
+  with pytest.raises(DataError, match=r"'\.\./\.\./\.\./\.\./PWNED'.*path separator"):
+    prepare.prepare("recbole", str(d), str(out), data_config(**{"recbole.scenario": "scene"}))
+  assert not list(tmp_path.rglob("PWNED*")) and not os.path.exists(out)
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "x\\y", "tab\there", "nul\x00"])
+def test_field_names_that_would_be_paths_are_refused(tmp_path, name):
+  from mscan_jax.data.schema import Field, Schema, write_built
+  schema = Schema(user_fields=(Field("u", 3),), item_fields=(Field("i", 3),),
+                  scenario_fields=(Field("s", 3),), max_cur_len=1, max_all_len=1)
+  with pytest.raises(DataError, match="path separator"):
+    write_built(str(tmp_path / "o"), schema, {}, {}, {}, vocab={name: np.zeros(2)})
+  assert not os.path.exists(tmp_path / "o")
+
+
+def test_a_built_dataset_name_holding_a_path_is_refused_as_a_label(tmp_path):
+  raw = write_log(tmp_path / "clicks.csv")
+  out = tmp_path / "built"
+  prepare.prepare("log", raw, str(out), log_data(raw))
+  schema = out / "schema.json"
+  schema.write_text(schema.read_text().replace('"name": "log-clicks-', f'"name": "{EVIL}-'))
+  built = data_config()
+  built.name, built.path = "built", str(out)
+  with pytest.raises(DataError, match=r"path separator"):
+    datasets.label(built)
