@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 PRESETS = ("tiny", "default", "large")
 DTYPES = ("float32", "bfloat16")
@@ -38,8 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthetic"        # one of mscan_jax.data.datasets.DATASETS
   c.data.preset = "default"        # synthetic preset: tiny | default | large
-  c.data.path = ""                 # built dataset dir (or raw path for `prepare`-style names)
-  c.data.cache_dir = "data_cache"  # where the synthetic benchmark is generated once
+  c.data.path = ""                 # built dataset dir, or the file of a `log`
+  c.data.cache_dir = "data_cache"  # where the synthetic benchmark and logs are built once
   c.data.train_scenarios = ()      # restrict TRAINING samples to these scenario ids (() = all)
   c.data.eval_scenarios = ()       # restrict evaluation to these scenario ids (() = all)
   c.data.prefetch = 2              # batches prepared ahead of the device
@@ -48,19 +49,48 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Figure 2, 0 = the mechanism off); < 0 = the preset's value.
   from mscan_jax.data import synthetic
   c.data.synthetic = ml_collections.ConfigDict({dial: -1.0 for dial in synthetic.DIALS})
-  # Column mapping of a generic CSV/Parquet log (config.data.name=log, config.data.path=FILE).
+  # Building a log or a public dataset (`log` on the fly, `python -m mscan_jax.data.prepare`);
+  # the synthetic generator has its own per preset. Paper App. A.1.
+  c.data.max_cur_len = 20          # Ls: cap of S_u (most recent kept)
+  c.data.max_all_len = 40          # Lh: cap of H_u
+  c.data.all_seq_mode = ""         # H_u holds impressions | clicks; "" = the dataset's default
+  c.data.test_fraction = 0.4       # the most recent samples (paper: 40%)
+  c.data.valid_fraction = 0.1      # of the rest, the most recent, for early stopping
+  c.data.min_scenarios_per_user = 2  # keep users with samples in >= this many scenarios
+  c.data.duplicates = ""           # exact duplicate rows: drop | keep; "" = the dataset's default
+  # Column mapping of a generic CSV/Parquet log (config.data.name=log; mscan_jax/data/log.py).
+  # Lists are written `--config.data.columns.user_extra=age,gender`; "" = no such column.
   c.data.columns = ml_collections.ConfigDict()
   c.data.columns.user = "user_id"
   c.data.columns.item = "item_id"
   c.data.columns.scenario = "scenario_id"
   c.data.columns.label = "label"
-  c.data.columns.time = "timestamp"
-  c.data.columns.user_extra = ()
-  c.data.columns.item_extra = ()
-  c.data.columns.scenario_extra = ()
-  c.data.max_cur_len = 20          # Ls when building from a log
-  c.data.max_all_len = 40          # Lh when building from a log
-  c.data.all_seq_mode = "impressions"
+  c.data.columns.time = "timestamp"    # "" = the file's row order is the time order
+  c.data.columns.user_extra = ()       # further categorical user fields (profile)
+  c.data.columns.item_extra = ()       # further categorical item fields (category, ...)
+  c.data.columns.scenario_extra = ()   # further categorical scenario fields
+  c.data.columns.true_like = ""        # recorded true interest, 0/1 (simulated logs)
+  c.data.columns.true_prob = ""        # its probability (given with true_like)
+  c.data.columns.true_exam = ""        # examination probability (simulated logs)
+  c.data.columns.is_sample = ""        # 0/1: 0 = a behaviour only (history, never a sample)
+  # Each loader's own options (`prepare --dataset=NAME`); 0 = the loader's default.
+  c.data.aliccp = ml_collections.ConfigDict()      # aliccp and aliccp_csv
+  c.data.aliccp.block_size_mb = 0.0  # MB per block read (0 = rawio.DEFAULT_BLOCK_SIZE)
+  c.data.aliccp.workers = 0        # threads parsing blocks (0 = rawio.DEFAULT_WORKERS)
+  c.data.aliccp.missing_common = "error"   # a common_feature_index missing: error | drop
+  c.data.cloudtheme = ml_collections.ConfigDict()
+  c.data.cloudtheme.negatives = 2  # negatives drawn per click (the authors' protocol)
+  c.data.cloudtheme.seed = 0       # seed of the negative sampling
+  c.data.cloudtheme.negative_pool = "clicked"  # clicked (pool items seen in the log) | pool
+  c.data.cloudtheme.purchases = False          # add the purchase log as behaviours
+  c.data.cloudtheme.missing_pool = "error"     # a click whose theme offers no negative: error | drop
+  c.data.recbole = ml_collections.ConfigDict()
+  c.data.recbole.scenario = ""     # the scenario column, e.g. category:token (required)
+  c.data.recbole.user = "user_id"
+  c.data.recbole.item = "item_id"
+  c.data.recbole.label = "label:float"
+  c.data.recbole.label_threshold = config_dict.placeholder(float)   # None: labels are 0/1
+  c.data.recbole.time = "timestamp:float"      # "" = file order
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 1024
@@ -133,14 +163,7 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
   if model_names is not None and config.model not in model_names:
     raise ConfigError(f"config.model={config.model!r} is unknown; valid: {', '.join(sorted(model_names))}")
   from mscan_jax.data import datasets
-  if config.data.name not in datasets.names():
-    raise ConfigError(f"config.data.name={config.data.name!r} is unknown; "
-                      f"valid: {', '.join(datasets.names())}")
-  if config.data.name == "synthetic" and config.data.preset not in PRESETS:
-    raise ConfigError(f"config.data.preset={config.data.preset!r} is unknown; valid: {', '.join(PRESETS)}")
-  if datasets.get_spec(config.data.name).needs_path and not config.data.path:
-    raise ConfigError(f"config.data.path is required for config.data.name={config.data.name!r} "
-                      "(a built dataset directory, see `python -m mscan_jax.data.prepare`)")
+  datasets.validate_data(config.data)   # the data section, its column lists normalised
   if config.dtype not in DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r} is unknown; valid: {', '.join(DTYPES)}")
   if config.mscan.alpha < 0:
@@ -164,9 +187,6 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
     raise ConfigError(f"config.train.learning_rate must be > 0, got {config.train.learning_rate}")
   if config.train.num_epochs < 1 and config.train.max_steps < 1:
     raise ConfigError("config.train.num_epochs or config.train.max_steps must be >= 1")
-  if config.data.max_cur_len < 1 or config.data.max_all_len < 1:
-    raise ConfigError("config.data.max_cur_len and config.data.max_all_len must be >= 1, got "
-                      f"{config.data.max_cur_len} and {config.data.max_all_len}")
   if config.embed_dim < 1:
     raise ConfigError(f"config.embed_dim must be >= 1, got {config.embed_dim}")
 

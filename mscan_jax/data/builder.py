@@ -1,4 +1,4 @@
-"""Event log -> built dataset: validation, time order, user filter, sequences, splits, statistics.
+"""Event log -> built dataset: validation, user filter, time order, sequences, splits, statistics.
 
 Every loader (synthetic benchmark, generic CSV/Parquet log, Ali-CCP, Cloud Theme, RecBole) ends
 here, so the paper's protocol (Appendix A.1) is applied in one place:
@@ -6,14 +6,19 @@ here, so the paper's protocol (Appendix A.1) is applied in one place:
 1. validate the arrays (shapes, integer dtypes, ids within their field's vocabulary, labels in
    {0, 1}, times present and finite, unique sample ids): the first problem raises one
    `DataError` naming the source, the column and the (input, 0-based) row;
-2. stable-sort the events by time. Tie-break: events with equal timestamps keep their input row
-   order (the order in which the log lists them), so of two events at the same second the one
-   listed first is "earlier" and may enter the other's sequences, never the reverse;
-3. keep the users with samples in at least `min_scenarios_per_user` (paper: 2) scenarios; the
-   rows dropped are counted in `stats["dropped"]`. A scenario whose samples all belong to
-   dropped users is an error (its tower and metrics would be empty);
-4. build S_u and H_u of every event from strictly earlier events (`sequences.build_sequences`,
-   §2.1);
+2. drop exact duplicate rows (`find_duplicates`: equal in every column, timestamp included;
+   `duplicates="keep"` keeps them), counted; then keep the users with samples in at least `min_scenarios_per_user` (paper: 2) scenarios
+   (`filter_users`); the rows and users dropped are counted in `stats["dropped"]`. A scenario
+   whose samples all belonged to dropped users is removed and counted too, and the scenario ids
+   are re-numbered 1..P' in order (its vocab entry goes with it): the model never carries a
+   scenario it cannot see. A log where no user spans enough scenarios is refused with the
+   scenario values its samples have;
+3. stable-sort the events by time (equal timestamps keep their input row order, which fixes
+   the stored row order and the split boundary, nothing else);
+4. build S_u and H_u of every event from the events with a strictly earlier timestamp
+   (`sequences.build_sequences`, §2.1): events that share a timestamp never see each other,
+   whatever the order in which the log lists them (without timestamps, the row order is the
+   time order);
 5. split the samples chronologically: the most recent `test_fraction` (paper: 40%) are test, the
    most recent `valid_fraction` of the rest is validation (`splits.chronological_split`);
 6. write the built dataset (`schema.write_built`) with its statistics.
@@ -35,6 +40,7 @@ from mscan_jax.data import sequences, splits as splits_lib
 from mscan_jax.data.schema import ALL_SEQ_MODES, SPLITS, DataError, Field, Schema, write_built
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
+DUPLICATE_POLICIES = ("drop", "keep")
 
 
 @dataclasses.dataclass
@@ -101,6 +107,17 @@ def _check_binary(src: str, name: str, arr: np.ndarray) -> None:
 def validate_log(log: EventLog) -> None:
   """Raises one DataError naming the source, the column and the (input, 0-based) row of the
   first problem; returns None when the log is valid."""
+  e = _check_rows(log)
+  _check_ids(log, e)
+  _check_label_and_user_key(log, e)
+  _check_samples_have_a_scenario(log, e)
+  _check_time(log, e)
+  _check_sample_ids(log, e)
+  _check_truth(log, e)
+
+
+def _check_rows(log: EventLog) -> int:
+  """The label column is 1-D, every column has its number of rows E > 0. Returns E."""
   src = log.source
   if log.label is None:
     raise DataError(f"{src}: column 'label' is missing")
@@ -117,6 +134,12 @@ def validate_log(log: EventLog) -> None:
     raise DataError(f"{src}: the columns have different numbers of rows: {lengths}")
   if e == 0:
     raise DataError(f"{src}: the log has no event")
+  return e
+
+
+def _check_ids(log: EventLog, e: int) -> None:
+  """User, item and scenario ids: (E, F) integers within each field's vocabulary."""
+  src = log.source
   groups = (("user", log.user, log.user_fields), ("item", log.item, log.item_fields),
             ("scenario", log.scenario, log.scenario_fields))
   for group, value, fields in groups:
@@ -152,6 +175,12 @@ def validate_log(log: EventLog) -> None:
         r = _first(big)
         raise DataError(f"{src}: column {field.name!r} row {r}: unknown id {col[r]}, outside the "
                         f"field's vocabulary [0, {field.vocab_size}) ({int(big.sum())} such rows)")
+
+
+def _check_label_and_user_key(log: EventLog, e: int) -> None:
+  """Labels in {0, 1}; user keys non-negative and within int32."""
+  src = log.source
+  label = np.asarray(log.label)
   _column(src, "label", label, e)
   _check_binary(src, "label", label)
 
@@ -166,6 +195,10 @@ def validate_log(log: EventLog) -> None:
     raise DataError(f"{src}: column 'user_id' row {r}: user key {user_id[r]} does not fit int32 "
                     "(use contiguous keys 0..U-1)")
 
+
+def _check_samples_have_a_scenario(log: EventLog, e: int) -> None:
+  """`is_sample` is 0/1, and every sample has a scenario id (behaviour-only events may not)."""
+  src = log.source
   is_sample = _column(src, "is_sample", log.is_sample, e, kind="bool", required=False)
   if is_sample is not None:
     _check_binary(src, "is_sample", is_sample)
@@ -176,6 +209,10 @@ def validate_log(log: EventLog) -> None:
     raise DataError(f"{src}: column {log.scenario_fields[0].name!r} row {r}: a sample has no "
                     "scenario (id 0 is padding/unknown; scenario ids are 1..P)")
 
+
+def _check_time(log: EventLog, e: int) -> None:
+  """Timestamps: (E,) numbers or datetimes, none missing or non-finite."""
+  src = log.source
   if log.time is not None:
     t = np.asarray(log.time)
     if t.shape != (e,):
@@ -193,6 +230,10 @@ def validate_log(log: EventLog) -> None:
       raise DataError(f"{src}: column 'time' row {r}: missing or non-finite timestamp {t[r]} "
                       f"({int(missing.sum())} such rows)")
 
+
+def _check_sample_ids(log: EventLog, e: int) -> None:
+  """Sample ids, when given, are unique integers."""
+  src = log.source
   sample_id = _column(src, "sample_id", log.sample_id, e, required=False)
   if sample_id is not None:
     s = np.sort(sample_id)
@@ -202,6 +243,10 @@ def validate_log(log: EventLog) -> None:
       raise DataError(f"{src}: column 'sample_id' rows {int(rows[0])} and {int(rows[1])}: "
                       f"duplicate sample id {s[dup[0]]} (sample ids must be unique)")
 
+
+def _check_truth(log: EventLog, e: int) -> None:
+  """Ground truth, when given: true_like in {0, 1} with true_prob in [0, 1], both or neither."""
+  src = log.source
   if (log.true_like is None) != (log.true_prob is None):
     given, absent = ("true_like", "true_prob") if log.true_prob is None else ("true_prob", "true_like")
     raise DataError(f"{src}: column {absent!r} is missing while {given!r} is given (give both "
@@ -227,7 +272,142 @@ def validate_log(log: EventLog) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# 2-6. Build
+# 2. Exact duplicates, user filter
+
+_NOT_PER_EVENT = ("user_fields", "item_fields", "scenario_fields", "source")
+
+
+def _per_event(log: EventLog, keep: np.ndarray) -> dict[str, np.ndarray | None]:
+  """The per-event columns of `log` at the rows where `keep` holds (every column of the
+  dataclass but the field lists and the source, so a column added to `EventLog` follows).
+  `sample_id` is filled with the input row number first, so it still names the input row."""
+  per_event = {f.name: getattr(log, f.name) for f in dataclasses.fields(log)
+               if f.name not in _NOT_PER_EVENT}
+  if per_event["sample_id"] is None:
+    per_event["sample_id"] = np.arange(keep.shape[0], dtype=np.int64)
+  return {k: (None if v is None else np.asarray(v)[keep]) for k, v in per_event.items()}
+
+
+def _as_int64_columns(value: np.ndarray) -> np.ndarray:
+  """(E, k) int64 columns with the same equalities as `value` (floats by their bits)."""
+  a = np.asarray(value)
+  a = a.reshape(a.shape[0], -1)
+  if np.issubdtype(a.dtype, np.datetime64) or np.issubdtype(a.dtype, np.timedelta64):
+    return a.view(np.int64)
+  if np.issubdtype(a.dtype, np.floating):
+    return (a.astype(np.float64) + 0.0).view(np.int64)          # + 0.0: -0.0 equals 0.0
+  return a.astype(np.int64)
+
+
+def find_duplicates(log: EventLog) -> tuple[np.ndarray, int]:
+  """Exact duplicates of a log with timestamps: rows equal to an earlier row in every column,
+  timestamp included (`sample_id`, the row's name, excluded).
+
+  Returns (dup, same_time): dup (E,) bool marks every copy after the first (input order);
+  same_time counts the events sharing their user's timestamp with another event. A log
+  without timestamps has neither: each row is its own instant.
+  """
+  e = int(np.asarray(log.label).shape[0])
+  dup = np.zeros(e, bool)
+  if log.time is None or e < 2:
+    return dup, 0
+  # Only events sharing (user, time) with another can be duplicates.
+  user = np.asarray(log.user_id).astype(np.int64)
+  t = _as_int64_columns(log.time)[:, 0]
+  o = np.lexsort((t, user))
+  same = (user[o][1:] == user[o][:-1]) & (t[o][1:] == t[o][:-1])
+  shared = np.zeros(e, bool)
+  shared[o[1:][same]] = True
+  shared[o[:-1][same]] = True
+  rows = np.flatnonzero(shared)
+  if rows.size == 0:
+    return dup, 0
+  keys = np.concatenate([_as_int64_columns(np.asarray(v)[rows]) for k, v in
+                         ((f.name, getattr(log, f.name)) for f in dataclasses.fields(log))
+                         if k not in _NOT_PER_EVENT + ("sample_id",) and v is not None], 1)
+  o = np.lexsort(keys.T[::-1])                                    # stable: copies in input order
+  equal = np.all(keys[o][1:] == keys[o][:-1], axis=1)
+  dup[rows[o[1:][equal]]] = True
+  return dup, int(rows.size)
+
+
+def drop_duplicates(log: EventLog, policy: str) -> tuple[EventLog, dict[str, int]]:
+  """`find_duplicates`, then the copies dropped (`policy="drop"`) or kept ("keep"). Returns
+  (log, counts) with counts {"duplicate_rows", "duplicate_rows_dropped", "same_time_events"}."""
+  if policy not in DUPLICATE_POLICIES:
+    raise DataError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {policy!r}")
+  dup, same_time = find_duplicates(log)
+  n = int(dup.sum())
+  counts = {"duplicate_rows": n, "duplicate_rows_dropped": n if policy == "drop" else 0,
+            "same_time_events": same_time}
+  if policy == "drop" and n:
+    log = dataclasses.replace(log, **_per_event(log, ~dup))
+  return log, counts
+
+
+def filter_users(log: EventLog, vocab: dict | None, min_scenarios: int
+                 ) -> tuple[EventLog, dict | None, dict[str, Any]]:
+  """The paper's user filter (App. A.1), then the removal of the scenarios it empties.
+
+  Keeps the events of the users whose samples span >= `min_scenarios` scenarios
+  (`splits.filter_users`; a dropped user loses every event). A scenario that had samples and
+  has none left (e.g. a small Cloud Theme theme whose users were all single-theme) is removed:
+  the scenario ids are re-numbered 1..P' in the same order, `vocab` (a copy) loses its entry,
+  and behaviour-only events of a removed scenario get scenario id 0 (none). With no user left,
+  a `DataError` names the scenario values the samples have (a single-scenario file, typically).
+  `sample_id` is filled with the input row number first, so it still names the input row.
+
+  Returns (log, vocab, counts): counts holds `splits.filter_users`'s counts and, when scenarios
+  were removed, "scenarios_removed" and "scenarios_removed_raw" (their raw values).
+  """
+  e = int(np.asarray(log.label).shape[0])
+  sample = np.ones(e, bool) if log.is_sample is None else np.asarray(log.is_sample, bool)
+  scen = np.asarray(log.scenario)[:, 0]
+  keep, counts = splits_lib.filter_users(log.user_id, scen, min_scenarios=min_scenarios,
+                                         is_sample=sample)
+  name = log.scenario_fields[0].name
+  vocab = dict(vocab) if vocab else vocab
+  if not keep[sample].any():
+    ids, n = np.unique(scen[sample], return_counts=True)
+    shown = ", ".join(f"{r} ({c} rows)" for r, c in zip(_raw(vocab, name, ids).tolist(), n.tolist()))
+    raise DataError(
+        f"{log.source}: no user has samples in at least {min_scenarios} scenarios, so the paper's "
+        f"user filter (App. A.1) leaves no sample. The samples have {ids.shape[0]} scenario "
+        f"value(s) in field {name!r}: {shown}"
+        + (". A single-scenario file cannot be used for multi-scenario training"
+           if ids.shape[0] == 1 else "")
+        + "; lower config.data.min_scenarios_per_user only if that is what you mean")
+  if keep.all():
+    return log, vocab, counts
+  per_event = _per_event(log, keep)
+  num = log.scenario_fields[0].vocab_size
+  had = np.bincount(scen[sample], minlength=num) > 0                      # (P+1,)
+  has = np.bincount(scen[sample & keep], minlength=num) > 0
+  emptied = np.flatnonzero(had & ~has)
+  sf = tuple(log.scenario_fields)
+  if emptied.size:
+    kept_ids = np.setdiff1d(np.arange(1, num), emptied)                     # (P',) old ids
+    new = np.zeros(num, np.int32)
+    new[kept_ids] = np.arange(1, kept_ids.shape[0] + 1)
+    scenario = np.array(per_event["scenario"], np.int32)                  # (E', Fs) copy
+    scenario[:, 0] = new[scenario[:, 0]]
+    per_event["scenario"] = scenario
+    counts["scenarios_removed"] = int(emptied.shape[0])
+    counts["scenarios_removed_raw"] = ", ".join(str(r) for r in _raw(vocab, name, emptied).tolist()[:50])
+    if vocab and name in vocab and np.shape(vocab[name])[0] == num:
+      vocab[name] = np.asarray(vocab[name])[np.concatenate([[0], kept_ids])]
+    sf = (Field(name, max(kept_ids.shape[0] + 1, 2)),) + sf[1:]
+  out = dataclasses.replace(log, scenario_fields=sf, **per_event)
+  return out, vocab, counts
+
+
+def _raw(vocab: dict | None, name: str, ids: np.ndarray) -> np.ndarray:
+  """Raw values of the ids of field `name` (the ids themselves without a vocab)."""
+  return np.asarray(vocab[name])[ids] if vocab and name in vocab else ids
+
+
+# ---------------------------------------------------------------------------------------
+# 3-6. Build
 
 
 def time_order(time: np.ndarray | None, e: int) -> np.ndarray | None:
@@ -256,7 +436,7 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
                   all_seq_mode: str = "impressions", test_fraction: float = 0.4,
                   valid_fraction: float = 0.1, min_scenarios_per_user: int = 2,
                   name: str = "dataset", extra_stats: dict | None = None,
-                  vocab: dict | None = None) -> dict:
+                  vocab: dict | None = None, duplicates: str = "drop") -> dict:
   """Validates `log`, applies the paper's protocol (module docstring) and writes the built
   dataset into `out_dir` with `schema.write_built`. Returns the statistics (also in stats.json).
 
@@ -272,11 +452,16 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
     raise DataError(f"min_scenarios_per_user must be >= 1, got {min_scenarios_per_user}")
   validate_log(log)
   src = log.source
+  # 2. Exact duplicate rows (same timestamp and values): dropped by default, counted.
+  log, dup_counts = drop_duplicates(log, duplicates)
+  # Users with samples in at least `min_scenarios_per_user` scenarios (paper A.1), and the
+  # scenarios this empties. A row selection: the time order of the rest is unchanged.
+  log, vocab, kept = filter_users(log, vocab, min_scenarios_per_user)
   e = int(np.asarray(log.label).shape[0])
   has_truth = log.true_like is not None
   num_scen = log.scenario_fields[0].vocab_size - 1                   # P
 
-  # 2. Time order (stable: equal times keep their input row order).
+  # 3. Time order (stable: equal times keep their input row order).
   order = time_order(log.time, e)
   cols: dict[str, np.ndarray] = {
       "user": np.asarray(log.user), "item": np.asarray(log.item),
@@ -297,34 +482,15 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
   cols = {k: (v if order is None else v[order]).astype(dtypes[k], copy=False)
           for k, v in cols.items()}
 
-  # 3. Users with samples in at least `min_scenarios_per_user` scenarios (paper A.1).
-  scen_before = cols["scenario"][cols["is_sample"], 0]
-  keep, counts = splits_lib.filter_users(cols["user_id"], cols["scenario"][:, 0],
-                                         min_scenarios=min_scenarios_per_user,
-                                         is_sample=cols["is_sample"])
-  if not keep[cols["is_sample"]].any():
-    raise DataError(f"{src}: no user has samples in at least {min_scenarios_per_user} scenarios, "
-                    "so the paper's user filter (App. A.1) leaves no sample. Multi-scenario data "
-                    "is needed (or lower min_scenarios_per_user)")
-  if not keep.all():
-    cols = {k: v[keep] for k, v in cols.items()}
   sample = cols["is_sample"]
   scen = cols["scenario"][:, 0]
-  had = np.bincount(scen_before, minlength=num_scen + 1)[1:]
-  per_scen = np.bincount(scen[sample], minlength=num_scen + 1)[1:]
-  emptied = np.flatnonzero((had > 0) & (per_scen == 0)) + 1
-  if emptied.size:
-    raise DataError(f"{src}: column {log.scenario_fields[0].name!r}: scenario id(s) "
-                    f"{emptied[:20].tolist()} have no sample left after keeping the users with "
-                    f"samples in >= {min_scenarios_per_user} scenarios (all of their "
-                    f"{int(had[emptied - 1].sum())} samples belong to dropped users). Drop those "
-                    "scenarios from the log and re-index the scenario ids, or lower "
-                    "min_scenarios_per_user")
 
-  # 4. S_u and H_u from strictly earlier events (§2.1).
+  # 4. S_u and H_u from events with a strictly earlier timestamp (§2.1): ties never see
+  # each other.
+  time = None if log.time is None else np.asarray(log.time)
   cur_idx, all_idx = sequences.build_sequences(
       cols["user_id"], scen, cols["label"], max_cur_len=max_cur_len, max_all_len=max_all_len,
-      all_seq_mode=all_seq_mode)
+      all_seq_mode=all_seq_mode, time=time if order is None else time[order])
 
   # 5. Chronological split of the samples (behaviour-only rows are in no split).
   sample_rows = np.flatnonzero(sample).astype(np.int64)
@@ -339,9 +505,14 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
                   scenario_fields=tuple(log.scenario_fields), max_cur_len=max_cur_len,
                   max_all_len=max_all_len, all_seq_mode=all_seq_mode, has_truth=has_truth,
                   has_exam=log.true_exam is not None, name=name)
-  stats = _statistics(name, cols, cur_idx, all_idx, split_rows, num_scen, counts,
+  stats = _statistics(name, cols, cur_idx, all_idx, split_rows, num_scen, kept,
                       min_scenarios_per_user, schema, ordered_by="time" if log.time is not None
                       else "row order")
+  if log.time is not None:
+    stats["duplicate_rows"] = dup_counts["duplicate_rows"]
+    stats["same_time_events"] = dup_counts["same_time_events"]
+    if duplicates == "drop":
+      stats["dropped"]["duplicate_rows"] = dup_counts["duplicate_rows_dropped"]
   _merge_extra(stats, extra_stats)
   stored = {k: v for k, v in cols.items() if k != "is_sample"}
   stored.update(cur_idx=cur_idx, all_idx=all_idx)
@@ -412,10 +583,14 @@ def _statistics(name: str, cols: dict[str, np.ndarray], cur_idx: np.ndarray, all
       "max_cur_len": schema.max_cur_len,
       "max_all_len": schema.max_all_len,
       "all_seq_mode": schema.all_seq_mode,
-      "time_order": f"by {ordered_by}; equal times keep their input row order",
+      "time_order": (f"by {ordered_by}; histories hold strictly earlier times only"
+                     if ordered_by == "time" else f"by {ordered_by}"),
       "users_before_filter": counts["users_before"],
       "dropped": {f"{policy}_rows": counts["rows_dropped"], f"{policy}_users": counts["users_dropped"]},
   }
+  if counts.get("scenarios_removed"):
+    stats["dropped"][f"{policy}_scenarios"] = counts["scenarios_removed"]
+    stats["scenarios_removed_raw"] = counts["scenarios_removed_raw"]
   if "true_like" in cols:
     truth = cols["true_like"][sample]
     stats["true_interest_rate"] = float(truth.mean())
@@ -459,4 +634,12 @@ def format_stats(stats: dict) -> str:
                   and isinstance(v, (int, np.integer)) and not isinstance(v, bool)})
   for policy, count in dropped.items():
     lines.append(f"dropped by policy {policy}: {count:,}")
+  if "duplicate_rows" in s:
+    lines.append(f"exact duplicate rows: {s['duplicate_rows']:,} ("
+                 f"{'dropped' if 'duplicate_rows' in s.get('dropped', {}) else 'kept'}); events "
+                 f"sharing their user's timestamp: {s.get('same_time_events', 0):,} (never in "
+                 "each other's histories)")
+  if s.get("scenarios_removed_raw"):
+    lines.append(f"scenarios removed (no sample left after the user filter): "
+                 f"{s['scenarios_removed_raw']}")
   return "\n".join(lines)

@@ -26,13 +26,14 @@ a theme whose pool offers no other item is a `DataError` naming the theme and th
 
 Time and ties. `reach_time` is `%Y%m%d%H%M%S` or `%Y-%m-%d %H:%M:%S` (both occur in public
 code); anything else is a `DataError` naming the line. Events are sorted by time (stable: ties
-keep file order), and a click's negatives get its time and come right BEFORE it in the log.
-The builder orders ties by row, so:
-  * a negative never sees its own positive (the positive is later), in S_u or H_u;
-  * the positive's S_u (same-theme clicks) never holds its negatives (they are not clicks);
-  * H_u must hold clicks only (`all_seq_mode="clicks"`): with "impressions" the positive would
-    see its own sampled negatives, at its own timestamp, just before it: a label leak. The
-    prepare CLI therefore builds Cloud Theme with "clicks" and refuses "impressions".
+keep file order), and a click's negatives get its time and come right before it in the log.
+The builder's histories hold strictly earlier timestamps only, so:
+  * a negative never sees its own positive, nor the positive its negatives, in S_u or H_u;
+    two clicks of a user in the same second do not see each other either;
+  * H_u holds clicks only all the same (`all_seq_mode="clicks"`): sampled negatives are no
+    behaviour of the user, and with "impressions" the positive of a later click would see
+    earlier clicks' sampled negatives, items the user never saw. `prepare` therefore builds
+    Cloud Theme with "clicks" and refuses "impressions".
 
 Purchases (`purchases=True`; off by default). Each purchase becomes a behaviour-only event
 (`is_sample=False`, never in a split) with label 1 at its `paytime`, and scenario id 0: a
@@ -40,7 +41,7 @@ purchase happens in no theme, and id 0 (padding, a zero scenario embedding) says
 inventing a scenario P+1 that would have no sample (the builder requires every scenario to have
 samples). Behaving as clicks, purchases enter H_u (all scenarios) in "clicks" mode and never
 S_u, which holds the same theme's clicks. Purchases of users absent from the click log are
-dropped and counted; a purchase at the same second as a click comes after it. The user filter
+dropped and counted; a purchase at the same second as a click is not in its history. The user filter
 counts sample scenarios only, so purchases never make a user multi-scenario.
 
 `sample_id` = click-log line * 100 + j (j = 0 the positive, 1..negatives its negatives);
@@ -49,6 +50,7 @@ purchases: 10**13 + purchase-log line.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -83,6 +85,25 @@ def load_cloudtheme(raw: str, *, negatives: int = 2, seed: int = 0,
   Returns (log, vocab, stats): the event log in time order, the raw value of each id per
   field, and the statistics (rows read, dropped per reason, negatives drawn).
   """
+  _check_options(raw, negatives, negative_pool, missing_pool)
+  stats: dict[str, Any] = {"source_format": "cloudtheme (Tianchi 9716)",
+                           "negatives_per_click": negatives, "negative_pool": negative_pool,
+                           "negative_seed": seed}
+  files = _read_files(raw, purchases, stats)
+  keep = files.clk >= 1
+  stats["dropped_clk_cnt_0"] = int(np.count_nonzero(~keep))
+  items = _item_categories(files, stats)
+  pools = _theme_pools(files, items, negative_pool, stats)
+  idx, neg_item = _draw_negatives(files, items, pools, keep, negatives=negatives, seed=seed,
+                                  negative_pool=negative_pool, missing_pool=missing_pool,
+                                  stats=stats)
+  events = _click_events(files, items, pools, idx, neg_item, negatives)
+  if files.buys is not None:
+    _add_purchases(events, files, items, idx, stats)
+  return _event_log(events, items, pools, raw, stats)
+
+
+def _check_options(raw: str, negatives: int, negative_pool: str, missing_pool: str) -> None:
   if not os.path.isdir(raw):
     raise DataError(f"{raw}: not a directory; --raw must be the folder holding {CLICK_LOG} and "
                     f"{ITEM_POOL} (Tianchi dataset 9716)")
@@ -92,15 +113,33 @@ def load_cloudtheme(raw: str, *, negatives: int = 2, seed: int = 0,
     raise DataError(f"negative_pool must be one of {NEGATIVE_POOLS}, got {negative_pool!r}")
   if missing_pool not in ("error", "drop"):
     raise DataError(f"missing_pool must be 'error' or 'drop', got {missing_pool!r}")
+
+
+@dataclasses.dataclass
+class _Files:
+  """The three files as read, with their raw id spaces as sortable numpy arrays."""
+  click_path: str
+  col: dict[str, pa.ChunkedArray]   # click-log columns
+  clk: np.ndarray                   # (N,) clk_cnt
+  time: np.ndarray                  # (N,) int64 seconds
+  line: np.ndarray                  # (N,) file line of each click row
+  buys: pa.Table | None
+  buy_time: np.ndarray | None
+  buy_line: np.ndarray | None
+  user_raw: list[np.ndarray]        # [clicks, purchases]
+  item_raw: list[np.ndarray]        # [clicks, pool, purchases]
+  theme_raw: list[np.ndarray]       # [clicks, pool]
+  leaf: np.ndarray
+  top: np.ndarray
+
+
+def _read_files(raw: str, purchases: bool, stats: dict[str, Any]) -> _Files:
   click_path, pool_path = os.path.join(raw, CLICK_LOG), os.path.join(raw, ITEM_POOL)
   buy_path = os.path.join(raw, PURCHASE_LOG)
   for p in (click_path, pool_path) + ((buy_path,) if purchases else ()):
     if not os.path.isfile(p):
       raise DataError(f"{p}: no such file (Cloud Theme needs {CLICK_LOG} and {ITEM_POOL}"
                       f"{' and ' + PURCHASE_LOG + ' with purchases=True' if purchases else ''})")
-  stats: dict[str, Any] = {"source_format": "cloudtheme (Tianchi 9716)",
-                           "negatives_per_click": negatives, "negative_pool": negative_pool,
-                           "negative_seed": seed}
 
   clicks, cblocks = read_csv_with_header(click_path, {"clk_cnt": pa.int64()}, include=CLICK_COLUMNS)
   n_read = clicks.num_rows
@@ -120,7 +159,7 @@ def load_cloudtheme(raw: str, *, negatives: int = 2, seed: int = 0,
   for c in ("theme_id", "item_id"):
     _check_present(pool.column(c), c, pool_path, pblocks)
 
-  buys = None
+  buys = buy_time = buy_line = None
   if purchases:
     buys, bblocks = read_csv_with_header(buy_path, {}, include=("user_id", "item_id", "paytime"))
     stats["purchase_rows_read"] = buys.num_rows
@@ -130,26 +169,40 @@ def load_cloudtheme(raw: str, *, negatives: int = 2, seed: int = 0,
     buy_line = row_lines(bblocks, buys.num_rows)
 
   # Raw id spaces as sortable numpy arrays (integers when every value is one).
-  user_raw = _id_space([col["user_id"]] + ([buys.column("user_id")] if buys else []))
-  item_raw = _id_space([col["item_id"], pool.column("item_id")]
-                       + ([buys.column("item_id")] if buys else []))
-  theme_raw = _id_space([col["theme_id"], pool.column("theme_id")])
-  c_user, c_item, c_theme = user_raw[0], item_raw[0], theme_raw[0]
-  p_item, p_theme = item_raw[1], theme_raw[1]
-  leaf = _id_space([col["leaf_cate_id"]])[0]
-  top = _id_space([col["cate_level1_id"]])[0]
+  return _Files(
+      click_path=click_path, col=col, clk=clk, time=time, line=line, buys=buys,
+      buy_time=buy_time, buy_line=buy_line,
+      user_raw=_id_space([col["user_id"]] + ([buys.column("user_id")] if buys else [])),
+      item_raw=_id_space([col["item_id"], pool.column("item_id")]
+                         + ([buys.column("item_id")] if buys else [])),
+      theme_raw=_id_space([col["theme_id"], pool.column("theme_id")]),
+      leaf=_id_space([col["leaf_cate_id"]])[0], top=_id_space([col["cate_level1_id"]])[0])
 
-  keep = clk >= 1
-  stats["dropped_clk_cnt_0"] = int(np.count_nonzero(~keep))
 
-  # Item categories: the first value seen in the click log (inconsistent items are counted).
-  item_ids, item_vocab = reindex(np.concatenate([c_item, p_item] + ([item_raw[2]] if buys else [])))
+@dataclasses.dataclass
+class _Items:
+  vocab: np.ndarray                 # (items,) raw item ids
+  click: np.ndarray                 # (N,) item id of each click row
+  pool: np.ndarray                  # item id of each pool row
+  buy: np.ndarray | None            # item id of each purchase row
+  cat: np.ndarray                   # (items, 2) leaf and top category ids, 0 = unknown
+  known_cat: np.ndarray             # (items,) bool: the item appears in the click log
+  leaf_vocab: np.ndarray
+  top_vocab: np.ndarray
+
+
+def _item_categories(files: _Files, stats: dict[str, Any]) -> _Items:
+  """Item ids, and each item's categories: the first value seen in the click log
+  (inconsistent items are counted)."""
+  c_item, p_item = files.item_raw[0], files.item_raw[1]
+  buys = files.buys is not None
+  item_ids, item_vocab = reindex(np.concatenate([c_item, p_item] + ([files.item_raw[2]] if buys else [])))
   n_items = item_vocab.shape[0]
   c_item_id = item_ids[:c_item.shape[0]]
   p_item_id = item_ids[c_item.shape[0]:c_item.shape[0] + p_item.shape[0]]
   b_item_id = item_ids[c_item.shape[0] + p_item.shape[0]:] if buys else None
-  leaf_id, leaf_vocab = reindex(leaf)
-  top_id, top_vocab = reindex(top)
+  leaf_id, leaf_vocab = reindex(files.leaf)
+  top_id, top_vocab = reindex(files.top)
   cat = np.zeros((n_items, 2), np.int32)                           # (items, 2) 0 = unknown
   order = np.argsort(c_item_id, kind="stable")
   first = np.ones(order.shape[0], bool)
@@ -160,91 +213,134 @@ def load_cloudtheme(raw: str, *, negatives: int = 2, seed: int = 0,
   known_cat[c_item_id] = True
   incons = (leaf_id != cat[c_item_id, 0]) | (top_id != cat[c_item_id, 1])
   stats["items_with_inconsistent_category"] = int(np.unique(c_item_id[incons]).shape[0])
+  return _Items(vocab=item_vocab, click=c_item_id, pool=p_item_id, buy=b_item_id, cat=cat,
+                known_cat=known_cat, leaf_vocab=leaf_vocab, top_vocab=top_vocab)
 
-  # Themes and their pools (deduplicated), sorted by (theme, item).
+
+@dataclasses.dataclass
+class _Pools:
+  vocab: np.ndarray                 # (themes,) raw theme ids
+  click_theme: np.ndarray           # (N,) theme id of each click row
+  key: np.ndarray                   # sorted unique theme * items + item of the drawable pool
+  item: np.ndarray                  # item of each `key`
+  start: np.ndarray                 # (themes,) first `key` of each theme
+  count: np.ndarray                 # (themes,) number of pool items of each theme
+
+
+def _theme_pools(files: _Files, items: _Items, negative_pool: str,
+                 stats: dict[str, Any]) -> _Pools:
+  """Themes and their pools (deduplicated), sorted by (theme, item)."""
+  c_theme, p_theme = files.theme_raw
+  n_items = items.vocab.shape[0]
   theme_ids, theme_vocab = reindex(np.concatenate([c_theme, p_theme]))
   c_theme_id, p_theme_id = theme_ids[:c_theme.shape[0]], theme_ids[c_theme.shape[0]:]
   p_theme_known = np.isin(p_theme_id, c_theme_id)
-  key = p_theme_id.astype(np.int64) * n_items + p_item_id
+  key = p_theme_id.astype(np.int64) * n_items + items.pool
   ukey = np.unique(key)
   stats["pool_duplicate_rows"] = int(key.shape[0] - ukey.shape[0])
   stats["pool_rows_of_themes_without_clicks"] = int(np.count_nonzero(~p_theme_known))
   if negative_pool == "clicked":
-    ukey = ukey[known_cat[ukey % n_items]]
+    ukey = ukey[items.known_cat[ukey % n_items]]
   pool_theme, pool_item = ukey // n_items, (ukey % n_items).astype(np.int32)
   n_themes = theme_vocab.shape[0]
   t_start = np.searchsorted(pool_theme, np.arange(n_themes))      # (themes,) segment starts
   t_count = np.diff(np.append(t_start, pool_theme.shape[0]))      # (themes,)
+  return _Pools(vocab=theme_vocab, click_theme=c_theme_id, key=ukey, item=pool_item,
+                start=t_start, count=t_count)
 
-  # Negatives: per click, `negatives` draws among the theme's pool minus the positive item.
+
+def _draw_negatives(files: _Files, items: _Items, pools: _Pools, keep: np.ndarray, *,
+                    negatives: int, seed: int, negative_pool: str, missing_pool: str,
+                    stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+  """Per click, `negatives` draws among the theme's pool minus the positive item.
+
+  Returns idx (N',) the click rows kept and neg_item (N', negatives) their negatives.
+  """
+  n_items = items.vocab.shape[0]
+  c_theme_id, c_item_id, ukey = pools.click_theme, items.click, pools.key
   pos_key = c_theme_id.astype(np.int64) * n_items + c_item_id
   at = np.searchsorted(ukey, pos_key)
   in_pool = ((at < ukey.shape[0]) & (ukey[np.minimum(at, ukey.shape[0] - 1)] == pos_key)
              if ukey.size else np.zeros(pos_key.shape, bool))
-  avail = t_count[c_theme_id] - in_pool                           # (N,) candidates per click
+  avail = pools.count[c_theme_id] - in_pool                       # (N,) candidates per click
   stats["clicks_item_not_in_pool"] = int(np.count_nonzero(keep & ~in_pool))
   no_pool = keep & (avail < 1)
   if no_pool.any():
     if missing_pool == "error":
       r = int(np.flatnonzero(no_pool)[0])
-      theme = col["theme_id"][r].as_py()
+      theme = files.col["theme_id"][r].as_py()
       raise DataError(
-          f"{click_path}: line {line[r]}: theme {theme} has no item in {ITEM_POOL} "
+          f"{files.click_path}: line {files.line[r]}: theme {theme} has no item in {ITEM_POOL} "
           f"{'that appears in the click log ' if negative_pool == 'clicked' else ''}other than "
           f"the clicked one, so no negative can be drawn ({int(no_pool.sum())} such clicks); "
           "pass missing_pool='drop' to drop and count them"
           + (", or negative_pool='pool'" if negative_pool == "clicked" else ""))
     stats["dropped_theme_without_pool"] = int(no_pool.sum())
-    keep &= ~no_pool
+    keep = keep & ~no_pool
   else:
     stats["dropped_theme_without_pool"] = 0
   idx = np.flatnonzero(keep)                                       # (N,) kept clicks
   n = idx.shape[0]
   if n == 0:
-    raise DataError(f"{click_path}: no click left after the drop policies: {stats}")
+    raise DataError(f"{files.click_path}: no click left after the drop policies: {stats}")
   rng = np.random.default_rng(seed)
   draw = rng.integers(0, avail[idx][:, None], size=(n, negatives))  # (N, k)
-  pos_at = (at - t_start[c_theme_id])[idx][:, None]               # positive's rank in its pool
+  pos_at = (at - pools.start[c_theme_id])[idx][:, None]            # positive's rank in its pool
   draw += (in_pool[idx][:, None] & (draw >= pos_at))               # skip the positive
-  neg_item = pool_item[t_start[c_theme_id[idx]][:, None] + draw]   # (N, k)
-  stats["negatives_with_unknown_category"] = int(np.count_nonzero(~known_cat[neg_item]))
+  neg_item = pools.item[pools.start[c_theme_id[idx]][:, None] + draw]   # (N, k)
+  stats["negatives_with_unknown_category"] = int(np.count_nonzero(~items.known_cat[neg_item]))
   stats["negatives"] = int(neg_item.size)
+  return idx, neg_item
 
-  # Rows per click: its negatives, then the positive (module docstring: ties).
+
+def _click_events(files: _Files, items: _Items, pools: _Pools, idx: np.ndarray,
+                  neg_item: np.ndarray, negatives: int) -> dict[str, np.ndarray]:
+  """Rows per click: its negatives, then the positive (module docstring: ties)."""
+  n = idx.shape[0]
   k1 = negatives + 1
-  ev_item = np.concatenate([neg_item, c_item_id[idx][:, None]], 1).reshape(-1)   # (N*k1,)
-  ev_user_raw = np.repeat(c_user[idx], k1)
-  ev_theme = np.repeat(c_theme_id[idx], k1)
-  ev_label = np.tile(np.r_[np.zeros(negatives, np.int8), np.ones(1, np.int8)], n)
-  ev_time = np.repeat(time[idx], k1)
-  ev_sid = (np.repeat(line[idx], k1) * SAMPLE_STRIDE
-            + np.tile(np.r_[np.arange(1, k1), 0], n)).astype(np.int64)
-  ev_sample = np.ones(n * k1, bool)
+  return {
+      "item": np.concatenate([neg_item, items.click[idx][:, None]], 1).reshape(-1),  # (N*k1,)
+      "user_raw": np.repeat(files.user_raw[0][idx], k1),
+      "theme": np.repeat(pools.click_theme[idx], k1),
+      "label": np.tile(np.r_[np.zeros(negatives, np.int8), np.ones(1, np.int8)], n),
+      "time": np.repeat(files.time[idx], k1),
+      "sample_id": (np.repeat(files.line[idx], k1) * SAMPLE_STRIDE
+                    + np.tile(np.r_[np.arange(1, k1), 0], n)).astype(np.int64),
+      "is_sample": np.ones(n * k1, bool),
+  }
 
-  if buys is not None:
-    b_user = user_raw[1]
-    known_user = np.isin(b_user, c_user[idx])
-    stats["dropped_purchases_unknown_user"] = int(np.count_nonzero(~known_user))
-    bi = np.flatnonzero(known_user)
-    ev_item = np.concatenate([ev_item, b_item_id[bi]])
-    ev_user_raw = np.concatenate([ev_user_raw, b_user[bi]])
-    ev_theme = np.concatenate([ev_theme, np.zeros(bi.shape[0], np.int32)])   # no scenario
-    ev_label = np.concatenate([ev_label, np.ones(bi.shape[0], np.int8)])
-    ev_time = np.concatenate([ev_time, buy_time[bi]])
-    ev_sid = np.concatenate([ev_sid, PURCHASE_SAMPLE_BASE + buy_line[bi]])
-    ev_sample = np.concatenate([ev_sample, np.zeros(bi.shape[0], bool)])
-    stats["purchase_events"] = int(bi.shape[0])
 
-  order = np.argsort(ev_time, kind="stable")                       # ties keep row order
-  sample = ev_sample[order]
-  user_ids, user_vocab = reindex(ev_user_raw[order])
+def _add_purchases(events: dict[str, np.ndarray], files: _Files, items: _Items, idx: np.ndarray,
+                   stats: dict[str, Any]) -> None:
+  """Purchases of the click log's users as behaviour-only events of no theme (id 0)."""
+  b_user = files.user_raw[1]
+  known_user = np.isin(b_user, files.user_raw[0][idx])
+  stats["dropped_purchases_unknown_user"] = int(np.count_nonzero(~known_user))
+  bi = np.flatnonzero(known_user)
+  added = {"item": items.buy[bi], "user_raw": b_user[bi],
+           "theme": np.zeros(bi.shape[0], np.int32),                # no scenario
+           "label": np.ones(bi.shape[0], np.int8), "time": files.buy_time[bi],
+           "sample_id": PURCHASE_SAMPLE_BASE + files.buy_line[bi],
+           "is_sample": np.zeros(bi.shape[0], bool)}
+  for k, v in added.items():
+    events[k] = np.concatenate([events[k], v])
+  stats["purchase_events"] = int(bi.shape[0])
+
+
+def _event_log(events: dict[str, np.ndarray], items: _Items, pools: _Pools, raw: str,
+               stats: dict[str, Any]
+               ) -> tuple[builder.EventLog, dict[str, np.ndarray], dict[str, Any]]:
+  """The events in time order (ties keep row order), ids compacted to the values used."""
+  order = np.argsort(events["time"], kind="stable")                # ties keep row order
+  sample = events["is_sample"][order]
+  user_ids, user_vocab = reindex(events["user_raw"][order])
   # Vocabularies keep only the values that occur in an event (ids are compacted, in order).
-  ev_item = ev_item[order]
-  item_id, item_vocab = compact(ev_item, item_vocab)
-  leaf_e, leaf_vocab = compact(cat[ev_item, 0], leaf_vocab)
-  top_e, top_vocab = compact(cat[ev_item, 1], top_vocab)
+  ev_item = events["item"][order]
+  item_id, item_vocab = compact(ev_item, items.vocab)
+  leaf_e, leaf_vocab = compact(items.cat[ev_item, 0], items.leaf_vocab)
+  top_e, top_vocab = compact(items.cat[ev_item, 1], items.top_vocab)
   item = np.stack([item_id, leaf_e, top_e], 1).astype(np.int32)   # (E, 3)
-  theme, theme_vocab = compact(ev_theme[order], theme_vocab)       # purchases: 0 (none)
+  theme, theme_vocab = compact(events["theme"][order], pools.vocab)  # purchases: 0 (none)
   vocab = {"user_id": user_vocab, "item_id": item_vocab, "leaf_cate_id": leaf_vocab,
            "cate_level1_id": top_vocab, "theme_id": theme_vocab}
   fields = lambda names: tuple(Field(nm, max(int(vocab[nm].shape[0]), 2)) for nm in names)  # noqa: E731
@@ -253,10 +349,11 @@ def load_cloudtheme(raw: str, *, negatives: int = 2, seed: int = 0,
   stats["themes"] = int(np.unique(theme[sample]).shape[0])
   log = builder.EventLog(
       user=user_ids[:, None].astype(np.int32), item=item, scenario=theme[:, None],
-      label=ev_label[order], user_id=(user_ids - 1).astype(np.int32),
+      label=events["label"][order], user_id=(user_ids - 1).astype(np.int32),
       user_fields=fields(USER_FIELDS), item_fields=fields(ITEM_FIELDS),
-      scenario_fields=fields(SCENARIO_FIELDS), time=ev_time[order], sample_id=ev_sid[order],
-      is_sample=None if sample.all() else sample, source=raw)
+      scenario_fields=fields(SCENARIO_FIELDS), time=events["time"][order],
+      sample_id=events["sample_id"][order], is_sample=None if sample.all() else sample,
+      source=raw)
   return log, vocab, stats
 
 

@@ -5,7 +5,8 @@ click y), kept in time order so that S_u and H_u hold only earlier behaviours (A
 most recent 40% of samples are the test set). A log file has one row per impression; a
 `LogColumns` names its columns:
 
-    user, item, scenario   categorical ids (any type pyarrow reads: integers, strings, ...)
+    user, item, scenario   categorical ids, read exactly: integers (int64, or uint64 where
+                           needed), text, booleans or timestamps, never floats (below)
     label                  click, 0 or 1 (integers or booleans; floats only if exactly 0.0/1.0)
     time                   number (int/float), timestamp or date; None = the file's row order
                            is the time order
@@ -24,9 +25,13 @@ in 1..P). Each field is named after its column.
 
 Re-indexing. Every categorical column is re-indexed by the sorted order of its distinct raw
 values: the smallest raw value gets id 1, the largest id V (pyarrow's order: numbers
-numerically, strings byte-wise); id 0 is padding and never stands for a raw value. The
+numerically, strings byte-wise); id 0 is padding and never stands for a raw value. Ids are
+never floats, where distinct ids above 2**53 merge: CSV id cells are read as text, which
+becomes int64 (uint64 where needed) when every value is a plain integer that fits, and stays
+text otherwise (e.g. a 25-digit id, or `007`); in Parquet, a float id column is accepted only
+when every value is an integer below 2**53, and a decimal one is read like text. The
 mapping is saved with the built dataset as `vocab/<column>.npy`, whose entry k is the raw
-value of id k (entry 0 is a placeholder: 0, NaN, False, NaT or "" by type), so predictions
+value of id k (entry 0 is a placeholder: 0, False, NaT or "" by type), so predictions
 can be mapped back to raw ids. The user key `user_id` (for GAUC) is the re-indexed user id
 minus 1 (0-based, contiguous).
 
@@ -97,19 +102,21 @@ class LogColumns:
 
 
 def columns_from_config(cfg: Any) -> LogColumns:
-  """`LogColumns` from `config.data` (reads `cfg.columns.{user, item, ...}`)."""
-  c = cfg.columns
+  """`LogColumns` from `config.data` (`cfg.columns.{user, item, ...}`), lists normalised by
+  `datasets.normalize_columns` ("" = no such column).
 
-  def opt(key):
-    value = c.get(key, None) if hasattr(c, "get") else getattr(c, key, None)
-    return value or None       # "" and None both mean "no such column"
-
-  return LogColumns(user=c.user, item=c.item, scenario=c.scenario, label=c.label,
-                    time=opt("time"), user_extra=tuple(opt("user_extra") or ()),
-                    item_extra=tuple(opt("item_extra") or ()),
-                    scenario_extra=tuple(opt("scenario_extra") or ()),
-                    true_like=opt("true_like"), true_prob=opt("true_prob"),
-                    true_exam=opt("true_exam"), is_sample=opt("is_sample"))
+  Every key of the mapping that names a `LogColumns` field is passed on; a key `LogColumns`
+  does not know must be left "" (a ConfigError names it otherwise).
+  """
+  from mscan_jax.config import ConfigError
+  from mscan_jax.data import datasets
+  given = datasets.normalize_columns(cfg)
+  known = {f.name for f in dataclasses.fields(LogColumns)}
+  for key, value in given.items():
+    if value and key not in known:
+      raise ConfigError(f"config.data.columns.{key}={value!r}: this version's log loader reads "
+                        f"no such column (it reads {', '.join(sorted(known))})")
+  return LogColumns(**{k: v for k, v in given.items() if k in known})
 
 
 def load_log(path: str, columns: LogColumns, *,
@@ -168,37 +175,41 @@ def load_log(path: str, columns: LogColumns, *,
 def build_from_log(path: str, out_dir: str, columns: LogColumns, *, max_cur_len: int,
                    max_all_len: int, all_seq_mode: str = "impressions",
                    test_fraction: float = 0.4, valid_fraction: float = 0.1,
-                   min_scenarios_per_user: int = 2, name: str | None = None,
-                   extra_stats: dict | None = None, source_name: str | None = None) -> dict:
-  """Loads a log file and writes it as a built dataset into `out_dir` (with its vocab)."""
+                   min_scenarios_per_user: int = 2, duplicates: str = "drop",
+                   name: str | None = None, extra_stats: dict | None = None,
+                   source_name: str | None = None) -> dict:
+  """Loads a log file and writes it as a built dataset into `out_dir` (with its vocab).
+
+  The built dataset is named `datasets.log_label(path, columns)` unless `name` is given: the
+  name results.json and run folders give the same log.
+  """
+  from mscan_jax.data import datasets
   log, vocab = load_log(path, columns, source_name=source_name)
-  if name is None:
-    name = os.path.basename(path).split(".")[0] or "log"
   return builder.build_dataset(
       out_dir, log, max_cur_len=max_cur_len, max_all_len=max_all_len,
       all_seq_mode=all_seq_mode, test_fraction=test_fraction, valid_fraction=valid_fraction,
-      min_scenarios_per_user=min_scenarios_per_user, name=name, extra_stats=extra_stats,
-      vocab=vocab)
+      min_scenarios_per_user=min_scenarios_per_user, duplicates=duplicates,
+      name=name or datasets.log_label(path, columns), extra_stats=extra_stats, vocab=vocab)
 
 
 def ensure_built(path: str, data: Any) -> str:
   """Built dataset of the log file `path`, built once into `data.cache_dir` (`config.data`).
 
   The cache key covers the file (absolute path, size, modification time), the column mapping
-  and the sequence settings (`config.data.{max_cur_len, max_all_len, all_seq_mode}`), so a
-  changed file or mapping builds anew.
+  and the build options (`datasets.build_options`: caps, history content, split fractions,
+  user filter), so a changed file, mapping or option builds anew. The dataset is named
+  `datasets.label(data)`.
   """
+  from mscan_jax.data import datasets
   columns = columns_from_config(data)
+  options = datasets.build_options(data)
   st = os.stat(path)
   key = json.dumps({"file": os.path.abspath(path), "size": st.st_size, "mtime": st.st_mtime_ns,
-                    "columns": dataclasses.asdict(columns), "max_cur_len": int(data.max_cur_len),
-                    "max_all_len": int(data.max_all_len), "mode": str(data.all_seq_mode)},
-                   sort_keys=True)
+                    "columns": dataclasses.asdict(columns), **options}, sort_keys=True)
   stem = os.path.basename(path).split(".")[0] or "log"
   out = os.path.join(data.cache_dir, f"log-{stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
-  build_atomically(out, lambda tmp: build_from_log(
-      path, tmp, columns, max_cur_len=int(data.max_cur_len), max_all_len=int(data.max_all_len),
-      all_seq_mode=str(data.all_seq_mode), name=stem))
+  build_atomically(out, lambda tmp: build_from_log(path, tmp, columns, **options,
+                                                   name=datasets.log_label(path, columns)))
   return out
 
 
@@ -247,7 +258,10 @@ def _read_table(path: str, columns: LogColumns, source: str) -> tuple[pa.Table, 
         available = reader.schema.names
       _check_columns(available, wanted, columns, source)
       # Empty cells are nulls in every column (so that a missing id is an error, not "").
-      convert = pacsv.ConvertOptions(include_columns=wanted, strings_can_be_null=True)
+      # Id columns are read as text, so that no id is ever read as a float (`_exact_ids`).
+      ids = {c: pa.string() for group in columns.categorical().values() for c in group}
+      convert = pacsv.ConvertOptions(include_columns=wanted, strings_can_be_null=True,
+                                     column_types=ids)
       table = pacsv.read_csv(path, parse_options=parse, convert_options=convert)
     else:
       available = pq.read_schema(path).names
@@ -302,15 +316,53 @@ _PLACEHOLDER = {"b": False, "i": 0, "u": 0, "f": np.nan, "M": np.datetime64("NaT
                 "m": np.timedelta64("NaT"), "U": "", "S": b""}
 
 
+_INTEGER = r"^(0|-?[1-9][0-9]*)$"
+_FLOAT_EXACT = 2 ** 53        # every integer up to this is a float64 of its own
+
+
+def _exact_ids(col: pa.ChunkedArray, name: str, where: _Where) -> pa.ChunkedArray:
+  """An id column as exact values: text of integers (as CSV cells are read) becomes int64, or
+  uint64 where int64 is too small, and stays text where no integer type holds it (or where a
+  value is no plain integer, e.g. `007`); decimals without fraction likewise; floats become
+  int64 only if every value is an integer below 2**53 in magnitude, and are refused otherwise
+  (distinct ids above that merge into one float)."""
+  t = col.type
+  if pa.types.is_decimal(t) and t.scale == 0:
+    col, t = col.cast(pa.string()), pa.string()
+  if pa.types.is_floating(t):
+    v = col.to_numpy(zero_copy_only=False).astype(np.float64)
+    finite = v[np.isfinite(v)]
+    if finite.size and (np.any(np.abs(finite) > _FLOAT_EXACT) or np.any(finite != np.round(finite))):
+      raise DataError(f"{where.source}: column {name!r} holds floats ({t}); ids must be exact "
+                      "integers or text, and floats are exact integers only up to 2**53 (larger "
+                      "ids may already have merged). Write the ids as integers or strings")
+    return col.cast(pa.int64(), safe=False) if finite.size == v.size else col
+  if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+    return col
+  present = pc.drop_null(col)
+  if present.length() == 0 or not pc.all(pc.match_substring_regex(present, _INTEGER)).as_py():
+    return col
+  digits = pc.max(pc.utf8_length(present)).as_py()
+  if digits <= 18:                                  # fits int64 whatever the digits
+    return col.cast(pa.int64())
+  for typ in (pa.int64(), pa.uint64()):
+    try:
+      return col.cast(typ)
+    except (pa.ArrowInvalid, OverflowError):
+      continue
+  return col                                        # more digits than any integer type
+
+
 def _reindex(col: pa.ChunkedArray, name: str, where: _Where) -> tuple[np.ndarray, np.ndarray]:
   """Contiguous ids 1..V by sorted raw value. Returns ids (E,) int32 and raw (V+1,)."""
   if pa.types.is_dictionary(col.type):
     col = col.cast(col.type.value_type)
+  col = _exact_ids(col, name, where)
   t = col.type
   if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
           or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_temporal(t)):
     raise DataError(f"{where.source}: column {name!r} has type {t}; a categorical column must "
-                    "hold integers, strings, booleans, floats or timestamps")
+                    "hold integers, strings, booleans or timestamps")
   _check_no_nulls(col, name, where, "value")
   uniq = pc.unique(col)
   uniq = uniq.take(pc.array_sort_indices(uniq))                  # (V,) sorted raw values

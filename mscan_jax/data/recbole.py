@@ -111,32 +111,13 @@ def load_recbole(path: str, *, scenario: str, user: str = "user_id", item: str =
   side = {k: _Atomic(files[k], k) for k in ("user", "item") if k in files}
   stats: dict[str, Any] = {"source_format": "recbole atomic files",
                            "files": sorted(files.values()), "inter_rows_read": inter.table.num_rows}
-
-  def need(f: _Atomic, name: str, role: str) -> str:
-    h = f.find(name)
-    if h is None:
-      raise DataError(f"{f.path}: no {role} column {name!r}; the header has {f.columns}")
-    return h
-
-  u_col, i_col = need(inter, user, "user"), need(inter, item, "item")
-  l_col = need(inter, label, "label")
+  u_col, i_col = _need(inter, user, "user"), _need(inter, item, "item")
+  l_col = _need(inter, label, "label")
   t_col = inter.find(time) if time else None
   n = inter.table.num_rows
   for h in (u_col, i_col):
     _check_nonempty(inter, h)
-
-  # Label.
-  values = _floats(inter, l_col)
-  if label_threshold is None:
-    bad = (values != 0) & (values != 1)
-    if bad.any():
-      r = int(np.flatnonzero(bad)[0])
-      raise DataError(f"{inter.path}: line {inter.line(r)}: column {l_col!r}: label "
-                      f"{inter.col(l_col)[r].as_py()!r} is not 0 or 1; pass label_threshold "
-                      "(e.g. 4 for ratings) to binarise it")
-    lab = values.astype(np.int8)
-  else:
-    lab = (values >= label_threshold).astype(np.int8)
+  lab = _labels(inter, l_col, label_threshold)
   ts = _floats(inter, t_col) if t_col else None
 
   # Scenario: .inter, else .item (by item), else .user (by user).
@@ -147,22 +128,8 @@ def load_recbole(path: str, *, scenario: str, user: str = "user_id", item: str =
   s_col = where.find(scenario)
   stats["scenario_column"] = f"{os.path.basename(where.path)}:{s_col}"
   u_tok, i_tok = _tokens(inter.col(u_col)), _tokens(inter.col(i_col))
-
-  # Side tables, joined on the user / item token: profile fields and the scenario.
-  profile: dict[str, tuple[list[str], list[np.ndarray]]] = {"user": ([], []), "item": ([], [])}
-  for kind, key_name, key_tok in (("user", user, u_tok), ("item", item, i_tok)):
-    if kind not in side:
-      continue
-    f = side[kind]
-    k_col = need(f, key_name, f"{kind} id")
-    row, found = _join(f, k_col, key_tok, kind)                     # (E,), (E,)
-    cols = [h for h, t in zip(f.columns, f.types) if t == "token" and h not in (k_col, s_col)]
-    profile[kind] = (cols, [np.where(found, _tokens(f.col(h))[row], "") for h in cols])
-    stats[f"inter_rows_without_{kind}_row"] = int(np.count_nonzero(~found))
-    stats[f"{kind}_columns_unused"] = [h for h, t in zip(f.columns, f.types)
-                                       if t != "token" and h not in (k_col, s_col)]
-    if where is f:
-      scen_tok = np.where(found, _tokens(f.col(s_col))[row], "")
+  profile, scen_tok = _side_tables(side, {"user": (user, u_tok), "item": (item, i_tok)}, where,
+                                   s_col, stats)
   if where is inter:
     scen_tok = _tokens(inter.col(s_col))
   used = {u_col, i_col, l_col, t_col, s_col if where is inter else None}
@@ -177,24 +144,16 @@ def load_recbole(path: str, *, scenario: str, user: str = "user_id", item: str =
   if ts is not None:
     order = order[np.argsort(ts[order], kind="stable")]
 
-  vocab: dict[str, np.ndarray] = {}
-
-  def field_ids(name: str, tokens: np.ndarray) -> np.ndarray:
-    raw, missing = _sortable(tokens[order])
-    ids, vocab[name] = reindex(raw, missing=missing)
-    return ids
-
   user_names = [user.partition(":")[0]] + [h.partition(":")[0] for h in profile["user"][0]]
   item_names = [item.partition(":")[0]] + [h.partition(":")[0] for h in profile["item"][0]]
   scen_name = scenario.partition(":")[0]
   if len(set(user_names + item_names + [scen_name])) != len(user_names) + len(item_names) + 1:
     raise DataError(f"recbole: field names {user_names + item_names + [scen_name]} must be "
                     "distinct (a .user and a .item column share a name)")
-  user_arr = np.stack([field_ids(nm, t)
-                       for nm, t in zip(user_names, [u_tok] + profile["user"][1])], 1)   # (E, Fu)
-  item_arr = np.stack([field_ids(nm, t)
-                       for nm, t in zip(item_names, [i_tok] + profile["item"][1])], 1)   # (E, Fi)
-  scen_arr = field_ids(scen_name, scen_tok)[:, None]
+  vocab: dict[str, np.ndarray] = {}
+  user_arr = _field_ids(user_names, [u_tok] + profile["user"][1], order, vocab)   # (E, Fu)
+  item_arr = _field_ids(item_names, [i_tok] + profile["item"][1], order, vocab)   # (E, Fi)
+  scen_arr = _field_ids([scen_name], [scen_tok], order, vocab)                    # (E, 1)
   fields = lambda names: tuple(Field(nm, max(int(vocab[nm].shape[0]), 2)) for nm in names)  # noqa: E731
   stats["events"] = int(order.shape[0])
   log = builder.EventLog(
@@ -205,6 +164,65 @@ def load_recbole(path: str, *, scenario: str, user: str = "user_id", item: str =
       scenario_fields=fields([scen_name]), time=None if ts is None else ts[order],
       sample_id=sample_id[order], source=inter.path)
   return log, vocab, stats
+
+
+def _need(f: _Atomic, name: str, role: str) -> str:
+  """The header column of `name` in `f`; a DataError listing the header if there is none."""
+  h = f.find(name)
+  if h is None:
+    raise DataError(f"{f.path}: no {role} column {name!r}; the header has {f.columns}")
+  return h
+
+
+def _labels(inter: _Atomic, l_col: str, label_threshold: float | None) -> np.ndarray:
+  """(E,) int8: the label column, 0/1 as given, or value >= `label_threshold`."""
+  values = _floats(inter, l_col)
+  if label_threshold is None:
+    bad = (values != 0) & (values != 1)
+    if bad.any():
+      r = int(np.flatnonzero(bad)[0])
+      raise DataError(f"{inter.path}: line {inter.line(r)}: column {l_col!r}: label "
+                      f"{inter.col(l_col)[r].as_py()!r} is not 0 or 1; pass label_threshold "
+                      "(e.g. 4 for ratings) to binarise it")
+    return values.astype(np.int8)
+  return (values >= label_threshold).astype(np.int8)
+
+
+def _side_tables(side: dict[str, _Atomic], keys: dict[str, tuple[str, np.ndarray]],
+                 where: _Atomic, s_col: str, stats: dict[str, Any]
+                 ) -> tuple[dict[str, tuple[list[str], list[np.ndarray]]], np.ndarray | None]:
+  """Side tables, joined on the user / item token: profile fields and the scenario.
+
+  Returns ({"user" | "item": (token columns, their (E,) tokens per interaction)}, the
+  scenario's (E,) tokens when `where` is a side table, else None).
+  """
+  profile: dict[str, tuple[list[str], list[np.ndarray]]] = {"user": ([], []), "item": ([], [])}
+  scen_tok = None
+  for kind, (key_name, key_tok) in keys.items():
+    if kind not in side:
+      continue
+    f = side[kind]
+    k_col = _need(f, key_name, f"{kind} id")
+    row, found = _join(f, k_col, key_tok, kind)                     # (E,), (E,)
+    cols = [h for h, t in zip(f.columns, f.types) if t == "token" and h not in (k_col, s_col)]
+    profile[kind] = (cols, [np.where(found, _tokens(f.col(h))[row], "") for h in cols])
+    stats[f"inter_rows_without_{kind}_row"] = int(np.count_nonzero(~found))
+    stats[f"{kind}_columns_unused"] = [h for h, t in zip(f.columns, f.types)
+                                       if t != "token" and h not in (k_col, s_col)]
+    if where is f:
+      scen_tok = np.where(found, _tokens(f.col(s_col))[row], "")
+  return profile, scen_tok
+
+
+def _field_ids(names: list[str], tokens: list[np.ndarray], order: np.ndarray,
+               vocab: dict[str, np.ndarray]) -> np.ndarray:
+  """(E, F) ids of the fields `names` from their tokens, rows in `order`; fills `vocab`."""
+  ids = []
+  for name, tok in zip(names, tokens):
+    raw, missing = _sortable(tok[order])
+    col, vocab[name] = reindex(raw, missing=missing)
+    ids.append(col)
+  return np.stack(ids, 1)
 
 
 def _join(f: _Atomic, key_col: str, query: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:

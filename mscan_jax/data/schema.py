@@ -118,6 +118,19 @@ class Schema:
     return cls(**d)
 
 
+def check_name(name: str, what: str) -> str:
+  """`name` if it can name a file inside a folder (a vocab file, a run folder); a DataError
+  naming it otherwise. Names come from data files (column names, a stored dataset name), so
+  one holding a path separator, `..` or a control character never becomes a path."""
+  bad = (not isinstance(name, str) or not name.strip() or ".." in name
+         or any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/"))
+         or any(ord(c) < 32 or ord(c) == 127 for c in name))
+  if bad:
+    raise DataError(f"{what} {name!r} cannot name a file: it is empty or holds a path separator, "
+                    "'..' or a control character; rename it")
+  return name
+
+
 def save_json(path: str, obj: Any) -> None:
   with open(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
@@ -154,6 +167,8 @@ def write_built(out_dir: str, schema: Schema, log: Mapping[str, np.ndarray],
                 splits: Mapping[str, np.ndarray], stats: Mapping[str, Any],
                 vocab: Mapping[str, np.ndarray] | None = None) -> None:
   """Writes a built dataset (layout in the module docstring), checking every array."""
+  for field in vocab or {}:
+    check_name(field, "field name (of a vocab file)")
   layout = log_layout(schema)
   n = None
   for key, (dtype, tail) in layout.items():
@@ -253,36 +268,6 @@ def _take_rows(table: np.ndarray, idx: np.ndarray, valid: np.ndarray) -> np.ndar
   out = out.reshape(idx.shape + table.shape[1:])
   mask = valid.reshape(valid.shape + (1,) * (table.ndim - 1))
   return np.where(mask, out, 0).astype(table.dtype)
-
-
-def validate_ids(name: str, values: np.ndarray, vocab_size: int, source: str = "") -> None:
-  """Raises DataError naming the first row with an id outside [0, vocab_size)."""
-  values = np.asarray(values)
-  bad = np.flatnonzero((values < 0) | (values >= vocab_size))
-  if bad.size:
-    r = int(bad[0])
-    where = f"{source}: " if source else ""
-    raise DataError(f"{where}field {name!r} row {r}: id {values.reshape(-1)[r]} outside "
-                    f"[0, {vocab_size}) ({bad.size} such rows)")
-
-
-def batch_spec(schema: Schema, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-  """Shapes and dtypes of one batch: the static shapes every jitted step compiles for."""
-  fu, fi, fs = len(schema.user_fields), len(schema.item_fields), len(schema.scenario_fields)
-  b, ls, lh = batch_size, schema.max_cur_len, schema.max_all_len
-  spec = {
-      "user": ((b, fu), np.int32), "item": ((b, fi), np.int32), "scenario": ((b, fs), np.int32),
-      "label": ((b,), np.float32), "cur_seq": ((b, ls, fi), np.int32), "cur_len": ((b,), np.int32),
-      "all_seq": ((b, lh, fi), np.int32), "all_len": ((b,), np.int32),
-      "all_click": ((b, lh), np.int32), "all_scenario": ((b, lh), np.int32),
-      "sample_id": ((b,), np.int64), "user_id": ((b,), np.int32), "mask": ((b,), np.float32),
-  }
-  if schema.has_truth:
-    spec["true_like"] = ((b,), np.float32)
-    spec["true_prob"] = ((b,), np.float32)
-  if schema.has_exam:
-    spec["true_exam"] = ((b,), np.float32)
-  return spec
 
 
 def dummy_batch(schema: Schema, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:

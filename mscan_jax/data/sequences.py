@@ -5,17 +5,18 @@ in the current scenario s, and H_u, the user's earlier behaviours in all scenari
 its scenario id). "Earlier" is strict: a sample never sees itself nor any later event, so no
 label leaks into its own features.
 
-Time order is the row order of the log: the caller has stable-sorted the events by timestamp
-(ties keep their input row order, see `builder.build_dataset`), so an event with the same
-timestamp as the sample but an earlier row counts as earlier. That is the documented, stable
-tie-break; it is the order in which the log was written.
+The log's rows are in time order (the caller has sorted the events by timestamp). With the
+timestamps given (`time`), "earlier" means a strictly earlier timestamp: events that share a
+timestamp never see each other, whatever their row order, so a duplicated row or two events
+logged in the same second never leak each other's label. Without them, the row order is the
+time order and every row is its own instant.
 
 The construction is vectorised: one sort of the events by (group, row), an exclusive cumulative
 count of the *eligible* history events (all events, or clicked events only) in that order, and
 index arithmetic. For the event at sorted position p, the eligible events of its group that
 precede it are `K[c(p) - n(p) : c(p)]`, where K lists the eligible events in sorted order, c(p)
-is the number of eligible events before p, and n(p) that count restricted to p's group (capped
-at L, the most recent kept). Cost O(E log E + E * L); no Python loop over users or rows.
+is the number of eligible events before the first event of p's group with p's timestamp, and
+n(p) that count restricted to p's group (capped at L, the most recent kept). Cost O(E log E + E * L); no Python loop over users or rows.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ _BLOCK_ELEMENTS = 1 << 16
 
 
 def build_sequences(user_id: np.ndarray, scenario: np.ndarray, click: np.ndarray, *, max_cur_len: int,
-                    max_all_len: int, all_seq_mode: str = "impressions") -> tuple[np.ndarray, np.ndarray]:
+                    max_all_len: int, all_seq_mode: str = "impressions",
+                    time: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Row indices of S_u (cur_idx) and H_u (all_idx) for every event of a time-ordered log.
 
-  Events are in time order (row number = time; the caller has already stable-sorted by timestamp,
-  ties by input row order). Returns cur_idx (E, Ls) int64 and all_idx (E, Lh) int64: row numbers
-  of strictly earlier events of the same user, -1 = padding, left-aligned and oldest first (padding
-  at the end), keeping the most recent when over the cap.
+  Events are in time order (the caller has already sorted them by timestamp). Returns cur_idx
+  (E, Ls) int64 and all_idx (E, Lh) int64: row numbers of strictly earlier events of the same
+  user (a strictly earlier timestamp when `time` is given, else an earlier row), -1 = padding,
+  left-aligned and oldest first (padding at the end), keeping the most recent when over the cap.
     cur_idx: earlier CLICKED events of the same user in the same scenario (S_u).
     all_idx: earlier events of the same user in any scenario (H_u): all impressions
       ("impressions", the authors' choice; the click flags travel with the batch as `all_click`)
@@ -48,6 +50,8 @@ def build_sequences(user_id: np.ndarray, scenario: np.ndarray, click: np.ndarray
     max_cur_len: Ls >= 1.
     max_all_len: Lh >= 1.
     all_seq_mode: one of `schema.ALL_SEQ_MODES`.
+    time: (E,) non-decreasing timestamps (numbers or datetime64), or None: every row is its
+      own instant.
   """
   user_id, scenario, click = np.asarray(user_id), np.asarray(scenario), np.asarray(click)
   e = user_id.shape[0] if user_id.ndim == 1 else -1
@@ -67,6 +71,14 @@ def build_sequences(user_id: np.ndarray, scenario: np.ndarray, click: np.ndarray
     raise ValueError("build_sequences: click must hold only 0 and 1")
   if e > 0 and (user_id.min() < 0 or scenario.min() < 0):
     raise ValueError("build_sequences: user_id and scenario must be non-negative")
+  if time is not None:
+    time = np.asarray(time)
+    if time.shape != (e,):
+      raise ValueError(f"build_sequences: time must have shape ({e},), got {time.shape}")
+    if np.issubdtype(time.dtype, np.datetime64):
+      time = time.view(np.int64)
+    if e > 1 and bool(np.any(time[1:] < time[:-1])):
+      raise ValueError("build_sequences: time must be non-decreasing (the rows in time order)")
 
   user = user_id.astype(np.int64, copy=False)
   num_scen = int(scenario.max()) + 1 if e else 1
@@ -74,9 +86,10 @@ def build_sequences(user_id: np.ndarray, scenario: np.ndarray, click: np.ndarray
     user = np.unique(user, return_inverse=True)[1].reshape(-1)       # ranks: the key fits int64
   # S_u: group = (user, scenario); history = clicked events only.
   cur_idx = _earlier_in_group(user * num_scen + scenario.astype(np.int64, copy=False), clicked,
-                              max_cur_len)
+                              max_cur_len, time)
   # H_u: group = user; history = all impressions or clicked events only.
-  all_idx = _earlier_in_group(user, None if all_seq_mode == "impressions" else clicked, max_all_len)
+  all_idx = _earlier_in_group(user, None if all_seq_mode == "impressions" else clicked,
+                              max_all_len, time)
   return cur_idx, all_idx
 
 
@@ -90,11 +103,13 @@ def _group_order(group: np.ndarray) -> np.ndarray:
   return np.argsort(group, kind="stable")
 
 
-def _earlier_in_group(group: np.ndarray, eligible: np.ndarray | None, cap: int) -> np.ndarray:
+def _earlier_in_group(group: np.ndarray, eligible: np.ndarray | None, cap: int,
+                      time: np.ndarray | None = None) -> np.ndarray:
   """(E, cap) int64: rows of the last `cap` eligible events of the same group strictly before each row.
 
-  `eligible` (E,) bool marks the events that may appear in a history (None = all). Rows are
-  left-aligned, oldest first, -1 padding at the end.
+  `eligible` (E,) bool marks the events that may appear in a history (None = all). With
+  `time` (E,) non-decreasing, "before" means a strictly smaller time. Rows are left-aligned,
+  oldest first, -1 padding at the end.
   """
   e = group.shape[0]
   out = np.empty((e, cap), np.int64)
@@ -115,6 +130,13 @@ def _earlier_in_group(group: np.ndarray, eligible: np.ndarray | None, cap: int) 
     before -= elig_sorted                                            # exclusive cumulative count
   # Eligible events before the group's first event, broadcast over the group.
   group_start = np.maximum.accumulate(np.where(start, np.arange(e), 0))
+  if time is not None:
+    # Within a group the rows are in time order, so the events sharing a time are one run:
+    # each event sees only what precedes the first event of its run.
+    t_sorted = time[order]
+    tie_start = start.copy()
+    tie_start[1:] |= t_sorted[1:] != t_sorted[:-1]
+    before = before[np.maximum.accumulate(np.where(tie_start, np.arange(e), 0))]
   count = before - before[group_start]                               # eligible earlier, same group
   # Back to row order: history length and first kept index into `keys` of every row.
   n = np.empty(e, np.int64)

@@ -4,9 +4,11 @@ and every bad-input error. Expected values are worked out by hand in the comment
 import dataclasses
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mscan_jax.data import builder
 from mscan_jax.data.builder import EventLog, build_dataset, format_stats
@@ -53,9 +55,10 @@ def test_builds_the_hand_computed_dataset(tmp_path):
   np.testing.assert_array_equal(lg["label"], LABEL[KEPT])
   # S_u: earlier clicks of the user in the same scenario (new rows 4 -> 6, 2 -> 7, 1 -> 8).
   np.testing.assert_array_equal(lg["cur_idx"], [[-1, -1]] * 6 + [[4, -1], [2, -1], [1, -1]])
-  # H_u (impressions): the user's earlier events, the 3 most recent.
+  # H_u (impressions): the user's events with a strictly earlier time, the 3 most recent. New
+  # rows 1 and 3 (user 0, both at t = 3) do not see each other.
   np.testing.assert_array_equal(lg["all_idx"], [
-      [-1, -1, -1], [-1, -1, -1], [0, -1, -1], [1, -1, -1], [1, 3, -1], [0, 2, -1], [1, 3, 4],
+      [-1, -1, -1], [-1, -1, -1], [0, -1, -1], [-1, -1, -1], [1, 3, -1], [0, 2, -1], [1, 3, 4],
       [0, 2, 5], [3, 4, 6]])
   # 9 samples: test = round(3.6) = 4 most recent, valid = round(0.5) = 1 (halves up), train 4.
   np.testing.assert_array_equal(ds.splits["train"], [0, 1, 2, 3])
@@ -72,7 +75,8 @@ def test_builds_the_hand_computed_dataset(tmp_path):
   assert stats["test_samples_per_scenario"] == {"1": 2, "2": 2}
   assert stats["click_rate_per_scenario"] == {"1": pytest.approx(0.6), "2": pytest.approx(0.5)}
   assert stats["dropped"] == {"users_in_fewer_than_2_scenarios_rows": 2,
-                              "users_in_fewer_than_2_scenarios_users": 1}
+                              "users_in_fewer_than_2_scenarios_users": 1, "duplicate_rows": 0}
+  assert stats["duplicate_rows"] == 0 and stats["same_time_events"] == 2   # rows 2 and 5
   assert "true_interest_rate_per_scenario" not in stats
   assert json.load(open(os.path.join(ds.path, "stats.json"))) == json.loads(json.dumps(stats))
   # A gathered test sample: new row 8 (u0, scenario 2) sees S_u = [row 1] and H_u = rows 3, 4, 6.
@@ -188,19 +192,29 @@ def test_bad_input_names_file_column_and_row(tmp_path, change, fragments):
   assert not os.path.exists(os.path.join(tmp_path, "built", "schema.json"))
 
 
-def test_scenario_emptied_by_the_user_filter_is_an_error(tmp_path):
-  # Scenario 3 holds only user 2's samples (rows 3, 10); user 2 is seen in one scenario and
-  # dropped, which leaves scenario 3 without a sample.
-  scen = SCEN.copy()
-  scen[[3, 10]] = 3
+def test_scenario_emptied_by_the_user_filter_is_removed_and_counted(tmp_path):
+  # Scenario 2 of 3 holds only user 2's samples (rows 3, 10; user 2 is seen in it alone and
+  # dropped), so it is removed: old scenario 3 becomes 2, the vocab loses "s2".
+  scen = np.where(SCEN == 2, 3, SCEN)
+  scen[[3, 10]] = 2
   log = make_log(scenario=scen[:, None], scenario_fields=(Field("scen", 4),))
-  with pytest.raises(DataError, match=r"mylog.csv: column 'scen': scenario id\(s\) \[3\] have no "
-                                      r"sample left .* 2 samples .* re-index the scenario ids"):
-    build(tmp_path, log)
+  vocab = {"scen": np.array(["", "s1", "s2", "s3"])}
+  out = os.path.join(tmp_path, "built")
+  stats = build_dataset(out, log, max_cur_len=2, max_all_len=3, vocab=vocab)
+  ds = BuiltDataset(out)
+  assert ds.schema.num_scenarios == 2
+  np.testing.assert_array_equal(ds.log["scenario"][:, 0], SCEN[KEPT])   # as without scenario 2
+  assert list(np.load(os.path.join(out, "vocab", "scen.npy"))) == ["", "s1", "s3"]
+  assert list(vocab["scen"]) == ["", "s1", "s2", "s3"]                  # the caller's is intact
+  assert stats["dropped"]["users_in_fewer_than_2_scenarios_scenarios"] == 1
+  assert stats["scenarios_removed_raw"] == "s2"
+  assert "scenarios removed (no sample left after the user filter): s2" in format_stats(stats)
 
 
 def test_no_multi_scenario_user_and_empty_split_are_errors(tmp_path):
-  with pytest.raises(DataError, match="mylog.csv: no user has samples in at least 2 scenarios"):
+  with pytest.raises(DataError, match=r"mylog.csv: no user has samples in at least 2 scenarios.*"
+                                      r"1 scenario value\(s\) in field 'scen': 1 \(11 rows\)\. A "
+                                      r"single-scenario file"):
     build(tmp_path, make_log(scenario=np.ones((11, 1), int)))
   with pytest.raises(DataError, match="mylog.csv: split 'valid' is empty: 9 samples"):
     build(tmp_path, valid_fraction=0.01)
@@ -245,3 +259,86 @@ def test_optional_examination_truth(tmp_path):
   older = BuiltDataset(path)
   assert older.schema.has_truth and not older.schema.has_exam
   assert "true_exam" not in older.gather(np.array([0, 3])) and "true_prob" in older.gather(np.array([0]))
+
+
+# ---------------------------------------------------------------------------------------
+# Ties and exact duplicates
+
+def _tie_log(rows, **changes) -> EventLog:
+  """rows: (user, scenario, item, label, time) per event; users 0 and 1 (two scenarios each)."""
+  user, scen, item, label, time = (np.array(c) for c in zip(*rows))
+  return EventLog(user=(user + 1)[:, None], item=item[:, None], scenario=scen[:, None],
+                  label=label.astype(np.int8), user_id=user.astype(np.int32),
+                  user_fields=(Field("uid", 3),), item_fields=(Field("iid", 10),),
+                  scenario_fields=(Field("scen", 3),), time=time.astype(np.int64), source=SRC,
+                  **changes)
+
+
+# A duplicated click (rows 2 and 3: user 0, item 5, t = 4) and two other events at t = 4.
+TIES = [(0, 1, 1, 1, 1), (1, 1, 2, 1, 1), (0, 1, 5, 1, 4), (0, 1, 5, 1, 4), (0, 2, 6, 0, 4),
+        (1, 2, 3, 1, 2), (0, 2, 7, 1, 6), (1, 1, 4, 1, 6), (0, 1, 8, 0, 8), (1, 2, 9, 0, 9)]
+
+
+def test_exact_duplicates_are_dropped_and_counted(tmp_path):
+  stats, ds = build(tmp_path, _tie_log(TIES), max_cur_len=4, max_all_len=6, test_fraction=0.3,
+                    valid_fraction=0.2)
+  assert stats["duplicate_rows"] == 1 and stats["dropped"]["duplicate_rows"] == 1
+  assert stats["same_time_events"] == 3                 # rows 2, 3, 4 share user 0's t = 4
+  assert ds.num_events == 9 and 3 not in set(np.asarray(ds.log["sample_id"]).tolist())
+  assert "exact duplicate rows: 1 (dropped)" in format_stats(stats)
+
+
+def test_kept_duplicates_and_same_time_events_never_see_each_other(tmp_path):
+  for rows in (TIES, TIES[:2] + TIES[4:5] + TIES[2:4] + TIES[5:]):   # two file orders
+    out = os.path.join(tmp_path, str(len(os.listdir(tmp_path))))
+    stats = build_dataset(out, _tie_log(rows), max_cur_len=4, max_all_len=6, test_fraction=0.3,
+                          valid_fraction=0.2, duplicates="keep")
+    ds = BuiltDataset(out)
+    assert stats["duplicate_rows"] == 1 and "duplicate_rows" not in stats["dropped"]
+    sid = np.asarray(ds.log["sample_id"])
+    at = {int(s): k for k, s in enumerate(sid)}
+    time = np.array([r[4] for r in rows])
+    for k in range(ds.num_events):
+      for idx in (ds.log["cur_idx"][k], ds.log["all_idx"][k]):
+        seen = sid[idx[idx >= 0]]
+        assert np.all(time[seen] < time[sid[k]]), (k, seen)
+    # The later copy of the duplicated click sees user 0's t = 1 click only, like the first.
+    copies = [i for i, r in enumerate(rows) if r == TIES[2]]
+    for c in copies:
+      assert list(sid[ds.log["all_idx"][at[c]][ds.log["all_idx"][at[c]] >= 0]]) == [0]
+
+
+def test_a_log_without_timestamps_has_no_duplicates(tmp_path):
+  stats, _ = build(tmp_path, dataclasses.replace(_tie_log(TIES), time=None), test_fraction=0.3,
+                   valid_fraction=0.2)
+  assert "duplicate_rows" not in stats and "duplicate_rows" not in stats["dropped"]
+
+
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(1, 2), st.integers(1, 3),
+                          st.integers(0, 1), st.integers(0, 3)), min_size=8, max_size=40),
+       st.sampled_from(["drop", "keep"]))
+def test_duplicates_and_ties_hypothesis(rows, policy):
+  """Logs with many ties and exact copies, in any order: the copies are counted (and dropped
+  by default), and no history holds an event of the same or a later time."""
+  rows = [(0, 1, 1, 1, 0), (0, 2, 1, 1, 0), (1, 1, 1, 1, 0), (1, 2, 1, 1, 0)] + rows
+  copies = len(rows) - len(set(rows))
+  with tempfile.TemporaryDirectory() as d:
+    try:
+      stats = build_dataset(d + "/b", _tie_log(rows), max_cur_len=3, max_all_len=4,
+                            test_fraction=0.25, valid_fraction=0.25, duplicates=policy)
+    except DataError as e:                   # a split left empty by dropping copies
+      assert "is empty" in str(e)
+      return
+    ds = BuiltDataset(d + "/b")
+    assert stats["duplicate_rows"] == copies
+    assert ds.num_events == len(rows) - (copies if policy == "drop" else 0)
+    sid = np.asarray(ds.log["sample_id"])
+    if policy == "drop":
+      assert len({rows[s] for s in sid}) == len(sid)
+    time = np.array([r[4] for r in rows])
+    for key in ("cur_idx", "all_idx"):
+      idx = np.asarray(ds.log[key])
+      valid = idx >= 0
+      assert np.all(time[sid[idx[valid]]] < np.broadcast_to(time[sid][:, None], idx.shape)[valid])

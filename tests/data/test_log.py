@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mscan_jax import config as config_lib
+from mscan_jax.data import datasets
 from mscan_jax.data import log as log_lib
 from mscan_jax.data.schema import BuiltDataset, DataError
 
@@ -172,7 +173,8 @@ def test_build_from_log_writes_a_dataset_with_its_vocab(tmp_path):
   log_lib.build_from_log(path, out, COLS, max_cur_len=3, max_all_len=4)
   ds = BuiltDataset(out)
   assert [f.name for f in ds.schema.item_fields] == ["iid", "cat"]
-  assert ds.schema.name == "mylog" and not ds.schema.has_truth
+  assert ds.schema.name == datasets.log_label(path, COLS) and not ds.schema.has_truth
+  assert ds.schema.name.startswith("log-mylog-")
   assert list(np.load(os.path.join(out, "vocab", "uid.npy"))) == ["", "u3", "u7"]
   # Every stored row maps back to a raw value of the file.
   users = np.load(os.path.join(out, "vocab", "uid.npy"))[np.asarray(ds.log["user"][:, 0])]
@@ -193,3 +195,58 @@ def test_ensure_built_builds_once(tmp_path):
   assert os.listdir(cfg.data.cache_dir) == [os.path.basename(out)]   # no temporary left
   cfg.data.max_all_len = 4                                            # new settings: new build
   assert log_lib.ensure_built(path, cfg.data) != out
+
+
+# ---------------------------------------------------------------------------------------
+# Ids are exact: integers or strings, never floats
+
+BIG = 2**60
+# Users 2^60 + k stay apart (as float64 they are all one number); one id needs uint64, one
+# id has more digits than any integer type.
+WIDE_IDS = {"int64": [BIG + k for k in range(4)],
+            "uint64": [BIG + k for k in range(3)] + [2**63 + 5],
+            "decimal": [BIG + k for k in range(3)] + [10**25 + 1]}
+
+
+def _wide_table(users):
+  n = 24
+  return {"uid": [users[k % 4] for k in range(n)], "iid": [k % 5 for k in range(n)],
+          "scene": [1 + k // 4 % 2 for k in range(n)], "click": [k % 2 for k in range(n)],
+          "ts": list(range(n)), "cat": [1] * n}
+
+
+@pytest.mark.parametrize("kind", sorted(WIDE_IDS))
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_wide_integer_ids_stay_distinct(tmp_path, kind, fmt):
+  users = WIDE_IDS[kind]
+  table = _wide_table(users)
+  if fmt == "csv":
+    path = write(tmp_path, "uid,iid,scene,click,ts,cat\n" + "".join(
+        ",".join(str(table[c][k]) for c in table) + "\n" for k in range(24)))
+  else:
+    path = os.path.join(tmp_path, "log.parquet")
+    columns = dict(table)
+    if kind == "uint64":
+      columns["uid"] = pa.array(users * 6, pa.uint64())
+    elif kind == "decimal":
+      columns["uid"] = pa.array([__import__("decimal").Decimal(u) for u in users * 6],
+                                pa.decimal128(38, 0))
+    pq.write_table(pa.table(columns), path)
+  log, vocab = log_lib.load_log(path, COLS)
+  assert log.user_fields[0].vocab_size == 5                    # four users, none merged
+  raw = vocab["uid"][log.user[:, 0]]
+  assert [int(r) for r in raw] == table["uid"]                 # each row maps back exactly
+  assert vocab["uid"].dtype.kind in "iuU"                      # integers or text, never floats
+
+
+def test_float_ids_in_parquet_are_refused_unless_exact(tmp_path):
+  path = os.path.join(tmp_path, "log.parquet")
+  table = _wide_table([1, 2, 3, 4])
+  table["uid"] = [float(u) for u in table["uid"]]              # pandas' ints with a gap
+  pq.write_table(pa.table(table), path)
+  log, vocab = log_lib.load_log(path, COLS)
+  assert vocab["uid"].dtype == np.int64 and list(vocab["uid"]) == [0, 1, 2, 3, 4]
+  table["uid"] = [float(BIG + k % 4) for k in range(24)]
+  pq.write_table(pa.table(table), path)
+  with pytest.raises(DataError, match=r"column 'uid' holds floats .* 2\*\*53"):
+    log_lib.load_log(path, COLS)

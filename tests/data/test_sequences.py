@@ -12,23 +12,25 @@ from hypothesis import given, settings, strategies as st
 from mscan_jax.data.sequences import build_sequences
 
 
-def reference(user, scen, click, ls, lh, mode):
-  """The definition, one row at a time: the last `cap` qualifying earlier rows, oldest first."""
+def reference(user, scen, click, ls, lh, mode, time=None):
+  """The definition, one row at a time: the last `cap` qualifying earlier rows, oldest first
+  (earlier: a strictly smaller `time`, or without it a smaller row)."""
   e = len(user)
   cur = np.full((e, ls), -1, np.int64)
   alls = np.full((e, lh), -1, np.int64)
   for r in range(e):
-    s_u = [q for q in range(r) if user[q] == user[r] and scen[q] == scen[r] and click[q]]
-    h_u = [q for q in range(r) if user[q] == user[r] and (mode == "impressions" or click[q])]
+    earlier = range(r) if time is None else [q for q in range(e) if time[q] < time[r]]
+    s_u = [q for q in earlier if user[q] == user[r] and scen[q] == scen[r] and click[q]]
+    h_u = [q for q in earlier if user[q] == user[r] and (mode == "impressions" or click[q])]
     s_u, h_u = s_u[max(0, len(s_u) - ls):], h_u[max(0, len(h_u) - lh):]
     cur[r, :len(s_u)] = s_u
     alls[r, :len(h_u)] = h_u
   return cur, alls
 
 
-def build(user, scen, click, ls, lh, mode):
+def build(user, scen, click, ls, lh, mode, time=None):
   return build_sequences(np.asarray(user), np.asarray(scen), np.asarray(click), max_cur_len=ls,
-                         max_all_len=lh, all_seq_mode=mode)
+                         max_all_len=lh, all_seq_mode=mode, time=time)
 
 
 def test_small_log_by_hand():
@@ -107,6 +109,56 @@ def test_properties_and_reference_hypothesis(events, ls, lh, mode):
   want = reference(user, scen, click, ls, lh, mode)
   np.testing.assert_array_equal(cur, want[0])
   np.testing.assert_array_equal(alls, want[1])
+
+
+def test_events_sharing_a_timestamp_never_see_each_other():
+  # One user, one scenario, all clicks; rows 1 and 2 share t = 5, rows 3, 4 and 5 share t = 7.
+  time = np.array([1, 5, 5, 7, 7, 7, 9])
+  e = time.shape[0]
+  cur, alls = build(np.zeros(e, int), np.ones(e, int), np.ones(e, int), 4, 4, "impressions", time)
+  want = [[], [0], [0], [0, 1, 2], [0, 1, 2], [0, 1, 2], [2, 3, 4, 5]]
+  for idx in (cur, alls):
+    assert [list(r[r >= 0]) for r in idx] == want
+  # Datetimes are times too.
+  days = (np.datetime64("2024-01-01") + time).astype("datetime64[s]")
+  np.testing.assert_array_equal(build(np.zeros(e, int), np.ones(e, int), np.ones(e, int), 4, 4,
+                                      "impressions", days)[1], alls)
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3), st.booleans(), st.integers(0, 4)),
+                min_size=1, max_size=40),
+       st.integers(1, 6), st.integers(1, 8), st.sampled_from(["impressions", "clicks"]),
+       st.randoms(use_true_random=False))
+def test_strict_time_order_with_many_ties_hypothesis(events, ls, lh, mode, random):
+  """Few distinct times, so most events share theirs: a history holds strictly earlier times
+  only, equals the reference, and does not depend on the order of the rows within a time."""
+  events = sorted(events, key=lambda ev: ev[3])                # the log is in time order
+  user, scen, click, time = (np.array(col) for col in zip(*events))
+  cur, alls = build(user, scen, click, ls, lh, mode, time)
+  for idx in (cur, alls):
+    valid = idx >= 0
+    assert np.all(time[idx[valid]] < np.broadcast_to(time[:, None], idx.shape)[valid])
+  want = reference(user, scen, click, ls, lh, mode, time)
+  np.testing.assert_array_equal(cur, want[0])
+  np.testing.assert_array_equal(alls, want[1])
+  # Another file order of the same events (ties shuffled): with caps long enough to hold every
+  # history, each event sees the same events.
+  n = len(events)
+  keys = [(t, random.random()) for t in time]
+  perm = np.array(sorted(range(n), key=lambda k: keys[k]))      # new row -> old row
+  before = build(user, scen, click, n, n, mode, time)
+  after = build(user[perm], scen[perm], click[perm], n, n, mode, time[perm])
+  for old_idx, new_idx in zip(before, after):
+    for new_row, old_row in enumerate(perm):
+      seen_old = sorted(old_idx[old_row][old_idx[old_row] >= 0].tolist())
+      seen_new = sorted(perm[new_idx[new_row][new_idx[new_row] >= 0]].tolist())
+      assert seen_old == seen_new
+
+
+def test_time_must_be_in_order():
+  with pytest.raises(ValueError, match="time must be non-decreasing"):
+    build([0, 0], [1, 1], [1, 1], 2, 2, "impressions", np.array([2, 1]))
 
 
 def test_huge_user_keys():

@@ -14,8 +14,7 @@ import pytest
 
 from mscan_jax import config as config_lib
 from mscan_jax import models
-from mscan_jax.data import pipeline
-from mscan_jax.data.schema import BuiltDataset, Field, Schema, dummy_batch, write_built
+from mscan_jax.data.schema import Field, Schema, dummy_batch
 from mscan_jax.models import aesm2, experts, inputs
 from mscan_jax.training import objective
 
@@ -318,34 +317,3 @@ def test_single_and_finetune_require_a_valid_target_scenario(name):
   config.single.scenario = P + 1
   with pytest.raises(ValueError, match="config.single.scenario"):
     models.build_model(config, SCHEMA)
-
-
-def _write_tiny_dataset(path: str, n: int = 200) -> BuiltDataset:
-  rng = np.random.default_rng(0)
-
-  def ids(fields):
-    return np.stack([rng.integers(1, f.vocab_size, n) for f in fields], 1).astype(np.int32)
-
-  log = {"user": ids(SCHEMA.user_fields), "item": ids(SCHEMA.item_fields),
-         "scenario": (np.arange(n) % P + 1)[:, None].astype(np.int32),
-         "label": rng.integers(0, 2, n).astype(np.int8),
-         "user_id": rng.integers(0, 20, n).astype(np.int32),
-         "sample_id": np.arange(n, dtype=np.int64),
-         "cur_idx": -np.ones((n, SCHEMA.max_cur_len), np.int64),
-         "all_idx": -np.ones((n, SCHEMA.max_all_len), np.int64)}
-  splits = {"train": np.arange(0, 120), "valid": np.arange(120, 160), "test": np.arange(160, n)}
-  write_built(path, SCHEMA, log, splits, stats={})
-  return BuiltDataset(path)
-
-
-def test_single_stage_batches_only_hold_the_target_scenario(tmp_path):
-  dataset = _write_tiny_dataset(str(tmp_path / "ds"))
-  (_, stage), = models.stages(tiny_config("single"))
-  rows = pipeline.split_rows(dataset, "train", stage.data.train_scenarios)
-  assert len(rows) == 24                                     # every 5th of 120 rows
-  batches = pipeline.train_batches(dataset, rows, batch_size=8, seed=0, prefetch=1)
-  seen = np.concatenate([next(batches)["scenario"][:, 0] for _ in range(7)])   # > 2 epochs
-  assert seen.size == 56 and np.all(seen == 2)
-  for split, scen in (("valid", stage.data.train_scenarios), ("test", stage.data.eval_scenarios)):
-    rows = pipeline.split_rows(dataset, split, scen)
-    assert len(rows) == 8 and np.all(np.asarray(dataset.log["scenario"][rows, 0]) == 2)
