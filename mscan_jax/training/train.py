@@ -378,6 +378,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "select_metric": select_metric, "best_step": meta["best_step"],
              "best_valid_auc": meta["best_valid_auc"],
              "steps": step, **compute_metrics(pred)}
+  refs = dataset.stats.get("reference", {}).get("test_auc")
+  if refs and not config.data.eval_scenarios:
+    # Model-free reference rows on the same test split, computed when the data was built
+    # (the synthetic benchmark): the training split's item click rate and the oracles.
+    results["reference_auc"] = refs
   if is_main:
     save_json(os.path.join(workdir, "results.json"), results)
     if config.train.export_predictions:
@@ -410,16 +415,22 @@ def format_results(results: dict) -> str:
   per = results["auc"]["per_scenario"]
   truth = results.get("true_interest_auc")
   n = results.get("n_per_scenario", {})
+  refs = {k: v for k, v in REFERENCE_COLUMNS.items() if k in results.get("reference_auc", {})}
   keys = sorted(per, key=lambda k: int(k))
-  head = f"{'Scenario':>9} {'n':>9} {'AUC':>8}" + (f" {'true AUC':>9}" if truth else "")
+  head = (f"{'Scenario':>9} {'n':>9} {'AUC':>8}" + (f" {'true AUC':>9}" if truth else "")
+          + "".join(f" {title:>{len(title)}}" for title in refs.values()))
   lines = [f"{results['model']} on {results['dataset']} (seed {results.get('seed', 0)}, "
            f"c={results.get('c')}; best validation step {results.get('best_step')} by "
            f"{results.get('select_metric', 'auc_all')})", head]
+  def ref_cells(k):
+    return "".join(f" {results['reference_auc'][r].get(k, float('nan')):>{len(t)}.4f}"
+                   for r, t in refs.items())
+
   for k in keys:
     line = f"{'#' + k:>9} {n.get(k, ''):>9} {per[k]:8.4f}"
     if truth:
       line += f" {truth['per_scenario'].get(k, float('nan')):9.4f}"
-    lines.append(line)
+    lines.append(line + ref_cells(k))
   mean = results["auc"].get("mean_per_scenario")
   if mean is not None:
     line = f"{'mean':>9} {'':>9} {mean:8.4f}"
@@ -429,10 +440,19 @@ def format_results(results: dict) -> str:
   line = f"{'#All':>9} {results.get('n_test', ''):>9} {results['auc']['all']:8.4f}"
   if truth:
     line += f" {truth['all']:9.4f}"
-  lines.append(line)
+  lines.append(line + ref_cells("all"))
   tail = f"GAUC {results['gauc']:.4f}   log loss {results['logloss']:.4f}"
   if "true_interest_user_auc" in results:
     tail += (f"   true-interest GAUC {results['true_interest_gauc']:.4f}   per-user pooled "
              f"true-interest AUC {results['true_interest_user_auc']:.4f}")
   lines.append(tail)
+  if refs:
+    lines.append("Reference columns (observed-click AUC on the same test split, no training): "
+                 "item click rate counted on the training split (popularity) and the recorded "
+                 "truth (oracles). Trained references: --config.model=popularity|logreg|mf.")
   return "\n".join(lines)
+
+
+# Model-free reference columns of format_results: key in results["reference_auc"] -> title.
+REFERENCE_COLUMNS = {"item_click_rate": "click rate", "true_prob": "oracle like",
+                     "exam_x_like": "oracle click"}
