@@ -20,6 +20,11 @@ registry (`mscan_jax.models`):
               the report sweeps `C_VALUES` over each run's saved y_m and y_s.
   references  the reference scorers x seeds, and the oracles (no parameters: data seeds only)
               on data that records the truth.
+  mechanisms  the mechanism study on the synthetic benchmark: for each dial, its placebo and
+              strong level (the default preset is every dial's moderate level), M-scan and its
+              variants (`MECHANISM_VARIANTS`: Table 2's ablations, history_context, target
+              attention, s out of the matching tower, the probability fusion), the given
+              `baselines` with each of `BEHAVIOUR_INPUTS`, and the references.
   all         the union of the above.
 
 Every run is a `Run(name, overrides)`. Overrides equal to the default config are dropped
@@ -41,6 +46,7 @@ from typing import Any, Iterable, Sequence
 
 from mscan_jax import config as config_lib
 from mscan_jax import models
+from mscan_jax.data import synthetic
 
 Overrides = dict[str, Any]
 Grid = list[Overrides]
@@ -53,10 +59,12 @@ Grid = list[Overrides]
 ALPHA_VALUES = (0.0, 0.03, 0.1, 0.3, 1.0)
 # Figure 5: c of Eq. (12), swept at inference over saved predictions (no retraining).
 C_VALUES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0)
-GRID_NAMES = ("table1", "table2", "alpha", "c", "references", "all")
+GRID_NAMES = ("table1", "table2", "alpha", "c", "references", "mechanisms", "all")
 # Config keys the grids vary (never a setting shared by a whole output folder).
 AXIS_KEYS = ("model", "seed", "data.seed", "single.scenario", "mscan.use_saca", "mscan.use_sbe",
-             "mscan.alpha")
+             "mscan.alpha", "mscan.history_context", "mscan.saca_scenario_aware",
+             "mscan.scenario_in_matching", "mscan.fusion", "baseline.behaviours",
+             *(f"data.synthetic.{d}" for d in synthetic.DIALS))
 
 
 def proposed() -> str:
@@ -66,7 +74,10 @@ def proposed() -> str:
 
 # Short names of override keys in run names (unique; other keys appear as their full path).
 ALIASES = {"mscan.use_saca": "saca", "mscan.use_sbe": "sbe", "mscan.alpha": "alpha",
-           "mscan.c": "c", "single.scenario": "scenario", "data.seed": "data"}
+           "mscan.c": "c", "single.scenario": "scenario", "data.seed": "data",
+           "mscan.history_context": "ctx", "mscan.saca_scenario_aware": "aware",
+           "mscan.scenario_in_matching": "s_in_m", "mscan.fusion": "fusion",
+           "baseline.behaviours": "sees", **{f"data.synthetic.{d}": d for d in synthetic.DIALS}}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -260,12 +271,52 @@ def references(seeds: Sequence[int], data_seeds: Sequence[int] = (0,), *,
   return refs + oracles
 
 
+# The mechanism study: M-scan's modules against their ablations, and the equal-information
+# rows, at each level of each dial of the synthetic benchmark (one dial moved at a time; the
+# moderate level is the default preset, shared by every dial).
+MECHANISM_VARIANTS: Grid = [
+    {},                                                     # the paper's M-scan
+    {"mscan.use_saca": False}, {"mscan.use_sbe": False},
+    {"mscan.use_saca": False, "mscan.use_sbe": False},      # Table 2's ablations
+    {"mscan.history_context": True},                        # + click flags and scenario of H_u
+    {"mscan.saca_scenario_aware": False},                   # target attention over H_u
+    {"mscan.scenario_in_matching": False},                  # s only through y_s
+    {"mscan.fusion": "probability"},                        # sigmoid(y_m) * sigmoid(y_e)
+]
+# Each baseline of the study with its default input, M-scan's paper-form information (H_u) and
+# M-scan's information with history_context (H_u with click flags and scenario ids).
+BEHAVIOUR_INPUTS = ("cur", "cur+all", "cur+all+context")
+
+
+def mechanism_levels() -> Grid:
+    """One data override per (dial, level): placebo and strong of each dial, and the default
+    preset (every dial moderate) once."""
+    levels: Grid = [{}]
+    for dial, values in synthetic.DIAL_LEVELS.items():
+      for level in ("placebo", "strong"):
+        levels.append({f"data.synthetic.{dial}": values[level]})
+    return levels
+
+
+def mechanisms(seeds: Sequence[int], data_seeds: Sequence[int] = (0,), *,
+               baselines: Sequence[str] = ("mix",), with_truth: bool = True) -> Grid:
+  """The mechanism grid: (M-scan variants + baselines x behaviour inputs + references) x dial
+  levels x model seeds x data seeds."""
+  model_rows = product(axis("model", [proposed()]), MECHANISM_VARIANTS)
+  for name in baselines:
+    models.get_spec(name)                                   # a clear error for a typo
+    model_rows += product(axis("model", [name]), axis("baseline.behaviours", BEHAVIOUR_INPUTS))
+  return (product(mechanism_levels(), model_rows, _seed_axes(seeds, data_seeds))
+          + product(mechanism_levels(), references(seeds, data_seeds, with_truth=with_truth)))
+
+
 def needs_scenarios(name: str) -> bool:
   return name in ("table1", "all") and bool(models.names(table="table1", target_scenario=True))
 
 
 def build(name: str, *, seeds: Sequence[int], scenarios: Sequence[int] = (),
-          data_seeds: Sequence[int] = (0,), with_truth: bool = False) -> list[Run]:
+          data_seeds: Sequence[int] = (0,), with_truth: bool = False,
+          baselines: Sequence[str] = ("mix",)) -> list[Run]:
   """The runs of grid `name` (one of GRID_NAMES) for model `seeds` x `data_seeds` (and the
   target `scenarios` for table1). The table grids include the reference scorers (and the
   oracles `with_truth`)."""
@@ -283,6 +334,8 @@ def build(name: str, *, seeds: Sequence[int], scenarios: Sequence[int] = (),
     grid = c(seeds, data_seeds)
   elif name == "references":
     grid = refs
+  elif name == "mechanisms":
+    grid = mechanisms(seeds, data_seeds, baselines=baselines, with_truth=with_truth)
   elif name == "all":
     grid = (table1(seeds, scenarios, data_seeds) + table2(seeds, data_seeds)
             + alpha(seeds, data_seeds) + refs)

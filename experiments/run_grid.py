@@ -403,6 +403,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("data_seeds", 1, "Data seeds 0..N-1 of the synthetic benchmark.",
                        lower_bound=1, **d)
   flags.DEFINE_list("scenarios", [], "Target scenarios of Single/Finetune, e.g. 1,2,3.", **d)
+  flags.DEFINE_list("baselines", ["mix"], "Baselines of the mechanisms grid (each with every "
+                    "behaviour input), e.g. mix,mmoe,aesm2.", **d)
   flags.DEFINE_integer("jobs", 1, "Runs at a time.", lower_bound=1, **d)
   flags.DEFINE_multi_string("set", [], "Extra shared config override KEY=VALUE, e.g. "
                             "--set=train.num_epochs=2 (repeatable).", **d)
@@ -443,7 +445,7 @@ def main(argv: Sequence[str]) -> int:
       print(f"target scenarios: {scenarios} (test samples: "
             f"{ {s: counts[s] for s in scenarios} })")
     runs = grids.build(a.grid, seeds=range(a.seeds), scenarios=scenarios, data_seeds=data_seeds,
-                       with_truth=has_truth(base))
+                       with_truth=has_truth(base), baselines=a.baselines)
     if not a.dry_run:
       check_or_write_grid_info(a.out, {"dataset": dataset_label(base), "size": size,
                                        "shared": base, "grids": [a.grid],

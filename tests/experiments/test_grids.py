@@ -92,3 +92,21 @@ def test_sizes_are_config_fields():
   for size in grids.SIZES.values():
     for key in size:
       grids.default_value(key)          # raises on a key that is not a config field
+
+
+def test_mechanisms_grid_moves_one_dial_at_a_time():
+  from mscan_jax.data import synthetic
+  runs = grids.build("mechanisms", seeds=[0], data_seeds=[0], baselines=("mix",))
+  names = [r.name for r in runs]
+  assert len(names) == len(set(names))
+  dials = [{k: v for k, v in r.overrides.items() if k.startswith("data.synthetic.")} for r in runs]
+  assert all(len(d) <= 1 for d in dials)                          # one dial moved at a time
+  levels = {tuple(d.items()) for d in dials}
+  assert len(levels) == 1 + 2 * len(synthetic.DIALS)              # default + placebo, strong
+  assert (("data.synthetic.transfer", 0.0),) in levels
+  per_level = len(grids.MECHANISM_VARIANTS) + len(grids.BEHAVIOUR_INPUTS) + 3   # + references
+  assert len(runs) == len(levels) * per_level
+  assert "mscan-transfer=0.0-s_in_m=False-s0" in names
+  assert "mix-sees=cur+all+context-drift=0.0-s0" in names
+  with pytest.raises(ValueError, match="unknown"):
+    grids.build("mechanisms", seeds=[0], baselines=("dcn",))
