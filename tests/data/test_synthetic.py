@@ -215,7 +215,8 @@ def test_dial_levels_map_to_their_statistics_on_the_default_preset():
     st = _dials(cfg)[0]
     for dial, target in want.items():
       got = st[dial][synthetic.DIAL_STATISTIC[dial]]
-      assert got == pytest.approx(target, rel=0.1, abs=0.03), (level, dial, got)
+      # Sampled over 400 users: within sampling noise of the analytic value.
+      assert got == pytest.approx(target, rel=0.1, abs=0.05), (level, dial, got)
 
 
 # ----------------------------------------------------------------------------- paths
