@@ -101,6 +101,23 @@ def run_references(base: ml_collections.ConfigDict, workdir: str, *, model_seeds
   return ReferenceTable(results, n_per_scenario)
 
 
+def table_from_runs(runs_dir: str) -> ReferenceTable:
+  """The ReferenceTable of the finished reference and oracle runs in a grid's `runs/` folder."""
+  import json
+  results: dict[str, list[dict]] = {}
+  n_per_scenario: dict[str, int] = {}
+  for name in models.names(kind="reference") + models.names(kind="oracle"):
+    for entry in sorted(os.listdir(runs_dir)):
+      path = os.path.join(runs_dir, entry, "results.json")
+      if (entry == name or entry.startswith(name + "-")) and os.path.exists(path):
+        with open(path) as f:
+          r = json.load(f)
+        if r.get("model") == name:
+          results.setdefault(name, []).append(r)
+          n_per_scenario = r["n_per_scenario"]
+  return ReferenceTable(results, n_per_scenario)
+
+
 def _finished(workdir: str) -> dict | None:
   import json
   path = os.path.join(workdir, "results.json")

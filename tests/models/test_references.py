@@ -77,3 +77,33 @@ def test_references_on_the_tiny_preset(tmp_path):
   assert pop["auc"]["all"] > 0.52, pop["auc"]
   assert oracle["auc"]["all"] > pop["auc"]["all"] + 0.05
   assert oracle["auc"]["mean_per_scenario"] > pop["auc"]["mean_per_scenario"]
+
+
+def test_reference_table_checks_the_targets_by_hand(tmp_path):
+  from mscan_jax.training import references
+
+  def res(model, per, seed=0):
+    return {"model": model, "seed": seed, "n_per_scenario": {"1": 2500, "2": 1900},
+            "auc": {"per_scenario": {"1": per[0], "2": per[1]},
+                    "mean_per_scenario": (per[0] + per[1]) / 2}}
+
+  runs = {"popularity": [(0.55, 0.56), (0.56, 0.55)], "logreg": [(0.57, 0.58), (0.58, 0.57)],
+          "mf": [(0.62, 0.62), (0.61, 0.60)], "oracle_click": [(0.80, 0.72)],
+          "oracle_like": [(0.79, 0.70)]}
+  for model, pers in runs.items():
+    for seed, per in enumerate(pers):
+      d = tmp_path / f"{model}-s{seed}"
+      d.mkdir()
+      (d / "results.json").write_text(json.dumps(res(model, per, seed)))
+  table = references.table_from_runs(str(tmp_path))
+  c = table.checks()
+  # MF - popularity per scenario: (0.615 - 0.555, 0.61 - 0.555) = (0.06, 0.055).
+  assert c["mf_minus_popularity"] == pytest.approx({"1": 0.06, "2": 0.055})
+  # Oracle - popularity: 0.80 - 0.555 and 0.72 - 0.555 = 0.165.
+  assert c["oracle_minus_popularity"] == pytest.approx({"1": 0.245, "2": 0.165})
+  assert c["ok"]["oracle_minus_popularity"] and c["ok"]["mf_minus_popularity"]
+  assert c["min_test_per_scenario"] == 1900 and not c["ok"]["min_test_per_scenario"]
+  # Each run's mean AUC: popularity 0.555 twice (std 0); MF 0.62 and 0.605.
+  assert c["std_of_mean_auc"]["popularity"] == pytest.approx(0.0)
+  assert c["std_of_mean_auc"]["mf"] == pytest.approx(np.std([0.62, 0.605], ddof=1))
+  assert "Targets of a measuring instrument" in references.format_table(table)
