@@ -1,10 +1,10 @@
 """The learning curve that chose the synthetic default preset's size, from reference scorers only.
 
-    python -m benchmarks.learning_curve [--sizes=1200x165,800x250,600x330] [--seeds=1] [--out=/tmp/lc]
+    python -m benchmarks.learning_curve [--sizes=1200x165,800x250,600x330,400x500] [--seeds=1]
 
 For each size USERSxEVENTS (number of users x mean events per user; the default preset
-otherwise), it generates the benchmark, trains the reference scorers (popularity, bias-only LR, MF) and scores the click
-oracle through the training loop, and prints per size the mean per-scenario test AUC of each and
+otherwise), it generates the benchmark, trains the reference scorers (popularity, bias-only
+LR, MF) and scores the click oracle through the training loop, and prints per size the mean per-scenario test AUC of each and
 the smallest per-scenario gaps MF - popularity and oracle - popularity. The default preset is the
 first size at which MF - popularity >= 0.05 in every scenario (the data lets a model learn
 personalisation). The sizes keep the number of events about constant (~200k, so `python
@@ -25,7 +25,7 @@ from mscan_jax import config as config_lib
 from mscan_jax.data import synthetic
 from mscan_jax.training import references
 
-_SIZES = flags.DEFINE_list("sizes", ["1200x165", "800x250", "600x330"],
+_SIZES = flags.DEFINE_list("sizes", ["1200x165", "800x250", "600x330", "400x500"],
                            "USERSxEVENTS: number of users x mean events per user.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Model seeds per size.", lower_bound=1)
 _OUT = flags.DEFINE_string("out", "/tmp/mscan-learning-curve", "Working folder.")

@@ -234,7 +234,8 @@ def _seed_axes(seeds: Sequence[int], data_seeds: Sequence[int]) -> Grid:
   return product(axis("data.seed", data_seeds), axis("seed", seeds))
 
 
-def table1(seeds: Sequence[int], scenarios: Sequence[int], data_seeds: Sequence[int] = (0,)) -> Grid:
+def table1(seeds: Sequence[int], scenarios: Sequence[int],
+           data_seeds: Sequence[int] = (0,)) -> Grid:
   seed_axes = _seed_axes(seeds, data_seeds)
   multi = models.names(table="table1", target_scenario=False)
   per = models.names(table="table1", target_scenario=True)
