@@ -1,4 +1,4 @@
-"""Cost of every model (M-scan and the baselines of issue #4) at two data shapes.
+"""Cost of every model (M-scan and the baselines) at two data shapes.
 
     .venv/bin/python -m benchmarks.models                        # every model, both shapes
     .venv/bin/python -m benchmarks.models --models=mix,ple --shapes=cloudtheme --steps=5

@@ -2,7 +2,7 @@
 
     python launch.py --config.model=mscan --config.mscan.use_sbe=False --config.seed=1
 
-Defaults follow the authors' configs (issue #3): embedding 32, FFN [512, 256], attention FFN
+Defaults follow the authors' configs: embedding 32, FFN [512, 256], attention FFN
 [200, 80], dropout 0.2, Adam lr 1e-3 with weight decay 1e-4, global-norm clip 5, batch 1024,
 alpha = 0.1, c per dataset.
 """
@@ -15,7 +15,6 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-PRESETS = ("tiny", "default", "large")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -129,7 +128,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mscan.fusion = "logit"         # Eq. (8) y_m * sigmoid(y_s) | probability: sigmoid(y_m) * sigmoid(y_e)
   c.mscan.gru_hidden = 0           # 0 = the behaviour dimension Fi * embed_dim
 
-  # Baselines (Appendix A.2, issue #4). Sizes left unset take each model's documented DEFAULTS
+  # Baselines (Appendix A.2). Sizes left unset take each model's documented DEFAULTS
   # (mscan_jax/models/<name>.py): () for sizes, 0 for counts, < 0 for the dropout rate.
   c.baseline = ml_collections.ConfigDict()
   c.baseline.behaviours = "cur"    # DIN over: cur (paper's w/o SACA, w/o SBE) | cur+all | none

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from mscan_jax.config import PRESETS, ConfigError
+from mscan_jax.config import ConfigError
 from mscan_jax.data.schema import ALL_SEQ_MODES, BuiltDataset, DataError, check_name
 
 # (raw path, config.data) -> (EventLog, vocab, loader statistics)
@@ -283,8 +283,10 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
   if data.name not in DATASETS:
     raise ConfigError(f"config.data.name={data.name!r} is unknown; valid: {', '.join(DATASETS)}")
   spec = DATASETS[data.name]
+  from mscan_jax.data.synthetic import PRESETS    # the generator owns its presets
   if data.name == "synthetic" and data.preset not in PRESETS:
-    raise ConfigError(f"config.data.preset={data.preset!r} is unknown; valid: {', '.join(PRESETS)}")
+    raise ConfigError(f"config.data.preset={data.preset!r} is unknown; "
+                      f"valid: {', '.join(PRESETS)}")
   if spec.needs_path and not data.path:
     raise ConfigError(f"config.data.path is required for config.data.name={data.name!r} "
                       "(a built dataset directory, see `python -m mscan_jax.data.prepare`)")

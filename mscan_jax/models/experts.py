@@ -1,4 +1,4 @@
-"""Per-scenario parameters and experts, shared by the multi-scenario baselines (issue #4).
+"""Per-scenario parameters and experts, shared by the multi-scenario baselines.
 
 Cloud Theme has 355 scenarios, so per-scenario towers, gates and experts are *stacked* parameters
 (leading axis = scenario) selected by each sample's scenario id: never a Python loop over

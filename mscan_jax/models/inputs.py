@@ -1,4 +1,4 @@
-"""The inputs every baseline sees (paper §4.1.1, Appendix A.2; issue #4): embeddings of the user,
+"""The inputs every baseline sees (paper §4.1.1, Appendix A.2): embeddings of the user,
 the candidate item and the scenario, plus behaviour sequences pooled by DIN-style target attention.
 
     x = [u ⊕ i ⊕ s ⊕ DIN(i, S_u) (⊕ DIN(i, H_u))]          (B, F)

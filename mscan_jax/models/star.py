@@ -1,5 +1,5 @@
 """STAR (Sheng et al., CIKM 2021): star topology, partitioned normalisation and an auxiliary
-network. Not in the paper's Table 1; offered as an extra multi-scenario baseline (issue #4).
+network. Not in the paper's Table 1; offered as an extra multi-scenario baseline.
 
     x'  = (γ ⊙ γ_s) ⊙ (x - μ) / sqrt(σ² + ε) + (β + β_s)     partitioned normalisation (STAR Eq. 2)
     h_{l+1} = ReLU(h_l (W_l ⊙ W_{l,s}) + b_l + b_{l,s})       star topology FCN (STAR Eq. 1)

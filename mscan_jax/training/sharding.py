@@ -1,4 +1,4 @@
-"""Data parallelism with `jax.sharding` (issue #7): the mesh, the batch and parameter shardings,
+"""Data parallelism with `jax.sharding`: the mesh, the batch and parameter shardings,
 and row-sharded embedding tables.
 
     mesh   = make_mesh()                         # 1-D mesh "data" over every device of every process
@@ -38,7 +38,7 @@ def make_mesh(devices=None) -> Mesh:
   """A 1-D data-parallel mesh over `devices` (default: every device of every process).
 
   Axis type Auto: with the explicit default of `jax.make_mesh`, `nn.Embed` fails with
-  `ShardingTypeError` (NOTES-jax-stack.md).
+  `ShardingTypeError` (seen with jax 0.10).
   """
   if devices is None:
     return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),

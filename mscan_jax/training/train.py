@@ -140,14 +140,14 @@ def _device_prefetch(it: Iterator[dict], sharding: NamedSharding, size: int) -> 
     t.join(timeout=10)
 
 
-_CPU_SYNC_EVERY = 4   # never hung in 6 of 6 runs at 1, 5 or 20; 50 hung 4 of 6 (NOTES-jax-stack.md)
+_CPU_SYNC_EVERY = 4   # never hung in 6 of 6 runs at 1, 5 or 20; 50 hung 4 of 6 (2-core CPU, 4 devices)
 
 
 def _sync_every(config) -> int:
   """How often the loop waits for a step's result (0 = only at log steps).
 
   On CPU with several devices, many steps dispatched without waiting deadlock XLA's CPU
-  all-reduce (NOTES-jax-stack.md), so there the loop waits at least every `_CPU_SYNC_EVERY`
+  all-reduce (seen on a 2-core machine with 4 simulated devices), so there the loop waits at least every `_CPU_SYNC_EVERY`
   steps whatever `config.train.sync_every_steps` says (a smaller value is kept). On accelerators
   it waits only at log steps unless `sync_every_steps` asks for more.
   """

@@ -1,9 +1,9 @@
-"""Data parallelism on several devices and training on two processes (issue #7), on CPU.
+"""Data parallelism on several devices and training on two processes, on CPU.
 
 The device count must be fixed before JAX starts, so every multi-device or multi-process run is a
 subprocess (`XLA_FLAGS=--xla_force_host_platform_device_count=N`); the pytest process keeps its
 one device. Each subprocess runs under a timeout after which it is killed with SIGKILL
-(`subprocess` does that): a deadlocked CPU all-reduce (NOTES-jax-stack.md) fails the test, never
+(`subprocess` does that): a deadlocked CPU all-reduce (seen on 2 cores) fails the test, never
 stalls CI.
 
   * one jitted `train_step`, six steps: 1 device == 4 devices with replicated parameters (loss

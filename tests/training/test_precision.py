@@ -1,4 +1,4 @@
-"""Mixed precision (issue #7): `config.dtype="bfloat16"` computes the activations in bfloat16
+"""Mixed precision: `config.dtype="bfloat16"` computes the activations in bfloat16
 while the parameters, the optimizer state, the logits and the loss stay float32."""
 
 from __future__ import annotations
