@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
-from mscan_jax.models import experts, inputs
+from mscan_jax.models import experts, inputs, mix
 
 Dtype = Any
 
 # Paper A.2: "the embedding layer as the shared part and ... 3 fully connected layers for each
 # scenario on top of the shared part": two hidden layers + output, with the widths and dropout
 # of the Mix MLP (512, 256; 0.2, the authors' FFN config), so the two differ only in sharing.
-DEFAULTS = {"tower": (512, 256), "dropout": 0.2}
+DEFAULTS = dict(mix.DEFAULTS)
 
 
 class SharedBottom(nn.Module):
