@@ -140,7 +140,8 @@ def _mechanism_section(studies: Sequence[StudyData], out_dir: str) -> list[str]:
     if study.contrasts:
       L += [f"### {ds}{mech.DEFAULT_TABLE}: gains at the default data (every dial moderate)", ""]
       L += mech.default_table_markdown(study) + [""]
-    for module in study.contrasts if study.dials else ():
+    moved = [m for m in study.contrasts if any(lv != mech.DEFAULT for lv in study.levels(m))]
+    for module in moved:
       L += [f"### {ds}{mech.module_table_name(module)}", ""] + mech.module_table_markdown(
           study, module) + [""]
       if plot_dose_response(study, module, os.path.join(out_dir, study.figure_file(module))):
