@@ -24,7 +24,9 @@ registry (`mscan_jax.models`):
               strong level (the default preset is every dial's moderate level), M-scan and its
               variants (`MECHANISM_VARIANTS`: Table 2's ablations, history_context, target
               attention, s out of the matching tower, the probability fusion), the given
-              `baselines` with each of `BEHAVIOUR_INPUTS`, and the references.
+              `baselines` with each of `BEHAVIOUR_INPUTS`, and the references. What each
+              module is compared with, and which dials' placebo checks it, is the data table
+              `MODULE_CONTRASTS` (read by the report's mechanism section).
   all         the union of the above.
 
 Every run is a `Run(name, overrides)`. Overrides equal to the default config are dropped
@@ -42,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from mscan_jax import config as config_lib
 from mscan_jax import models
@@ -287,6 +289,80 @@ MECHANISM_VARIANTS: Grid = [
 # Each baseline of the study with its default input, M-scan's paper-form information (H_u) and
 # M-scan's information with history_context (H_u with click flags and scenario ids).
 BEHAVIOUR_INPUTS = ("cur", "cur+all", "cur+all+context")
+
+
+class Contrast(NamedTuple):
+  """What one module buys: the runs with `treatment` against the runs with `control` (overrides,
+  model included; seeds and dial levels are added by the study), paired by seed pair at each
+  dial level. `claims`: the dials of the mechanism the module claims to use; at their placebo
+  level (the mechanism off) a gain in its favour is a possible leak or overfit, so the report
+  flags it."""
+  treatment: Overrides
+  control: Overrides
+  description: str
+  claims: tuple[str, ...] = ()
+
+
+def _variant(**switches: Any) -> Overrides:
+  """The M-scan variant of `MECHANISM_VARIANTS` with these switches (dotted keys under
+  `mscan.`), the model added; KeyError if the mechanisms grid does not train it."""
+  overrides = {f"mscan.{k}": v for k, v in switches.items()}
+  if overrides not in MECHANISM_VARIANTS:
+    raise KeyError(f"{overrides} is not one of MECHANISM_VARIANTS")
+  return {"model": proposed(), **overrides}
+
+
+# Dials of the mechanism each kind of module claims to read (`Contrast.claims`). The GRU over S_u
+# claims `drift`, but no switch of the grid removes it, so no contrast carries that check.
+_READS_H_U = ("transfer", "scenario_interest")   # scenario-specific interest shared via H_u
+_READS_BIAS = ("exposure_bias",)                 # the scenario's examination bias (S -> Y)
+_SEES_LABELS = {"cur+all": "H_u", "cur+all+context": "H_u with context"}
+
+
+def module_contrasts(baselines: Sequence[str]) -> dict[str, Contrast]:
+  """M-scan's modules and switches, each against its control among `MECHANISM_VARIANTS`, then for
+  each baseline every non-default input of `BEHAVIOUR_INPUTS` against its default one."""
+  paper = _variant()
+  out = {
+      "SACA": Contrast(paper, _variant(use_saca=False),
+                       "M-scan against M-scan without SACA (no R_h, Eq. 5-6; Table 2)",
+                       _READS_H_U),
+      "SBE": Contrast(paper, _variant(use_sbe=False),
+                      "M-scan against M-scan without the SBE (trained and ranked on y_m; Table 2)",
+                      _READS_BIAS),
+      "SACA + SBE": Contrast(paper, _variant(use_saca=False, use_sbe=False),
+                             "M-scan against M-scan with neither (Table 2's last row)",
+                             _READS_H_U + _READS_BIAS),
+      "scenario-aware part of SACA": Contrast(
+          paper, _variant(saca_scenario_aware=False),
+          "SACA's scenario-aware max over S_u against plain target attention over H_u",
+          _READS_H_U),
+      "history click flags (not the paper's)": Contrast(
+          _variant(history_context=True), paper,
+          "H_u with each behaviour's click flag and scenario id against the paper's H_u",
+          _READS_H_U),
+      "scenario only through y_s (not the paper's)": Contrast(
+          _variant(scenario_in_matching=False), paper,
+          "the scenario kept out of the matching tower against the paper's Eq. (6)", _READS_BIAS),
+      "probability fusion (not the paper's)": Contrast(
+          _variant(fusion="probability"), paper,
+          "p = sigmoid(y_m) sigmoid(y_e), ranked by y_m, against Eq. (8) and (12)", _READS_BIAS),
+  }
+  default_input = BEHAVIOUR_INPUTS[0]
+  for name in baselines:
+    title = models.title(name)
+    for sees in BEHAVIOUR_INPUTS[1:]:
+      out[f"{_SEES_LABELS[sees]} for {title}"] = Contrast(
+          {"model": name, "baseline.behaviours": sees},
+          {"model": name, "baseline.behaviours": default_input},
+          f"{title} with DIN over {sees} against {title} over {default_input}", _READS_H_U)
+  return out
+
+
+# Every module of the study: M-scan's, and the behaviour inputs of every multi-scenario baseline
+# (the report shows those with runs).
+MODULE_CONTRASTS: dict[str, Contrast] = module_contrasts(
+    [m for m in models.names(kind="model", target_scenario=False) if m != proposed()])
 
 
 def mechanism_levels() -> Grid:

@@ -7,7 +7,12 @@ in-process). One module per concern:
 
   loading   grid folders, their finished runs, per-seed values (`Stat`), joins of predictions
   tables    Table 1, its significance tests, Table 2: the tables as data, markdown and CSV rows
-  figures   Figures 5 (c) and 6 (alpha): data and plots
+  figures   Figures 5 (c) and 6 (alpha), and the mechanism study's figures: data and plots
+  mechanisms  what each module buys: the contrasts of `grids.MODULE_CONTRASTS` paired by seed
+            pair at each dial level (mean gain, 95 % t-based CI, placebo flags), the SBE's c
+            trade-off per level, and whether y_s learns the scenario bias (Spearman table)
+  summary   report.md's opening paragraphs, one per module, every sentence templated from the
+            table cell it quotes
   writing   report.md, the CSVs, and the copy of `--report_dir` (results.json, config.json)
   cli       the flags, `make_report` and `run` (the command line in-process)
 
@@ -25,6 +30,15 @@ present in the folder, labelled as such; a newly registered model appears with n
 The c sweep of Figure 5: score = (y_m - c) * sigmoid(y_s) (Eq. 12, `objective.inference_score`)
 recomputed from each run's saved y_m and y_s for every c; per-scenario AUCs do not depend on c,
 so the figure shows #All.
+
+The mechanism section (`mechanisms`, `summary`): report.md opens with one paragraph per module
+(where it helps, where it has no measurable effect, what it costs in observed-click AUC, its
+placebo check), written from Table G (gains at the default data) and, on a folder of the
+`mechanisms` grid, Table M per module (gain against each dial's placebo, moderate and strong
+level) with its dose-response figure `mechanism_<module>.png`, `mechanism_sbe_c.png` (the c
+trade-off per level) and Table S with `mechanism_scenario_factor.png`. A module "helps" only
+where the 95 % CI of its paired gain lies above 0; a gain in its favour at the placebo level of a
+dial it claims is flagged as a possible leak or overfit.
 """
 
 from experiments.report.cli import make_report

@@ -1,8 +1,10 @@
 """python -m experiments.report --out=DIR [--also=DIR2,DIR3] [--report_dir=DIR] [--c_values=...]
 
 writes the paper's tables and figures (§4) from the finished runs of `experiments.run_grid` into DIR
-(or --report_dir): report.md (Table 1, Table 2, Figures 5 and 6), table1.csv, significance.csv,
-table2.csv, figure5_c.csv, figure6_alpha.csv, figure5_c.png, figure6_alpha.png and runs.csv.
+(or --report_dir): report.md (a summary per module, Table 1, Table 2, Figures 5 and 6, what each
+module buys), table1.csv, significance.csv, table2.csv, figure5_c.csv, figure6_alpha.csv,
+figure5_c.png, figure6_alpha.png, module_gains.csv, mechanism_sbe_c.csv, scenario_factor.csv,
+scenario_factor_spearman.csv, the mechanism figures (mechanism_*.png) and runs.csv.
 
 Reads every `DIR/runs/<name>/` holding `run.json` and `results.json` (unfinished runs are listed,
 not used). With --report_dir=OTHER the files go there, beside grid.json and each used run's

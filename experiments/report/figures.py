@@ -108,3 +108,143 @@ def plot(rows: Sequence[dict], x_key: str, path: str, title: str, xlabel: str,
   plt.close(fig)
   return True
 
+
+
+# ----------------------------------------------------------------------------- the mechanism study
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_dose_response(study, module: str, path: str) -> bool:
+  """One module's gain against each dial's level (placebo, moderate = the default, strong): one
+  column per dial, one row per measure, the mean gain with its 95 % CI as bars and band; a flagged
+  placebo gain in red. False (nothing written) without a dial level."""
+  from experiments.report.mechanisms import LEVELS, MEASURES, dial_levels
+  from mscan_jax.data import synthetic
+  if not study.dials or module not in study.contrasts:
+    return False
+  plt = _pyplot()
+  rows, cols = len(study.measures), len(study.dials)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.5 * rows), squeeze=False,
+                           sharex="col")
+  for j, dial in enumerate(study.dials):
+    for i, measure in enumerate(study.measures):
+      ax = axes[i][j]
+      gains = [(x, g) for x, lv in enumerate(dial_levels(dial))
+               if (g := study.get(module, lv, measure)) is not None]
+      ax.axhline(0.0, color="grey", lw=0.8)
+      if gains:
+        x = np.array([p for p, _ in gains], float)
+        m = np.array([g.mean for _, g in gains])
+        lo = np.array([g.lo if g.n >= 2 else g.mean for _, g in gains])
+        hi = np.array([g.hi if g.n >= 2 else g.mean for _, g in gains])
+        ax.errorbar(x, m, yerr=[m - lo, hi - m], marker="o", capsize=3, color="C0")
+        ax.fill_between(x, lo, hi, color="C0", alpha=0.15)
+        for p, g in gains:
+          if g.flagged:
+            ax.plot([p], [g.mean], marker="X", ms=11, color="red", ls="none",
+                    label="placebo flag")
+        if any(g.flagged for _, g in gains):
+          ax.legend(fontsize=7)
+      ax.set_xticks(range(3), [f"{n}\n{synthetic.DIAL_LEVELS[dial][n]:g}" for n in LEVELS],
+                    fontsize=8)
+      ax.set_xlim(-0.3, 2.3)
+      ax.grid(alpha=0.3)
+      if i == 0:
+        ax.set_title(dial)
+      if j == 0:
+        ax.set_ylabel(f"gain: {MEASURES[measure].short}", fontsize=8)
+  fig.suptitle(f"{study.dataset}: {module}\ngain over its control against the dial level "
+               "(mean, 95 % CI over seed pairs)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True
+
+
+def plot_sbe_c(rows: Sequence[dict], path: str) -> bool:
+  """The SBE's c trade-off per dial level: one column per dial (placebo, default, strong as three
+  lines), one row per metric (#All observed-click AUC, per-user true-interest AUC); band: 95 % CI
+  over seed pairs; dotted: the runs' c."""
+  from experiments.report.mechanisms import LEVELS, dial_levels
+  from mscan_jax.data import synthetic
+  dials = [d for d in synthetic.DIALS if any(r["dial"] == d for r in rows)]
+  if not dials:
+    return False
+  metrics = [m for m in METRICS if any(r["metric"] == m for r in rows)]
+  plt = _pyplot()
+  fig, axes = plt.subplots(len(metrics), len(dials), figsize=(4.0 * len(dials),
+                                                              3.0 * len(metrics)), squeeze=False)
+  for j, dial in enumerate(dials):
+    for i, metric in enumerate(metrics):
+      ax = axes[i][j]
+      for k, level in enumerate(dial_levels(dial)):
+        sel = sorted((r for r in rows if (r["dial"], r["level"]) == level
+                      and r["metric"] == metric), key=lambda r: r["c"])
+        if not sel:
+          continue
+        x = np.array([r["c"] for r in sel])
+        m = np.array([r["mean"] for r in sel])
+        lo = np.array([r["ci_lo"] for r in sel])
+        hi = np.array([r["ci_hi"] for r in sel])
+        name = LEVELS[k]
+        ax.plot(x, m, marker="o", ms=3, color=f"C{k}",
+                label=f"{name} {synthetic.DIAL_LEVELS[dial][name]:g} "
+                      f"(n={max(r['n_seeds'] for r in sel)})")
+        if np.isfinite(lo).any():
+          ax.fill_between(x, lo, hi, color=f"C{k}", alpha=0.15)
+        ax.axvline(sel[0]["default_c"], color="grey", ls=":", lw=1)
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
+      if i == 0:
+        ax.set_title(dial)
+      if i == len(metrics) - 1:
+        ax.set_xlabel("c (Eq. 12)")
+      if j == 0:
+        ax.set_ylabel({"auc": "#All AUC (observed clicks)",
+                       "true_interest_user_auc": "per-user true-interest AUC"}.get(
+                           metric, METRICS[metric].title), fontsize=8)
+  fig.suptitle("SBE: the c trade-off at each dial level\n(saved y_m, y_s; no retraining)",
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True
+
+
+def plot_scenario_factor(points: Sequence[dict], cells: dict, path: str) -> bool:
+  """Does y_s learn the scenario bias? Per scenario and run, the mean sigmoid(y_s) against the
+  true examination rate, one colour per M-scan variant; one panel per exposure_bias level (the
+  default data as its moderate). Other dials' levels are in the CSV."""
+  from experiments.report.mechanisms import DEFAULT, dial_levels, level_label
+  levels = [lv for lv in dial_levels("exposure_bias")
+            if any((p["dial"], p["level"]) == lv for p in points)]
+  if not levels:
+    return False
+  variants = list(dict.fromkeys(p["variant"] for p in points))
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(levels), figsize=(4.6 * len(levels), 4.0), squeeze=False)
+  for ax, level in zip(axes[0], levels):
+    for k, v in enumerate(variants):
+      sel = [p for p in points if p["variant"] == v and (p["dial"], p["level"]) == level]
+      if not sel:
+        continue
+      cell = cells.get((v, level))
+      ax.scatter([p["true_exam_rate"] for p in sel], [p["mean_factor"] for p in sel], s=14,
+                 color=f"C{k}", alpha=0.7,
+                 label=f"{v}: ρ {cell.text}" if cell is not None else v)
+    ax.set_title(level_label(level) if level != DEFAULT else "default (exposure_bias moderate)",
+                 fontsize=9)
+    ax.set_xlabel("true examination rate of the scenario")
+    ax.set_ylabel("mean sigmoid(y_s) of the scenario")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  fig.suptitle("Does y_s learn the scenario bias? One point per scenario and run", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True

@@ -75,7 +75,8 @@ def has_target_scenario(model: str) -> bool:
 
 # Columns of predictions.parquet the report reads; the last `_CACHE_SIZE` runs read are kept
 # (a paper-scale test split is tens of millions of rows per run).
-PRED_COLUMNS = ("sample_id", "scenario", "label", "score", "true_like", "y_m", "y_s")
+PRED_COLUMNS = ("sample_id", "user_id", "scenario", "label", "score", "true_like", "y_m",
+                "y_s")
 _CACHE_SIZE = 8
 _PRED_CACHE: "collections.OrderedDict[str, dict]" = collections.OrderedDict()
 

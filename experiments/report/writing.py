@@ -10,12 +10,16 @@ machine that ran the grid) is reduced to its last component.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from typing import Any, Optional, Sequence
 
 from experiments import grids, paper_results
-from experiments.report.figures import figure5_data, figure6_data, plot
+from experiments.report import mechanisms as mech
+from experiments.report import summary
+from experiments.report.figures import (figure5_data, figure6_data, plot, plot_dose_response,
+                                        plot_sbe_c, plot_scenario_factor)
 from experiments.report.loading import METRICS, MSCAN, Folder, metric_value
 from experiments.report.tables import (LEVEL, RELAIMPR_MIN_REF, SIGNIFICANCE_CSV_FIELDS,
                                        TABLE1_CSV_FIELDS, TABLE2_CSV_FIELDS, build_table1,
@@ -69,7 +73,8 @@ def write_report(folders: Sequence[Folder], out_dir: str,
             if (t := build_table1(f, metric)) is not None]
   fig5 = [row for f in folders for row in figure5_data(f, c_values)]
   fig6 = [row for f in folders for row in figure6_data(f)]
-  md = _markdown(folders, tables, fig5, fig6, out_dir)
+  studies = mechanism_studies(folders, c_values)
+  md = _markdown(folders, tables, fig5, fig6, out_dir, studies)
   write_csv(os.path.join(out_dir, "table1.csv"),
             [r for t in tables for r in table1_csv_rows(t)], TABLE1_CSV_FIELDS)
   write_csv(os.path.join(out_dir, "significance.csv"),
@@ -80,10 +85,87 @@ def write_report(folders: Sequence[Folder], out_dir: str,
   write_csv(os.path.join(out_dir, "figure6_alpha.csv"), fig6,
             ["dataset", "metric", "alpha", "n_seeds", "mean", "std", "min", "max"])
   write_csv(os.path.join(out_dir, "runs.csv"), runs_csv_rows(folders), RUNS_CSV_FIELDS)
+  write_csv(os.path.join(out_dir, "module_gains.csv"),
+            [r for st in studies for r in mech.gains_csv_rows(st.study)], mech.GAINS_CSV_FIELDS)
+  write_csv(os.path.join(out_dir, "mechanism_sbe_c.csv"),
+            [r for st in studies for r in st.c_rows], mech.SBE_C_CSV_FIELDS)
+  write_csv(os.path.join(out_dir, "scenario_factor.csv"),
+            [r for st in studies for r in st.points], mech.SCENARIO_FACTOR_CSV_FIELDS)
+  write_csv(os.path.join(out_dir, "scenario_factor_spearman.csv"),
+            [r for st in studies for r in mech.spearman_csv_rows(st.study.dataset, st.spearman)],
+            mech.SPEARMAN_CSV_FIELDS)
   path = os.path.join(out_dir, "report.md")
   with open(path, "w") as f:
     f.write(md)
   return path
+
+
+@dataclasses.dataclass
+class StudyData:
+  """One folder's mechanism study: the gains, the SBE's c sweep per data level (only with dial
+  levels: at the default data it is Figure 5), the scenario factors and their Spearman table."""
+  study: mech.Study
+  c_rows: list[dict]
+  points: list[dict]
+  spearman: dict
+
+  @property
+  def tradeoffs(self) -> list[mech.CTradeoff]:
+    return mech.c_tradeoffs(self.c_rows)
+
+
+def mechanism_studies(folders: Sequence[Folder], c_values: Sequence[float]) -> list[StudyData]:
+  out = []
+  for f in folders:
+    study = mech.build_study(f, prefix=f"{mech.slug(f.dataset)}_" if len(folders) > 1 else "")
+    c_rows = mech.sbe_c_data(f, c_values) if study.dials else []
+    points = mech.scenario_factor_points(f)
+    out.append(StudyData(study, c_rows, points, mech.spearman_cells(points)))
+  return out
+
+
+def _mechanism_section(studies: Sequence[StudyData], out_dir: str) -> list[str]:
+  """What each module buys: Table G; with dial levels, Table M and its dose-response figure per
+  module and the SBE's c trade-off per level; Table S and the scenario-factor figure."""
+  L = ["## What each module buys, measured", ""]
+  shown = [st for st in studies if st.study.contrasts or st.points]
+  if not shown:
+    return L + ["No module has runs on both sides of its contrast (`grids.MODULE_CONTRASTS`; "
+                "`--grid=table2` or `--grid=mechanisms`).", ""]
+  L += ["Each module of `grids.MODULE_CONTRASTS` against its control, paired by seed pair "
+        "(seed, data seed): gain = treatment − control; cells: mean gain, 95 % t-based CI over "
+        "the pairs (mean ± t(0.975, n − 1) · sd / √n). Data: `module_gains.csv`.", ""]
+  for st in shown:
+    study, ds = st.study, (f"{st.study.dataset}: " if len(studies) > 1 else "")
+    if study.contrasts:
+      L += [f"### {ds}{mech.DEFAULT_TABLE}: gains at the default data (every dial moderate)", ""]
+      L += mech.default_table_markdown(study) + [""]
+    moved = [m for m in study.contrasts if any(lv != mech.DEFAULT for lv in study.levels(m))]
+    for module in moved:
+      L += [f"### {ds}{mech.module_table_name(module)}", ""] + mech.module_table_markdown(
+          study, module) + [""]
+      if plot_dose_response(study, module, os.path.join(out_dir, study.figure_file(module))):
+        L += [f"![{module}]({study.figure_file(module)})", ""]
+    if st.c_rows:
+      name = study.prefix + summary.SBE_C_FIGURE
+      L += [f"### {ds}The SBE's c trade-off at each dial level", ""]
+      if plot_sbe_c(st.c_rows, os.path.join(out_dir, name)):
+        L += [f"![c trade-off]({name})", "",
+              "The paper's M-scan at each dial's placebo, moderate (the default) and strong "
+              "level; c swept over the saved y_m and y_s (Eq. 12); #All observed-click AUC and "
+              "the per-user pooled true-interest AUC; band: 95 % CI over seed pairs; dotted: the "
+              "runs' c. Data: `mechanism_sbe_c.csv`.", ""]
+    if st.points:
+      name = study.prefix + summary.SCENARIO_FACTOR_FIGURE
+      L += [f"### {ds}{mech.SPEARMAN_TABLE}: does y_s learn the scenario bias?", ""]
+      L += mech.spearman_markdown(st.spearman) + [""]
+      if plot_scenario_factor(st.points, st.spearman, os.path.join(out_dir, name)):
+        L += [f"![scenario factor]({name})", "",
+              "Per scenario and run, the mean sigmoid(y_s) against the scenario's true "
+              "examination rate (results.json `scenario_factor`), one colour per M-scan "
+              "variant, one panel per exposure_bias level. Data: `scenario_factor.csv`, "
+              "`scenario_factor_spearman.csv`.", ""]
+  return L
 
 
 def _definitions(folders: Sequence[Folder]) -> list[str]:
@@ -123,7 +205,7 @@ def _definitions(folders: Sequence[Folder]) -> list[str]:
   return L
 
 
-def _markdown(folders, tables, fig5, fig6, out_dir) -> str:
+def _markdown(folders, tables, fig5, fig6, out_dir, studies=()) -> str:
   n_runs = sum(len(f.runs) for f in folders)
   seeds = sorted({r.seed for f in folders for r in f.runs})
   data_seeds = sorted({r.data_seed for f in folders for r in f.runs})
@@ -136,7 +218,8 @@ def _markdown(folders, tables, fig5, fig6, out_dir) -> str:
   unfinished = [f"{f.dataset}: {', '.join(f.unfinished)}" for f in folders if f.unfinished]
   if unfinished:
     L += ["", "Unfinished runs (not used): " + "; ".join(unfinished) + "."]
-  L += [""] + _definitions(folders)
+  L += [""] + summary.summary_markdown([(st.study, st.tradeoffs, st.spearman) for st in studies])
+  L += _definitions(folders)
   # Table 1
   L += ["", "## Table 1: every scenario and over all scenarios (#All)", ""]
   if not tables:
@@ -176,9 +259,12 @@ def _markdown(folders, tables, fig5, fig6, out_dir) -> str:
           "axis is categorical. Data: `figure6_alpha.csv`.", ""]
   else:
     L += ["No finished α runs (`--grid=alpha`).", ""]
+  L += _mechanism_section(studies, out_dir)
   timed = [r.timing for f in folders for r in f.runs if "cpu_s" in r.timing]
   L += ["## Files", "",
         "`table1.csv`, `significance.csv`, `table2.csv`, `figure5_c.csv`, `figure6_alpha.csv`, "
+        "`module_gains.csv`, `mechanism_sbe_c.csv`, `scenario_factor.csv`, "
+        "`scenario_factor_spearman.csv`, "
         "`runs.csv` (one line per run, with its wall and CPU seconds). In a `--report_dir` copy, "
         "each run's results.json and config.json and the grid's grid.json hold no absolute path: "
         "a path inside the grid folder (train.init_from) is relative to the file's folder, any "
