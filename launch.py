@@ -12,6 +12,7 @@ cluster's environment as `jax.distributed.initialize()` does.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -23,21 +24,34 @@ _WORKDIR = flags.DEFINE_string("workdir", "", "Run folder (default runs/<model>-
 
 
 def main(argv):
+  from mscan_jax.config import ConfigError
+  from mscan_jax.data.schema import DataError
+  from mscan_jax.training import rundir
+  rundir.die_with_parent()           # started by the grid runner: never outlive it
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # Orbax logs every file it writes at INFO
   config = _CONFIG.value
-  from mscan_jax.training import distributed
-  distributed.retain_host_memory()   # before any JAX computation: XLA:CPU step buffers are reused
-  from mscan_jax.training import train
-  distributed.initialize(config)
-  workdir = _WORKDIR.value or default_workdir(config)
-  results = train.run(config, workdir)
+  try:
+    from mscan_jax.training import distributed
+    distributed.retain_host_memory()   # before any JAX computation: XLA:CPU buffers are reused
+    from mscan_jax.training import train
+    distributed.initialize(config)
+    workdir = _WORKDIR.value or default_workdir(config)
+    results = train.run(config, workdir)
+  except (ConfigError, DataError, rundir.RunDirError) as e:   # the user's to fix: no traceback
+    _fail(str(e))
   import jax
   if jax.process_index() == 0:
     print(train.format_results(results))
     print(f"Run folder: {workdir}")
+
+
+def _fail(message: str, code: int = 2) -> None:
+  """One line `error: <message>` on stderr and exit code `code` (2: a usage error)."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
 
 
 def default_workdir(config) -> str:

@@ -102,10 +102,11 @@ def run_references(base: ml_collections.ConfigDict, workdir: str, *, model_seeds
 
 
 def _finished(workdir: str) -> dict | None:
+  """The results of the finished run in `workdir` (`rundir.unfinished_reason`), else None."""
   import json
-  path = os.path.join(workdir, "results.json")
-  if os.path.exists(path):
-    with open(path) as f:
+  from mscan_jax.training import rundir
+  if rundir.unfinished_reason(workdir) is None:
+    with open(os.path.join(workdir, rundir.RESULTS)) as f:
       return json.load(f)
   return None
 

@@ -157,3 +157,80 @@ def test_invalid_config_fields_give_one_clear_error(override, message):
   node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], str) else value
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
     config_lib.validate(c)
+
+
+# ----------------------------------------------------------------------------- the run folder
+# A cheap model (bias-only logistic regression) stands in where only the run folder is tested.
+
+def _cheap(tmp_path, **train_overrides):
+  c = _tiny(tmp_path, **{"max_steps": 20, "eval_every_steps": 10, "log_every_steps": 1,
+                         "patience": 100, **train_overrides})
+  c.model = "logreg"
+  return c
+
+
+def test_outputs_are_atomic_and_results_json_comes_last(tmp_path, monkeypatch):
+  """A crash while writing predictions leaves neither a partial predictions.parquet nor a
+  results.json (the only completion marker, written last): not even the stale one of an earlier
+  finished run in the same folder."""
+  import pyarrow.parquet as pq_mod
+  c = _cheap(tmp_path)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  saved = json.loads(open(os.path.join(workdir, "results.json")).read())
+  old_predictions = open(os.path.join(workdir, "predictions.parquet"), "rb").read()
+
+  def disk_full(table, where, **kw):           # half a file, then the write fails
+    with open(where, "wb") as f:
+      f.write(b"PAR1 partial")
+    raise OSError("No space left on device")
+
+  monkeypatch.setattr(pq_mod, "write_table", disk_full)
+  c.train.max_steps = 30                        # the same run, longer: resumes and re-exports
+  with pytest.raises(OSError, match="No space left"):
+    train.train_and_evaluate(c, workdir)
+  left = sorted(os.listdir(workdir))
+  assert "results.json" not in left, left
+  assert not [f for f in left if f.startswith(".tmp-")], left
+  # The earlier run's predictions stay whole (the new file never replaced them).
+  assert open(os.path.join(workdir, "predictions.parquet"), "rb").read() == old_predictions
+  # results.json lists the outputs that must read back for the run to count as finished.
+  assert saved["outputs"] == ["config.json", "predictions.parquet"]
+  json.loads(open(os.path.join(workdir, "config.json")).read())   # whole
+
+
+def test_metrics_hold_each_step_once_after_resume(tmp_path):
+  """Resuming from an older checkpoint replays steps: their records replace the old ones, and a
+  line cut short by a crash is dropped."""
+  c = _cheap(tmp_path)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  import shutil
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))      # as if killed before step 20
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 21, "split": "tr')                        # torn by the crash
+  train.train_and_evaluate(c, workdir)                           # resumes at step 10
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  keys = [(l["step"], l["split"]) for l in lines]
+  assert len(keys) == len(set(keys)), sorted(keys)
+  assert sorted(k for k in keys if k[1] == "train") == [(s, "train") for s in range(1, 21)]
+  assert sorted(k for k in keys if k[1] == "valid") == [(10, "valid"), (20, "valid")]
+
+
+def test_second_launch_on_a_locked_workdir_refuses(tmp_path):
+  """The trainer holds an flock on <workdir>/.lock for the whole run; a second launch.py on the
+  same folder stops at once with one error line and exit code 2."""
+  import fcntl
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  with open(workdir / ".lock", "w") as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)            # another run holds the folder
+    proc = subprocess.run(
+        _launch(workdir, [f"--config.data.cache_dir={tmp_path.parent / 'data_cache'}",
+                          "--config.model=logreg", "--config.train.max_steps=2"]),
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "in use by another run" in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
