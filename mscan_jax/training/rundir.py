@@ -13,6 +13,8 @@ A run folder (`launch.py --workdir`) holds `config.json`, `metrics.jsonl`, `chec
   * One trainer at a time: the trainer holds an exclusive lock on `<workdir>/.lock`
     (`WorkdirLock`, `fcntl.flock`) for the whole run; a second one on the same folder stops
     with a `RunDirError`.
+  * A folder is resumed only by the same run (`check_resume`): a new config may differ from the
+    saved `config.json` only in the keys of `RESUMABLE_KEYS` (how long, how fast, how verbose).
   * A child started by the grid dies with it (`die_with_parent`, Linux `PR_SET_PDEATHSIG`).
 
 No JAX here: the grid runner and the report import this module.
@@ -35,6 +37,19 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 PREDICTIONS = "predictions.parquet"
 LOCK = ".lock"
+
+# Config keys in which a resumed run may differ from the run that started the folder: they
+# change how long it trains, how it reports or how fast it reads, never what a step computes.
+# A longer run (num_epochs, max_steps) continues from the checkpoint; distributed.* describe
+# the processes, not the run (each reads its slice of the same global batches).
+RESUMABLE_KEYS = (
+    "train.num_epochs", "train.max_steps", "train.progress", "train.eval_batch_size",
+    "train.log_every_steps", "train.sync_every_steps", "train.export_predictions",
+    "data.prefetch", "data.cache_dir",
+    "distributed.coordinator_address", "distributed.num_processes", "distributed.process_id",
+    "distributed.auto",
+)
+
 
 class RunDirError(ValueError):
   """A run folder that cannot be used as asked (in use, or holding another run)."""
@@ -201,6 +216,59 @@ class WorkdirLock:
       if entry[1] == 0:
         del _held[self.path]
         os.close(entry[0])         # releases the flock
+
+
+# ----------------------------------------------------------------------------- same run
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_differences(saved: dict, new: dict, defaults: dict | None = None) -> list[str]:
+  """Dotted keys whose values differ between two configs (as JSON objects), except the keys of
+  `RESUMABLE_KEYS`. A key the saved config lacks (added to the code since) counts as equal when
+  the new value is its default in `defaults`."""
+  a, b = _flatten(saved), _flatten(new)
+  d = _flatten(defaults) if defaults is not None else {}
+  diff = []
+  for key in sorted(set(a) | set(b)):
+    if key in RESUMABLE_KEYS:
+      continue
+    if key not in a and key in b and key in d and b[key] == d[key]:
+      continue
+    if a.get(key, _MISSING) != b.get(key, _MISSING):
+      diff.append(key)
+  return diff
+
+
+_MISSING = object()
+
+
+def check_resume(workdir: str, new: dict, defaults: dict | None = None) -> None:
+  """A `RunDirError` unless `workdir` is new or holds a run of the same config (`new`, JSON)."""
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise RunDirError(f"{path} cannot be read ({first_line(e)}); move the folder away or use "
+                      "another --workdir") from None
+  diff = config_differences(saved, new, defaults)
+  if diff:
+    a, b = _flatten(saved), _flatten(new)
+    shown = "; ".join(f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+                      for k in diff[:8]) + ("; ..." if len(diff) > 8 else "")
+    raise RunDirError(
+        f"{workdir} holds another run ({path} differs in {', '.join(diff)}: {shown}); a run "
+        f"folder is resumed only by the same run (it may change only "
+        f"{', '.join(RESUMABLE_KEYS)}). Use another --workdir")
 
 
 # ----------------------------------------------------------------------------- processes

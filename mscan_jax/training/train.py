@@ -4,9 +4,11 @@ mesh -> data -> model -> train state -> (resume) -> loop of jitted `train_step` 
 and early stopping -> best parameters on the test split -> `predictions.parquet`, `results.json`.
 
 The run folder's rules (`mscan_jax.training.rundir`): the trainer holds `<workdir>/.lock` for the
-whole run; every output is written to a temporary name and renamed into place; `results.json` is
-written last, lists the other outputs and is the only completion marker (a stale one is removed
-when a run starts); `metrics.jsonl` is cut back to the restored step on resume.
+whole run and resumes a folder only with the config that started it (up to the keys of
+`rundir.RESUMABLE_KEYS`); every output is written to a temporary name and renamed into place;
+`results.json` is written last, lists the other outputs and is the only completion marker (a
+stale one is removed when a run starts); `metrics.jsonl` is cut back to the restored step on
+resume.
 
 The trainer never branches on the model's name: models return named logits, and the Scenario
 Bias Eliminator's rules (`mscan_jax.training.objective`) turn them into the loss and the score.
@@ -248,6 +250,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_main = jax.process_index() == 0
+  # A folder holding another run's config.json is refused (rundir.RESUMABLE_KEYS may differ).
+  rundir.check_resume(workdir, json.loads(config_lib.to_json(config)),
+                      defaults=json.loads(config_lib.to_json(config_lib.get_config())))
   if is_main and os.path.exists(os.path.join(workdir, rundir.RESULTS)):
     os.remove(os.path.join(workdir, rundir.RESULTS))    # not finished until written again
 

@@ -234,3 +234,30 @@ def test_second_launch_on_a_locked_workdir_refuses(tmp_path):
   assert len(errors) == 1 and "in use by another run" in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
+
+
+def test_a_folder_is_resumed_only_by_the_same_run(tmp_path):
+  """A workdir holding another run's config.json is refused, naming the keys that differ (exit
+  2 from launch.py); the keys of rundir.RESUMABLE_KEYS may differ (here a longer run)."""
+  c = _cheap(tmp_path, max_steps=10)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  other = c.copy_and_resolve_references()
+  other.train.learning_rate = 0.5
+  other.seed = 3
+  with pytest.raises(ValueError, match=r"differs in seed, train\.learning_rate\b"):
+    train.train_and_evaluate(other, workdir)
+  assert json.loads(open(os.path.join(workdir, "config.json")).read())["seed"] == 0
+  longer = c.copy_and_resolve_references()
+  longer.train.max_steps = 20
+  longer.train.log_every_steps = 2
+  assert train.train_and_evaluate(longer, workdir)["steps"] == 20
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch.py"), "--config=" + os.path.join(ROOT, "mscan_jax", "config.py") + ":tiny",
+       f"--workdir={workdir}", f"--config.data.cache_dir={tmp_path.parent / 'data_cache'}",
+       "--config.model=logreg", "--config.train.max_steps=20"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "holds another run" in errors[0], proc.stderr[-2000:]
+  assert "train.eval_every_steps" in errors[0] and "Traceback" not in proc.stderr
