@@ -33,15 +33,17 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # Orbax logs every file it writes at INFO
   config = _CONFIG.value
+  from mscan_jax.training import distributed
+  distributed.retain_host_memory()   # before any JAX computation: XLA:CPU step buffers are reused
+  from mscan_jax.training import checkpoint, train
   try:
-    from mscan_jax.training import distributed
-    distributed.retain_host_memory()   # before any JAX computation: XLA:CPU buffers are reused
-    from mscan_jax.training import train
     distributed.initialize(config)
     workdir = _WORKDIR.value or default_workdir(config)
     results = train.run(config, workdir)
   except (ConfigError, DataError, rundir.RunDirError) as e:   # the user's to fix: no traceback
     _fail(str(e))
+  except checkpoint.CheckpointError as e:                      # no checkpoint restores
+    _fail(str(e), code=1)
   import jax
   if jax.process_index() == 0:
     print(train.format_results(results))

@@ -261,3 +261,41 @@ def test_a_folder_is_resumed_only_by_the_same_run(tmp_path):
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "holds another run" in errors[0], proc.stderr[-2000:]
   assert "train.eval_every_steps" in errors[0] and "Traceback" not in proc.stderr
+
+
+def _truncate_data_files(step_dir):
+  import glob
+  files = [f for f in glob.glob(os.path.join(step_dir, "**", "d", "*"), recursive=True)
+           if os.path.isfile(f)]
+  assert files
+  for f in files:
+    os.truncate(f, os.path.getsize(f) // 2)
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
+  """The data files of the latest step truncated (a full disk): the run warns with that step and
+  resumes from the older intact one; only when no step restores does it fail, in one message."""
+  from mscan_jax.training import checkpoint
+  c = _cheap(tmp_path)
+  workdir = str(tmp_path / "run")
+  ref = train.train_and_evaluate(c, workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  assert sorted(os.listdir(ckpts)) == ["10", "20"]
+  _truncate_data_files(os.path.join(ckpts, "20"))
+  capfd.readouterr()
+  got = train.train_and_evaluate(c, workdir)
+  err, out = capfd.readouterr()[::-1]
+  assert re.search(r"warning: checkpoint 20 in \S+ does not restore \(\w+: .+\); trying the "
+                   r"previous one", err), err
+  assert "Resumed from" in out and "at step 10" in out, out
+  assert sorted(os.listdir(ckpts)) == ["10", "20"]            # step 20 trained and saved again
+  assert len(os.listdir(os.path.join(workdir, "damaged_checkpoints"))) == 1
+  assert got["steps"] == 20 and got["best_step"] == ref["best_step"]
+  np.testing.assert_allclose(got["auc"]["all"], ref["auc"]["all"], atol=1e-6)
+  # No step restores: one error naming each step and its cause; nothing is moved.
+  for step in ("10", "20"):
+    _truncate_data_files(os.path.join(ckpts, step))
+  with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint restores \(step 20: .+; "
+                     r"step 10: .+\)"):
+    train.train_and_evaluate(c, workdir)
+  assert sorted(os.listdir(ckpts)) == ["10", "20"]
