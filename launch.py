@@ -9,6 +9,11 @@
 Multi-host: --config.distributed.coordinator_address=HOST:PORT --config.distributed.num_processes=N
 --config.distributed.process_id=I on each process, or --config.distributed.auto=True to read the
 cluster's environment as `jax.distributed.initialize()` does.
+
+Errors: a user error (a bad flag, an unknown or invalid config field, bad data, a run folder in
+use or holding another run) prints one line `error: <message>` and exits with code 2; a run that
+cannot go on (it diverged, no checkpoint restores) prints `error: <message>` and exits with 1;
+anything else is a bug and keeps its traceback.
 """
 
 import os
@@ -50,6 +55,18 @@ def main(argv):
     print(f"Run folder: {workdir}")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with an unknown `--config.KEY` named (and its valid neighbours) and any bad
+  flag reported as one `error:` line, exit code 2."""
+  from mscan_jax.config import ConfigError, check_override_keys
+  try:
+    check_override_keys(argv)
+    return flags.FLAGS(argv)
+  except (flags.Error, ConfigError) as e:
+    _fail(str(e))
+  return []
+
+
 def _fail(message: str, code: int = 2) -> None:
   """One line `error: <message>` on stderr and exit code `code` (2: a usage error)."""
   print(f"error: {message}", file=sys.stderr)
@@ -62,4 +79,4 @@ def default_workdir(config) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

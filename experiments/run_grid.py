@@ -509,6 +509,7 @@ def main(argv: Sequence[str]) -> int:
     size = a.size or ("tiny" if a.dataset == "synthetic" and a.preset == "tiny" else "default")
     base = shared_overrides(data_overrides(a.dataset, preset=a.preset, data_path=a.data_path,
                                            cache_dir=a.cache_dir), size, a.set)
+    config_lib.validate(_config_of(base), models.model_names())   # a bad --set stops here
     data_seeds = list(range(a.data_seeds))
     if data_seeds != [0] and datasets.get_spec(a.dataset).needs_path:
       raise GridError("--data_seeds applies to generated data (the synthetic benchmark) only")
@@ -531,7 +532,7 @@ def main(argv: Sequence[str]) -> int:
       if not datasets.get_spec(a.dataset).needs_path:
         for d in data_seeds:   # generate the data once here, not in K runs at the same time
           dataset_path_for(base, d)
-  except (GridError, ValueError) as e:
+  except (GridError, config_lib.ConfigError, DataError) as e:   # a bug keeps its traceback
     print(f"error: {e}", file=sys.stderr)
     return 2
   launcher = shlex.split(a.launcher) if a.launcher else list(DEFAULT_LAUNCHER)

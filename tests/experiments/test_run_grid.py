@@ -154,6 +154,22 @@ def test_main_cli_and_settings_guard(tmp_path, launcher, capsys):
   assert grid.main(argv[:-1] + ["--set=train.num_epochs=3"]) == 2
   assert "train.num_epochs" in capsys.readouterr().err
   assert grid.main(argv[:-1] + ["--set=mscan.alpha=0.5"]) == 2
+  capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set=train.clip_norm=-1.0"], "config.train.clip_norm must be a finite number > 0"),
+    (["--set=train.nonexistent=1"], "not a field"),
+    (["--jobs=0"], "flag --jobs=0"),
+    (["--dataset=nope"], "--dataset='nope' is unknown"),
+])
+def test_cli_user_errors_exit_2_before_any_run(tmp_path, launcher, capsys, argv, message):
+  out = str(tmp_path / "out")
+  code = grid.main(["--grid=c", "--dataset=aliccp", f"--data_path={tmp_path}", "--seeds=1",
+                    f"--out={out}", "--launcher=" + " ".join(launcher), *argv])
+  err = capsys.readouterr().err
+  assert code == 2 and err.startswith("error: ") and message in err, err
+  assert not os.path.exists(os.path.join(out, "runs"))
 
 
 def test_parse_set_types():
@@ -261,7 +277,10 @@ def test_killing_the_grid_kills_its_runs(tmp_path, launcher, how):
   deadline = time.time() + 60
   while not pid_file.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
-  assert pid_file.exists(), proc.communicate()[0]
+  if not pid_file.exists():
+    log = out / "runs" / "mscan-s0" / "log.txt"
+    pytest.fail(f"the run never started: {proc.communicate()[0]!r}; "
+                f"{log.read_text() if log.exists() else 'no log'}")
   time.sleep(0.1)
   child = int(pid_file.read_text())
   assert _pid_alive(child)

@@ -299,3 +299,26 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
                      r"step 10: .+\)"):
     train.train_and_evaluate(c, workdir)
   assert sorted(os.listdir(ckpts)) == ["10", "20"]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.train.clip_norm=-1", "config.train.clip_norm must be a finite number > 0, got -1.0"),
+    ("--config.train.learning_rate=nan", "config.train.learning_rate must be a finite number > 0"),
+    ("--config.mscan.mlp=(0,)", "config.mscan.mlp must be a list of layer widths (each an integer >= 1"),
+    ("--config.seed=-1", "config.seed must be an integer >= 0, got -1"),
+    ("--config.train.nonexistent=1", "--config.train.nonexistent: config.train has no field "
+     "'nonexistent'; valid: batch_size, checkpoint_every_steps, clip_norm"),
+    ("--config.train.batch_size=abc", "flag --config.train.batch_size=abc:"),
+    ("--no_such_flag=1", "Unknown command line flag 'no_such_flag'"),
+])
+def test_launch_user_errors_are_one_error_line_and_exit_2(tmp_path, flag, message):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch.py"),
+       "--config=" + os.path.join(ROOT, "mscan_jax", "config.py") + ":tiny",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.cache_dir={tmp_path.parent / 'data_cache'}",
+       flag], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "run").exists()
