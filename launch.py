@@ -47,7 +47,7 @@ def main(argv):
     results = train.run(config, workdir)
   except (ConfigError, DataError, rundir.RunDirError) as e:   # the user's to fix: no traceback
     _fail(str(e))
-  except checkpoint.CheckpointError as e:                      # no checkpoint restores
+  except (checkpoint.CheckpointError, train.DivergenceError) as e:   # the run cannot go on
     _fail(str(e), code=1)
   import jax
   if jax.process_index() == 0:

@@ -114,6 +114,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.progress = True          # progress bar with examples/s
   c.train.export_predictions = True
   c.train.sync_every_steps = 0     # 0 = auto (every 4 steps on multi-device CPU, else at log steps)
+  # Divergence guard (checked at log steps): stop, keeping the last good checkpoint, when the
+  # loss or the gradient norm is non-finite or exceeds this multiple of its first-step value
+  # (normal training stays within 3x on the tiny preset); 0 = check finiteness only.
+  c.train.divergence_factor = 1e3
 
   c.mscan = ml_collections.ConfigDict()
   c.mscan.use_saca = True          # Scenario-Aware Co-Attention (§3.2); off: no R_h
@@ -195,6 +199,11 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
     number_in(f"config.{key}", _get(config, key), low=0, low_open=True)
   for key in ("train.weight_decay", "reference.weight_decay", "mscan.alpha"):
     number_in(f"config.{key}", _get(config, key), low=0)
+  number_in("config.train.divergence_factor", config.train.divergence_factor, low=0,
+            what="a finite number: 0 (off) or > 1")
+  if 0 < config.train.divergence_factor <= 1:
+    raise ConfigError("config.train.divergence_factor must be a finite number: 0 (off) or > 1, "
+                      f"got {config.train.divergence_factor}")
   number_in("config.mscan.c", config.mscan.c,
             what="a finite number (< 0: the dataset's default)")
   number_in("config.mscan.dropout", config.mscan.dropout, low=0, high=1)

@@ -50,6 +50,9 @@ NAN, INF = float("nan"), float("inf")
     ("mscan.alpha", NAN, "config.mscan.alpha must be a finite number >= 0, got nan"),
     ("mscan.alpha", -1.0, "config.mscan.alpha must be a finite number >= 0"),
     ("mscan.c", INF, "config.mscan.c must be a finite number (< 0: the dataset's default), got inf"),
+    ("train.divergence_factor", 0.5, "config.train.divergence_factor must be a finite number: "
+     "0 (off) or > 1, got 0.5"),
+    ("train.divergence_factor", NAN, "config.train.divergence_factor must be a finite number"),
     ("seed", -1, "config.seed must be an integer >= 0, got -1"),
     ("embed_dim", 0, "config.embed_dim must be an integer >= 1"),
     ("reference.dim", 0, "config.reference.dim must be an integer >= 1"),

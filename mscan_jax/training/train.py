@@ -52,7 +52,12 @@ class TrainState:
   opt_state: Any
 
 
-class NonFiniteLossError(FloatingPointError):
+class DivergenceError(FloatingPointError):
+  """The loss or the gradient norm became non-finite, or grew past `config.train.divergence_factor`
+  times its value at the run's first step: the run stops; the last good checkpoint is kept."""
+
+
+class NonFiniteLossError(DivergenceError):
   """A NaN or inf loss: the run stops; the last good checkpoint is kept."""
 
 
@@ -232,6 +237,42 @@ def write_predictions(path: str, pred: dict[str, np.ndarray]) -> None:
 
 # ----------------------------------------------------------------------------- loop
 
+_WATCHED = (("loss", "loss"), ("grad_norm", "gradient norm"))
+
+
+def check_divergence(host: list[dict], step: int, meta: dict, factor: float, kept: str) -> None:
+  """Raises DivergenceError at the first of the logged steps `host` (per-step metrics, the last
+  one of step `step`) whose loss or gradient norm is non-finite, or exceeds `factor` times its
+  value at the run's first logged step (`meta["divergence_ref"]`, set here and saved with the
+  checkpoints); `factor` 0 checks finiteness only.
+
+  The early value is the first step's, before any update: with a learning rate far too large the
+  second step has already diverged (lr 1e6: loss 0.76 -> 1e17), so a median over later steps
+  would measure the divergence itself. In normal training both values stay within a few times
+  their first value (the tiny preset, every model: at most 2.8x).
+  """
+  first = step - len(host) + 1                        # the step of host[0]
+  values = {k: np.array([h[k] for h in host], np.float64) for k, _ in _WATCHED}
+  for key, title in _WATCHED:
+    bad = ~np.isfinite(values[key])
+    if bad.any():
+      error = NonFiniteLossError if key == "loss" else DivergenceError
+      raise error(f"non-finite {title} at step {first + int(np.argmax(bad))}; stopping. {kept}")
+  ref = meta.setdefault("divergence_ref", {k: float(values[k][0]) for k, _ in _WATCHED})
+  if not factor:
+    return
+  for key, title in _WATCHED:
+    early = abs(ref.get(key, 0.0))
+    over = values[key] > factor * early if early > 0 else np.zeros(len(host), bool)
+    if over.any():
+      k = int(np.argmax(over))
+      raise DivergenceError(
+          f"{title} {values[key][k]:.3g} at step {first + k} is more than "
+          f"config.train.divergence_factor={factor:g} times its first value ({early:.3g}): the "
+          f"run diverged (a learning rate too large?); stopping. {kept} Lower the learning rate, "
+          "or set config.train.divergence_factor=0 to check for non-finite values only.")
+
+
 def _hold(workdir: str):
   """The run folder's lock (`rundir.WorkdirLock`), held by process 0 (the one that writes)."""
   os.makedirs(workdir, exist_ok=True)
@@ -357,12 +398,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       if step % log_every == 0 or do_eval:
         host = jax.device_get(pending)
         pending = []
-        losses = np.array([h["loss"] for h in host])
-        if not np.all(np.isfinite(losses)):
-          bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
-          raise NonFiniteLossError(
-              f"non-finite loss at step {bad + 1}; stopping. The last good checkpoint "
-              f"({ckpt.latest_step()}) in {ckpt.directory} is kept.")
+        check_divergence(host, step, meta, config.train.divergence_factor,
+                         f"The last good checkpoint ({ckpt.latest_step()}) in {ckpt.directory} "
+                         "is kept.")
         dt = time.perf_counter() - t_log
         record = {"step": step, "split": "train",
                   **{k: float(np.mean([h[k] for h in host])) for k in host[0]},

@@ -322,3 +322,57 @@ def test_launch_user_errors_are_one_error_line_and_exit_2(tmp_path, flag, messag
   assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, monkeypatch):
+  """A loss that grows past divergence_factor x its first value (finite, so the NaN check never
+  fires) stops the run at that step; the checkpoint before it is kept and no results.json
+  appears."""
+  c = _cheap(tmp_path, max_steps=10)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)                  # good up to step 10
+  real_loss_fn = objective.loss_fn
+
+  def exploding(out, label, mask, alpha):              # 1e4 x the loss: large, finite
+    loss, aux = real_loss_fn(out, label, mask, alpha)
+    return loss * 1e4, aux
+
+  monkeypatch.setattr(train.objective, "loss_fn", exploding)
+  c.train.max_steps = 20
+  with pytest.raises(train.DivergenceError, match=r"loss \S+ at step 11 is more than "
+                     r"config\.train\.divergence_factor=1000 times its first value"):
+    train.train_and_evaluate(c, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  c.train.divergence_factor = 0.0                       # off: only non-finite values stop it
+  assert train.check_divergence([{"loss": 1e30, "grad_norm": 1.0}], 5, {}, 0.0, "") is None
+
+
+def test_a_non_finite_gradient_norm_stops_the_run():
+  """The gradient norm is watched like the loss (lr 1e6 on M-scan: a finite loss of 1e26 beside
+  an infinite gradient norm)."""
+  meta = {}
+  train.check_divergence([{"loss": 0.7, "grad_norm": 0.2}], 1, meta, 1e3, "kept")
+  assert meta["divergence_ref"] == {"loss": 0.7, "grad_norm": 0.2}
+  with pytest.raises(train.DivergenceError, match=r"non-finite gradient norm at step 3; "
+                     r"stopping\. kept"):
+    train.check_divergence([{"loss": 0.6, "grad_norm": 0.3}, {"loss": 1e3, "grad_norm": np.inf}],
+                           3, meta, 1e3, "kept")
+  with pytest.raises(train.DivergenceError, match=r"gradient norm 300 at step 4 is more than"):
+    train.check_divergence([{"loss": 0.6, "grad_norm": 300.0}], 4, meta, 1e3, "kept")
+
+
+def test_launch_exits_with_an_error_line_when_training_diverges(tmp_path):
+  """learning rate 1e6 (the reference scorers read config.reference.learning_rate): the loss
+  jumps from 0.69 to about 1e6 at step 2; launch.py prints one error line and exits 1."""
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch.py"),
+       "--config=" + os.path.join(ROOT, "mscan_jax", "config.py") + ":tiny",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.cache_dir={tmp_path.parent / 'data_cache'}",
+       "--config.model=logreg", "--config.reference.learning_rate=1e6",
+       "--config.train.log_every_steps=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "the run diverged" in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "run" / "results.json").exists()
