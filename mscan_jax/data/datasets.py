@@ -390,6 +390,12 @@ def built_path(data: ml_collections.ConfigDict) -> str:
   if name == "log" and os.path.isfile(path):
     from mscan_jax.data import log as log_lib
     return log_lib.ensure_built(path, data)
+  if name == "log" and not os.path.exists(os.path.join(path, "schema.json")):
+    from mscan_jax.data import log as log_lib
+    raise DataError(f"config.data.path={path!r} is a directory, but config.data.name='log' "
+                    "reads a log file (" + ", ".join(log_lib.CSV_SUFFIXES + log_lib.PARQUET_SUFFIXES)
+                    + "): give the file itself, or a dataset directory built from it by "
+                    "`python -m mscan_jax.data.prepare --dataset=log` (it holds schema.json)")
   if not os.path.exists(os.path.join(path, "schema.json")):
     raise DataError(f"config.data.path={path!r} is not a built dataset (no schema.json); build it "
                     f"with `python -m mscan_jax.data.prepare --dataset={name} --raw=RAW --out=DIR`")

@@ -108,6 +108,34 @@ def test_bad_cell_names_file_column_and_row(tmp_path, bad_row, column, fragment)
   assert fragment in msg, msg
 
 
+def test_a_bad_date_names_its_own_row(tmp_path):
+  """A date column with one bad value at row 5 names row 5, not row 0 (a valid date that is no
+  number); also for timestamps, and for a bad first row."""
+  dates = [f"2024-01-{d:02d}" for d in range(1, 9)]
+  for values, row in [(dates[:5] + ["2024-13-45"] + dates[6:], 5),
+                      ([d + " 10:00:00" for d in dates[:5]] + ["noon"] + dates[6:], 5),
+                      (["someday"] + dates[1:], 0)]:
+    rows = [f"u{i % 3},{i % 4},s{i % 2},{i % 2},{v},x,9" for i, v in enumerate(values)]
+    path = write(tmp_path, HEADER + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"column 'ts' row {row} \(line {row + 2}\): timestamp "
+                       rf"'{values[row]}' is not"):
+      log_lib.load_log(path, COLS)
+
+
+@pytest.mark.parametrize("column", [0, 2, 3, 4, 5])
+def test_a_latin1_csv_is_reported_as_not_utf8(tmp_path, column):
+  """A non-UTF-8 cell in any mapped column (an id, a label, the time) names its line and says
+  the file is not UTF-8 (not "type binary", not a bare conversion error)."""
+  cells = "amy,30,home,1,106,x,9".split(",")
+  cells[column] = "caf\xe9" if column != 4 else "10\xb06"
+  path = os.path.join(tmp_path, "latin1.csv")
+  with open(path, "wb") as f:
+    f.write((HEADER + GOOD_ROW * 3 + ",".join(cells) + "\n" + GOOD_ROW).encode("latin-1"))
+  with pytest.raises(DataError, match=r"latin1.csv: line 5: not UTF-8 \(byte 0x(e9|b0) .*a CSV "
+                     r"log must be UTF-8 text"):
+    log_lib.load_log(path, COLS)
+
+
 def test_bad_parquet_cells_name_the_row(tmp_path):
   path = os.path.join(tmp_path, "log.parquet")
   base = {"uid": [1, 2, 3], "iid": [1, 2, 3], "scene": [1, 1, 2], "click": [0, 1, 0],
@@ -134,6 +162,19 @@ def test_missing_file_column_and_unknown_format(tmp_path):
   empty = write(tmp_path, HEADER, "empty.csv")
   with pytest.raises(DataError, match="no rows"):
     log_lib.load_log(empty, COLS)
+  os.mkdir(os.path.join(tmp_path, "logs.csv"))
+  with pytest.raises(DataError, match="logs.csv: is a directory; a log is one file"):
+    log_lib.load_log(os.path.join(tmp_path, "logs.csv"), COLS)
+
+
+def test_a_directory_given_for_a_log_file_says_so(tmp_path):
+  """config.data.name=log with a directory (not a built one) as config.data.path: the message
+  says a log file is expected, not "build it with prepare"."""
+  c = config_lib.get_config()
+  c.data.name, c.data.path = "log", str(tmp_path)
+  with pytest.raises(DataError, match=r"is a directory, but config.data.name='log' reads a log "
+                     r"file \(\.csv, .*\): give the file itself"):
+    datasets.built_path(c.data)
 
 
 def test_wrong_column_type(tmp_path):
