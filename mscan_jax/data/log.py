@@ -37,8 +37,10 @@ minus 1 (0-based, contiguous).
 
 Bad input raises one `DataError` naming the file, the column and the row (row numbers
 count data rows from 0; for CSV the file line is given too): a missing file or column, a
-null id, a label outside {0, 1}, a missing timestamp, a column of the wrong type. Nothing
-is filled in silently: there is no "unknown" id for a missing value.
+null id, a label outside {0, 1}, a missing timestamp, a column of the wrong type, a CSV line
+that is not UTF-8, empty, or has another number of cells than the header. Nothing is filled
+in or skipped silently: there is no "unknown" id for a missing value, and an empty line is an
+error (so row k is always file line k + 2).
 """
 
 from __future__ import annotations
@@ -256,7 +258,9 @@ def _read_table(path: str, columns: LogColumns, source: str) -> tuple[pa.Table, 
   wanted = columns.all_columns()
   try:
     if is_csv:
-      parse = pacsv.ParseOptions(delimiter="\t" if ".tsv" in lower else ",")
+      # Empty lines are rows too (an error, not skipped): row k stays file line k + 2.
+      parse = pacsv.ParseOptions(delimiter="\t" if ".tsv" in lower else ",",
+                                 ignore_empty_lines=False)
       with pacsv.open_csv(path, parse_options=parse) as reader:   # header only
         available = reader.schema.names
       _check_columns(available, wanted, columns, source)
@@ -268,6 +272,13 @@ def _read_table(path: str, columns: LogColumns, source: str) -> tuple[pa.Table, 
       table = pacsv.read_csv(path, parse_options=parse, convert_options=convert)
       if any(pa.types.is_binary(table.column(c).type) for c in wanted):
         _check_utf8(path, source)        # pyarrow reads a non-UTF-8 cell as binary
+      empty = None                       # an empty line reads as a row of nulls
+      for c in wanted:
+        null = pc.is_null(table.column(c))
+        empty = null if empty is None else pc.and_(empty, null)
+      if empty is not None and pc.any(empty).as_py():
+        raise DataError(f"{source}: line {_first(empty) + 2}: empty line, or a row of empty "
+                        "cells (every line holds one row); remove it")
     else:
       available = pq.read_schema(path).names
       _check_columns(available, wanted, columns, source)
@@ -277,6 +288,8 @@ def _read_table(path: str, columns: LogColumns, source: str) -> tuple[pa.Table, 
   except (pa.ArrowException, OSError, UnicodeDecodeError) as e:   # unparseable, a bad cell
     if is_csv and (isinstance(e, UnicodeDecodeError) or "utf8" in str(e).lower().replace("-", "")):
       _check_utf8(path, source)
+    if is_csv and "CSV parse error" in str(e):
+      _check_shape(path, source, parse.delimiter)
     raise DataError(f"{source}: cannot read the log: {e}") from e
   return table, is_csv
 
@@ -297,6 +310,35 @@ def _check_utf8(path: str, source: str) -> None:
             f"{source}: line {number}: not UTF-8 (byte 0x{line[e.start]:02x} at byte "
             f"{e.start + 1} of the line: {_show_bytes(line)}); a CSV log must be UTF-8 text: "
             "convert it first, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`") from None
+
+
+def _check_shape(path: str, source: str, delimiter: str) -> None:
+  """A DataError naming the first line of a CSV log whose record has another number of cells
+  than the header, or is empty (error path: one pass with Python's csv module, which quotes as
+  pyarrow does; pyarrow's own row numbers count from its block)."""
+  import bz2
+  import csv
+  import gzip
+  import io
+  lower = path.lower()
+  opener = gzip.open if lower.endswith(".gz") else bz2.open if lower.endswith(".bz2") else open
+  with opener(path, "rb") as raw:
+    text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    reader = csv.reader(text, delimiter=delimiter)
+    start = 1
+    header = None
+    for record in reader:
+      line = start                                # the record's first line
+      start = reader.line_num + 1
+      if header is None:
+        header = record
+        continue
+      if not record:
+        raise DataError(f"{source}: line {line}: empty line (every line holds one row of "
+                        f"{len(header)} cells); remove it")
+      if len(record) != len(header):
+        raise DataError(f"{source}: line {line}: {len(record)} cells where the header has "
+                        f"{len(header)}: {_show_bytes(delimiter.join(record).encode())}")
 
 
 def _show_bytes(line: bytes, limit: int = 80) -> str:

@@ -7,6 +7,7 @@ checked against an independent reading with Python's csv module.
 
 import csv
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -389,3 +390,64 @@ def test_common_key_lookup_fixed_and_variable_width(keys):
                              np.zeros(len(aliccp.USER_FIELDS), np.int64), 0)
   query = pa.array([k.encode() for k in [keys[2], "zz", keys[0], "a" * 5, keys[1]]], pa.binary())
   np.testing.assert_array_equal(table.lookup(query), [2, -1, 0, -1, 1])
+
+
+# --- fuzz: a malformed raw line is a DataError naming its line, or a counted drop ---------
+
+_GOOD = {"sample_skeleton_train.csv": [l.encode() for l in SKELETON_TRAIN],
+         "common_features_train.csv": [l.encode() for l in COMMON_TRAIN]}
+
+
+@st.composite
+def _mutated_line(draw, good):
+  """A good line cut, grown or overwritten at a random place, or plain garbage."""
+  base = draw(st.sampled_from(good))
+  kind = draw(st.sampled_from(["cut", "insert", "replace", "garbage"]))
+  junk = draw(st.one_of(st.binary(max_size=8),
+                        st.sampled_from([b",", b"\x01", b"\x02", b"\x03", b"\x00", b"\r", b"-",
+                                         b"301\x02", b"\x029999999999999999999", b"\xff\xfe"])))
+  at = draw(st.integers(0, len(base)))
+  if kind == "cut":
+    return base[:at]
+  if kind == "insert":
+    return base[:at] + junk + base[at:]
+  if kind == "replace":
+    return base[:at] + junk + base[at + len(junk):]
+  return junk
+
+
+@st.composite
+def _damaged_file(draw):
+  name = draw(st.sampled_from(sorted(_GOOD)))
+  lines = list(_GOOD[name])
+  for _ in range(draw(st.integers(1, 3))):
+    at = draw(st.integers(0, len(lines)))
+    lines.insert(at, draw(_mutated_line(_GOOD[name])).replace(b"\n", b""))
+  return name, lines
+
+
+@settings(max_examples=30, deadline=None)
+@given(damaged=_damaged_file(), block_size=st.sampled_from([1, 50, 1 << 20]),
+       trailing_newline=st.booleans())
+def test_fuzz_malformed_raw_lines_are_a_data_error_at_their_line_or_counted(
+    tmp_path_factory, damaged, block_size, trailing_newline):
+  """Random damage (cut, grown or overwritten lines, binary garbage) in a skeleton or a
+  common-features file: a DataError naming a file and a line within it, or every skeleton line
+  kept or counted under one drop reason; never another exception."""
+  name, lines = damaged
+  d = write_raw(tmp_path_factory.mktemp("fuzz"))
+  with open(os.path.join(d, name), "wb") as f:
+    f.write(b"\n".join(lines) + (b"\n" if trailing_newline else b""))
+  try:
+    log, _, stats = aliccp.load_aliccp_raw(d, block_size=block_size, workers=2)
+  except DataError as e:
+    m = re.search(r"(sample_skeleton|common_features)_train\.csv: line (\d+)", str(e))
+    assert m, str(e)
+    n = len(lines) if m.group(1) + "_train.csv" == name else len(_GOOD[m.group(1) + "_train.csv"])
+    assert 1 <= int(m.group(2)) <= n, str(e)
+    return
+  skeleton = lines if name.startswith("sample") else _GOOD["sample_skeleton_train.csv"]
+  dropped = sum(v for k, v in stats.items() if k.startswith("train_dropped_"))
+  assert stats["train_rows_read"] == len(skeleton)
+  kept = int(np.sum(log.sample_id < aliccp.SAMPLE_ID_FILE_STRIDE))
+  assert kept + dropped == len(skeleton), stats
