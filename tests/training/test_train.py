@@ -142,7 +142,7 @@ def test_launch_rejects_unknown_model_and_lists_valid_ones(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.mscan.alpha=-1", "config.mscan.alpha must be >= 0"),
+    ("--config.mscan.alpha=-1", "config.mscan.alpha must be a finite number >= 0, got -1.0"),
     ("--config.data.max_cur_len=0", "config.data.max_cur_len and config.data.max_all_len must be >= 1"),
     ("--config.data.name=nope", "config.data.name='nope' is unknown; valid:"),
     ("--config.data.name=aliccp", "config.data.path is required for config.data.name='aliccp'"),
