@@ -9,9 +9,15 @@
 Multi-host: --config.distributed.coordinator_address=HOST:PORT --config.distributed.num_processes=N
 --config.distributed.process_id=I on each process, or --config.distributed.auto=True to read the
 cluster's environment as `jax.distributed.initialize()` does.
+
+Errors: a user error (a bad flag, an unknown or invalid config field, bad data, a run folder in
+use or holding another run) prints one line `error: <message>` and exits with code 2; a run that
+cannot go on (it diverged, no checkpoint restores) prints `error: <message>` and exits with 1;
+anything else is a bug and keeps its traceback.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -23,21 +29,48 @@ _WORKDIR = flags.DEFINE_string("workdir", "", "Run folder (default runs/<model>-
 
 
 def main(argv):
+  from mscan_jax.config import ConfigError
+  from mscan_jax.data.schema import DataError
+  from mscan_jax.training import rundir
+  rundir.die_with_parent()           # started by the grid runner: never outlive it
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # Orbax logs every file it writes at INFO
   config = _CONFIG.value
   from mscan_jax.training import distributed
   distributed.retain_host_memory()   # before any JAX computation: XLA:CPU step buffers are reused
-  from mscan_jax.training import train
-  distributed.initialize(config)
-  workdir = _WORKDIR.value or default_workdir(config)
-  results = train.run(config, workdir)
+  from mscan_jax.training import checkpoint, train
+  try:
+    distributed.initialize(config)
+    workdir = _WORKDIR.value or default_workdir(config)
+    results = train.run(config, workdir)
+  except (ConfigError, DataError, rundir.RunDirError) as e:   # the user's to fix: no traceback
+    _fail(str(e))
+  except (checkpoint.CheckpointError, train.DivergenceError) as e:   # the run cannot go on
+    _fail(str(e), code=1)
   import jax
   if jax.process_index() == 0:
     print(train.format_results(results))
     print(f"Run folder: {workdir}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with an unknown `--config.KEY` named (and its valid neighbours) and any bad
+  flag reported as one `error:` line, exit code 2."""
+  from mscan_jax.config import ConfigError, check_override_keys
+  try:
+    check_override_keys(argv)
+    return flags.FLAGS(argv)
+  except (flags.Error, ConfigError) as e:
+    _fail(str(e))
+  return []
+
+
+def _fail(message: str, code: int = 2) -> None:
+  """One line `error: <message>` on stderr and exit code `code` (2: a usage error)."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
 
 
 def default_workdir(config) -> str:
@@ -46,4 +79,4 @@ def default_workdir(config) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

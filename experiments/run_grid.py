@@ -12,9 +12,15 @@ dataset, `--size`, `--set`), with stdout and stderr appended to `DIR/runs/<name>
 `--jobs=K` runs K at a time. Runs start in the current directory, so relative paths (the data
 cache, a dataset) are read as given and no absolute path is written into a run's files.
 
-Resuming: a run whose `results.json` exists is skipped; a half-finished one is started again and
-the trainer resumes from the checkpoint in its workdir. A failed run is reported with its log
-path and does not stop the others; the exit code is 1 if any run failed.
+Resuming: a finished run is skipped: its `results.json` (the trainer writes it last) parses and
+the outputs it lists exist and read back (`mscan_jax.training.rundir.unfinished_reason`). Any
+other run is started again (an unreadable or empty results.json is named in a message) and the
+trainer resumes from the checkpoint in its workdir. A failed run is reported with its log path
+and does not stop the others; the exit code is 1 if any run failed.
+
+Children: each `launch.py` runs in its own process group, killed with the grid (an exception,
+Ctrl-C, SIGTERM or SIGHUP kill the groups of the running children before the grid exits); a child
+also asks the kernel to kill it when the grid dies by SIGKILL (`rundir.die_with_parent`).
 
 Target scenarios of the models that have one (Single, Finetune; `--scenarios=1,2,3`; default:
 every scenario of the test split if there are at most 4, else the 3 with the most test samples,
@@ -35,13 +41,16 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -53,6 +62,8 @@ from experiments import grids
 from mscan_jax import config as config_lib
 from mscan_jax import models
 from mscan_jax.data import datasets
+from mscan_jax.data.schema import DataError
+from mscan_jax.training import rundir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LAUNCHER = (sys.executable, os.path.join(REPO_ROOT, "launch.py"))
@@ -267,8 +278,40 @@ def command(launcher: Sequence[str], job: Job) -> list[str]:
           *(f"--config.{k}={grids.format_value(v)}" for k, v in job.overrides.items())]
 
 
-def _execute(launcher: Sequence[str], job: Job) -> tuple[int, float, float]:
+class _Children:
+  """The running children, each the leader of its own process group, killed together."""
+
+  def __init__(self):
+    self._procs: set[subprocess.Popen] = set()
+    self._lock = threading.Lock()
+    self.closed = False
+
+  def start(self, cmd: list[str], **kw) -> subprocess.Popen:
+    with self._lock:
+      if self.closed:
+        raise OSError("the grid is stopping: no new run is started")
+      proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+      self._procs.add(proc)
+      return proc
+
+  def done(self, proc: subprocess.Popen) -> None:
+    with self._lock:
+      self._procs.discard(proc)
+
+  def kill_all(self) -> None:
+    with self._lock:
+      self.closed = True
+      for proc in self._procs:
+        try:
+          os.killpg(proc.pid, signal.SIGKILL)     # the child and whatever it started
+        except (ProcessLookupError, PermissionError):
+          pass
+
+
+def _execute(launcher: Sequence[str], job: Job,
+             children: Optional[_Children] = None) -> tuple[int, float, float]:
   """Runs one job: (exit code, wall seconds, CPU seconds of the process and its children)."""
+  children = children or _Children()
   os.makedirs(job.workdir, exist_ok=True)
   cmd = command(launcher, job)
   info = {"name": job.run.name, "overrides": job.run.overrides, "launch_overrides": job.overrides,
@@ -281,15 +324,18 @@ def _execute(launcher: Sequence[str], job: Job) -> tuple[int, float, float]:
     log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} "
               f"{shlex.join(cmd)}\n")
     log.flush()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            stdin=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", rundir.PARENT_ENV: str(os.getpid())}
+    proc = children.start(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                          stdin=subprocess.DEVNULL)
     try:
       _, status, usage = os.wait4(proc.pid, 0)   # this child's own CPU time, also with K jobs
     except BaseException:
-      proc.kill()
+      with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
       proc.wait()
       raise
+    finally:
+      children.done(proc)
     proc.returncode = rc = os.waitstatus_to_exitcode(status)
   wall, cpu = time.perf_counter() - start, usage.ru_utime + usage.ru_stime
   with open(info_path, "w") as f:
@@ -318,7 +364,9 @@ class Summary:
 
 def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER, num_jobs: int = 1,
              echo: Callable[[str], None] = print) -> Summary:
-  """Runs `jobs` (K at a time, dependencies first); finished ones (results.json) are skipped."""
+  """Runs `jobs` (K at a time, dependencies first); finished ones are skipped
+  (`rundir.unfinished_reason`). If this call stops on an exception (Ctrl-C, a signal turned into
+  SystemExit by `main`), the running children's process groups are killed first."""
   if num_jobs < 1:
     raise GridError(f"--jobs must be >= 1, got {num_jobs}")
   start = time.perf_counter()
@@ -335,13 +383,17 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
     echo(f"[{finished}/{total}] {state:<7} {job.run.name}{note}")
 
   for job in jobs:
-    if os.path.exists(os.path.join(job.workdir, RESULTS)):
+    why = rundir.unfinished_reason(job.workdir)
+    if why is None:
       summary.skipped.append(job.run.name)
       report(job, "skipped")
     else:
+      if os.path.exists(os.path.join(job.workdir, RESULTS)):
+        echo(f"rerun {job.run.name}: not finished: {why}")
       pending.append(job)
 
-  with cf.ThreadPoolExecutor(max_workers=num_jobs) as pool:
+  children = _Children()
+  with cf.ThreadPoolExecutor(max_workers=num_jobs) as pool, _killing(children):
     running: dict[cf.Future, Job] = {}
     while pending or running:
       for job in list(pending):
@@ -357,7 +409,7 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
           continue
         if all(s in ("done", "skipped") for s in dep_states):
           pending.remove(job)
-          running[pool.submit(_execute, launcher, job)] = job
+          running[pool.submit(_execute, launcher, job, children)] = job
       if not running:
         if pending:   # dependencies that are in no job list and not finished
           for job in pending:
@@ -376,15 +428,43 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
           summary.failed.append((job.run.name, f"{e}; log {log_path}"))
           report(job, "failed", f"  ({e})")
           continue
-        if rc == 0 and os.path.exists(os.path.join(job.workdir, RESULTS)):
+        unfinished = rundir.unfinished_reason(job.workdir) if rc == 0 else None
+        if rc == 0 and unfinished is None:
           summary.done.append(job.run.name)
           report(job, "done", f"  {seconds:.0f} s (CPU {cpu:.0f} s)")
         else:
-          why = (f"exit code {rc}" if rc != 0 else f"exit code 0 but no {RESULTS}")
+          why = f"exit code {rc}" if rc != 0 else f"exit code 0 but not finished: {unfinished}"
           summary.failed.append((job.run.name, f"{why}; log {log_path}"))
           report(job, "failed", f"  {seconds:.0f} s  {why}; log {log_path}")
   summary.seconds = time.perf_counter() - start
   return summary
+
+
+@contextlib.contextmanager
+def _killing(children: _Children):
+  """Kills the children's process groups if the block is left by an exception."""
+  try:
+    yield
+  except BaseException:
+    children.kill_all()
+    raise
+
+
+@contextlib.contextmanager
+def _signals_exit():
+  """SIGTERM and SIGHUP raise SystemExit in the main thread (Ctrl-C raises KeyboardInterrupt),
+  so `run_jobs` kills its children before the grid exits."""
+  def handler(signum, frame):
+    raise SystemExit(128 + signum)
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+  try:
+    yield
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -431,6 +511,7 @@ def main(argv: Sequence[str]) -> int:
     size = a.size or ("tiny" if a.dataset == "synthetic" and a.preset == "tiny" else "default")
     base = shared_overrides(data_overrides(a.dataset, preset=a.preset, data_path=a.data_path,
                                            cache_dir=a.cache_dir), size, a.set)
+    config_lib.validate(_config_of(base), models.model_names())   # a bad --set stops here
     data_seeds = list(range(a.data_seeds))
     if data_seeds != [0] and datasets.get_spec(a.dataset).needs_path:
       raise GridError("--data_seeds applies to generated data (the synthetic benchmark) only")
@@ -453,7 +534,7 @@ def main(argv: Sequence[str]) -> int:
       if not datasets.get_spec(a.dataset).needs_path:
         for d in data_seeds:   # generate the data once here, not in K runs at the same time
           dataset_path_for(base, d)
-  except (GridError, ValueError) as e:
+  except (GridError, config_lib.ConfigError, DataError) as e:   # a bug keeps its traceback
     print(f"error: {e}", file=sys.stderr)
     return 2
   launcher = shlex.split(a.launcher) if a.launcher else list(DEFAULT_LAUNCHER)
@@ -464,7 +545,8 @@ def main(argv: Sequence[str]) -> int:
     return 0
   print(f"{len(jobs)} runs of grid {a.grid} on {dataset_label(base)} (size {size}) -> {a.out}, "
         f"{a.jobs} at a time")
-  summary = run_jobs(jobs, launcher=launcher, num_jobs=a.jobs)
+  with _signals_exit():
+    summary = run_jobs(jobs, launcher=launcher, num_jobs=a.jobs)
   print(summary.format())
   return 0 if summary.ok else 1
 

@@ -10,7 +10,10 @@ alpha = 0.1, c per dataset.
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+import numbers
+import os
+from typing import Any, Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -110,6 +113,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.progress = True          # progress bar with examples/s
   c.train.export_predictions = True
   c.train.sync_every_steps = 0     # 0 = auto (every 4 steps on multi-device CPU, else at log steps)
+  # Divergence guard (checked at log steps): stop, keeping the last good checkpoint, when the
+  # loss or the gradient norm is non-finite or exceeds this multiple of its first-step value
+  # (normal training stays within 3x on the tiny preset); 0 = check finiteness only.
+  c.train.divergence_factor = 1e3
 
   c.mscan = ml_collections.ConfigDict()
   c.mscan.use_saca = True          # Scenario-Aware Co-Attention (§3.2); off: no R_h
@@ -158,36 +165,145 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
-  """Raises ConfigError on the first invalid field, listing what is valid."""
+  """Raises ConfigError on the first invalid field, naming it and its valid range or values.
+
+  Every numeric and structural value is checked here (the data section by
+  `datasets.validate_data`), so that a bad value stops before any work with one line, never as
+  an error deep in the model (a zero-width layer), as silent nonsense (a negative clip norm
+  turns training into gradient ascent) or not at all (a NaN learning rate).
+  """
   if model_names is not None and config.model not in model_names:
     raise ConfigError(f"config.model={config.model!r} is unknown; valid: {', '.join(sorted(model_names))}")
   from mscan_jax.data import datasets
   datasets.validate_data(config.data)   # the data section, its column lists normalised
   if config.dtype not in DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r} is unknown; valid: {', '.join(DTYPES)}")
-  if config.mscan.alpha < 0:
-    raise ConfigError(f"config.mscan.alpha must be >= 0, got {config.mscan.alpha}")
+  for key in ("shard_embeddings", "train.progress", "train.export_predictions", "mscan.use_saca",
+              "mscan.use_sbe", "mscan.history_context", "mscan.saca_scenario_aware",
+              "mscan.scenario_in_matching", "distributed.auto"):
+    if not isinstance(_get(config, key), bool):
+      raise ConfigError(f"config.{key} must be True or False, got {_get(config, key)!r}")
+  for key, low in (("seed", 0), ("embed_dim", 1), ("train.batch_size", 1),
+                   ("train.eval_batch_size", 1), ("train.num_epochs", 0), ("train.max_steps", 0),
+                   ("train.eval_every_steps", 0), ("train.log_every_steps", 0),
+                   ("train.checkpoint_every_steps", 0), ("train.patience", 0),
+                   ("train.sync_every_steps", 0), ("mscan.gru_hidden", 0),
+                   ("baseline.num_experts", 0), ("baseline.num_specific_experts", 0),
+                   ("reference.dim", 1), ("reference.num_epochs", 1), ("single.scenario", 0),
+                   ("distributed.num_processes", 0), ("distributed.process_id", -1)):
+    integer_at_least(f"config.{key}", _get(config, key), low)
+  if config.train.num_epochs < 1 and config.train.max_steps < 1:
+    raise ConfigError("config.train.num_epochs or config.train.max_steps must be >= 1")
+  for key in ("train.learning_rate", "train.clip_norm", "reference.learning_rate"):
+    number_in(f"config.{key}", _get(config, key), low=0, low_open=True)
+  for key in ("train.weight_decay", "reference.weight_decay", "mscan.alpha"):
+    number_in(f"config.{key}", _get(config, key), low=0)
+  number_in("config.train.divergence_factor", config.train.divergence_factor, low=0,
+            what="a finite number: 0 (off) or > 1")
+  if 0 < config.train.divergence_factor <= 1:
+    raise ConfigError("config.train.divergence_factor must be a finite number: 0 (off) or > 1, "
+                      f"got {config.train.divergence_factor}")
+  number_in("config.mscan.c", config.mscan.c,
+            what="a finite number (< 0: the dataset's default)")
+  number_in("config.mscan.dropout", config.mscan.dropout, low=0, high=1)
+  number_in("config.baseline.dropout", config.baseline.dropout, high=1,
+            what="< 1 (< 0: each model's default)")
+  for key, empty_ok in (("mscan.mlp", True), ("mscan.scenario_mlp", True),
+                        ("mscan.attn_mlp", False), ("baseline.tower", True),
+                        ("baseline.expert", True)):
+    widths(f"config.{key}", _get(config, key), empty_ok)
   from mscan_jax.models.sequence import COATTENTION_IMPLS   # the model owns its valid values
   if config.mscan.coattention not in COATTENTION_IMPLS:
     raise ConfigError(f"config.mscan.coattention={config.mscan.coattention!r}; valid: {', '.join(COATTENTION_IMPLS)}")
   from mscan_jax.models.mscan import FUSION_OUTPUT
   if config.mscan.fusion not in FUSION_OUTPUT:
     raise ConfigError(f"config.mscan.fusion={config.mscan.fusion!r}; valid: {', '.join(FUSION_OUTPUT)}")
-  if not 0 <= config.mscan.dropout < 1:
-    raise ConfigError(f"config.mscan.dropout must be in [0, 1), got {config.mscan.dropout}")
-  for key in ("batch_size", "eval_batch_size"):
-    if config.train[key] < 1:
-      raise ConfigError(f"config.train.{key} must be >= 1, got {config.train[key]}")
+  from mscan_jax.models.inputs import BEHAVIOURS
+  if config.baseline.behaviours not in BEHAVIOURS:
+    raise ConfigError(f"config.baseline.behaviours={config.baseline.behaviours!r}; valid: "
+                      f"{', '.join(BEHAVIOURS)}")
+  from mscan_jax.models.experts import GROUPED_IMPLS
+  if config.baseline.grouped_matmul not in GROUPED_IMPLS:
+    raise ConfigError(f"config.baseline.grouped_matmul={config.baseline.grouped_matmul!r}; "
+                      f"valid: {', '.join(GROUPED_IMPLS)}")
   from mscan_jax.evaluation import metrics
   if config.train.select_metric not in metrics.SELECT_METRICS:
     raise ConfigError(f"config.train.select_metric={config.train.select_metric!r} is unknown; "
                       f"valid: {', '.join(metrics.SELECT_METRICS)}")
-  if config.train.learning_rate <= 0:
-    raise ConfigError(f"config.train.learning_rate must be > 0, got {config.train.learning_rate}")
-  if config.train.num_epochs < 1 and config.train.max_steps < 1:
-    raise ConfigError("config.train.num_epochs or config.train.max_steps must be >= 1")
-  if config.embed_dim < 1:
-    raise ConfigError(f"config.embed_dim must be >= 1, got {config.embed_dim}")
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  node: Any = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def integer_at_least(field: str, value: Any, low: int) -> None:
+  """A ConfigError unless `value` is an integer >= `low`."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+    raise ConfigError(f"{field} must be an integer >= {low}, got {value!r}")
+
+
+def number_in(field: str, value: Any, low: float | None = None, high: float | None = None, *,
+              low_open: bool = False, what: str = "") -> None:
+  """A ConfigError unless `value` is a finite number in the range: [low, high) by default,
+  (low, high) with `low_open`; `what` replaces the range in the message."""
+  ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+        and (low is None or (value > low if low_open else value >= low))
+        and (high is None or value < high))
+  if not ok:
+    if not what:
+      parts = []
+      if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+      if high is not None:
+        parts.append(f"< {high:g}")
+      what = " and ".join(parts)
+      what = f"a finite number {what}".rstrip()
+    elif not what.startswith("a "):
+      what = f"a finite number {what}"
+    raise ConfigError(f"{field} must be {what}, got {value!r}")
+
+
+def widths(field: str, value: Any, empty_ok: bool = True) -> None:
+  """A ConfigError unless `value` is a list of layer widths, each an integer >= 1."""
+  items = list(value) if isinstance(value, (tuple, list)) else None
+  if (items is None or (not items and not empty_ok)
+      or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1 for w in items)):
+    need = "at least one width, " if not empty_ok else ""
+    raise ConfigError(f"{field} must be a list of layer widths ({need}each an integer >= 1, "
+                      f"e.g. 64,32), got {value!r}")
+
+
+def check_override_keys(argv: Sequence[str]) -> None:
+  """Refuses a `--config.KEY=...` whose KEY the config does not have, naming it and the valid
+  keys at that level (ml_collections would stop with a bare `AttributeError`). Checked against
+  this file's config (`--config=.../mscan_jax/config.py[:tiny]` or none); another config file
+  is left to ml_collections."""
+  variant = None
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path, _, variant = arg[len("--config="):].partition(":")
+      if not os.path.exists(path) or not os.path.samefile(path, __file__):
+        return
+  config = get_config(variant or None)
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    node: Any = config
+    for depth, part in enumerate(key.split(".")):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = ".".join(["config"] + key.split(".")[:depth])
+        if not isinstance(node, ml_collections.ConfigDict):
+          raise ConfigError(f"--config.{key}: {where} is a value, not a group of fields")
+        raise ConfigError(f"--config.{key}: {where} has no field {part!r}; valid: "
+                          f"{', '.join(sorted(node.keys()))}")
+      node = node[part]
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -33,5 +33,14 @@ def main(argv: Sequence[str]) -> None:
   sys.exit(cli.report_from(flags.FLAGS, argv[1:]))
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing; a bad flag is one `error:` line and exit code 2 (absl's own is 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -16,6 +16,8 @@ from absl import flags
 
 from experiments import grids
 from experiments.report.loading import ReportError, load_folder
+from mscan_jax.config import ConfigError
+from mscan_jax.data.schema import DataError
 from experiments.report.writing import copy_run_files, write_report
 
 PROG = "python -m experiments.report"
@@ -61,7 +63,7 @@ def report_from(fv: flags.FlagValues, extra_args: Sequence[str] = ()) -> int:
     except ValueError:
       raise ReportError(f"--c_values={','.join(fv.c_values)}: not a list of numbers") from None
     path = make_report(fv.out, fv.also, fv.report_dir, c_values)
-  except ReportError as e:
+  except (ReportError, ConfigError, DataError) as e:   # the user's to fix; a bug keeps its traceback
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"wrote {path}")

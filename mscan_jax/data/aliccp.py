@@ -352,6 +352,7 @@ def read_common_features(path: str, block_size: int = DEFAULT_BLOCK_SIZE,
   check_file(path)
 
   def parse(block: bytes, line: int):
+    _check_last_line(block, line, path, COMMON_COLUMNS)
     t = read_block(block, COMMON_COLUMNS, _COMMON_TYPES, source=path, first_line=line)
     f = parse_feature_lists(t.column("feature_list"), USER_FIELDS, source=path, first_line=line)
     mismatch = int(np.count_nonzero(f.num_features != t.column("feature_num").to_numpy()))
@@ -378,6 +379,36 @@ def read_common_features(path: str, block_size: int = DEFAULT_BLOCK_SIZE,
 
   _check_unique_keys(key_arr, path, line_of)
   return CommonTable(key_arr, np.concatenate(users), rows, multi, mismatch)
+
+
+def _check_last_line(block: bytes, first_line: int, path: str, names: Sequence[str]) -> None:
+  """The last line of a raw file that does not end with a newline must be whole.
+
+  A download or copy cut short ends inside a line; read as it is, that line would be a row
+  without its scenario (dropped as `no_scenario`), without its user fields, or with a shorter
+  id. So a line with no newline after it (only the file's last can have none) must have all its
+  columns, a feature list whose last feature is whole (field\x02id\x03) and at least as many
+  features as its feature_num; otherwise a DataError calls the file truncated.
+  """
+  if block.endswith(b"\n"):
+    return
+  text = block[block.rfind(b"\n") + 1:]
+  line = first_line + block.count(b"\n")
+  cells = text.split(b",")
+  why = ""
+  if len(cells) < len(names):
+    why = f"{len(cells)} of its {len(names)} columns"
+  elif len(cells) == len(names):
+    num, features = cells[-2], cells[-1].split(b"\x01") if cells[-1] else []
+    last = features[-1] if features else b""
+    if not features or last.count(b"\x02") != 1 or b"\x03" not in last.partition(b"\x02")[2]:
+      why = "its last feature is cut short"
+    elif num.isdigit() and len(features) < int(num):
+      why = f"{len(features)} of its {int(num)} features"
+  if why:
+    raise DataError(f"{path}: line {line}: the file ends inside this line ({why}, and no newline "
+                    "after it): the file looks truncated (an interrupted download or copy?); "
+                    "fetch or extract it again")
 
 
 def _check_unique_keys(keys: pa.Array, path: str, line_of) -> None:
@@ -418,6 +449,7 @@ def read_skeleton(path: str, common: CommonTable, *, file_index: int,
   wanted = ITEM_FIELDS + (SCENARIO_FIELD,)
 
   def parse(block: bytes, line: int):
+    _check_last_line(block, line, path, SKELETON_COLUMNS)
     t = read_block(block, SKELETON_COLUMNS, _SKELETON_TYPES, source=path, first_line=line)
     n = t.num_rows
     click = t.column("click").to_numpy()

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from mscan_jax.config import ConfigError
+from mscan_jax.config import ConfigError, integer_at_least, number_in
 from mscan_jax.data.schema import ALL_SEQ_MODES, BuiltDataset, DataError, check_name
 
 # (raw path, config.data) -> (EventLog, vocab, loader statistics)
@@ -91,21 +91,18 @@ def _one_of(field: str, value: Any, valid: tuple) -> None:
     raise ConfigError(f"{field}={value!r} is unknown; valid: {', '.join(map(str, valid))}")
 
 
-def _at_least(field: str, value: Any, low: int) -> None:
-  if value < low:
-    raise ConfigError(f"{field} must be >= {low}, got {value}")
-
-
 def _check_aliccp(data: ml_collections.ConfigDict) -> None:
   o = data.aliccp
-  _at_least("config.data.aliccp.block_size_mb", o.block_size_mb, 0)
-  _at_least("config.data.aliccp.workers", o.workers, 0)
+  number_in("config.data.aliccp.block_size_mb", o.block_size_mb, low=0,
+            what=">= 0 (0: the default)")
+  integer_at_least("config.data.aliccp.workers", o.workers, 0)
   _one_of("config.data.aliccp.missing_common", o.missing_common, ("error", "drop"))
 
 
 def _check_cloudtheme(data: ml_collections.ConfigDict) -> None:
   from mscan_jax.data import cloudtheme
   o = data.cloudtheme
+  integer_at_least("config.data.cloudtheme.seed", o.seed, 0)
   if not 1 <= o.negatives < cloudtheme.SAMPLE_STRIDE:
     raise ConfigError(f"config.data.cloudtheme.negatives must be in "
                       f"1..{cloudtheme.SAMPLE_STRIDE - 1}, got {o.negatives}")
@@ -119,6 +116,9 @@ def _check_recbole(data: ml_collections.ConfigDict) -> None:
     if not o[key]:
       raise ConfigError(f"config.data.recbole.{key} is required (a column of the atomic files"
                         + (", e.g. category:token" if key == "scenario" else "") + ")")
+  if o.label_threshold is not None:
+    number_in("config.data.recbole.label_threshold", o.label_threshold,
+              what="a finite number (or unset: labels are 0/1)")
 
 
 def _check_log(data: ml_collections.ConfigDict) -> None:
@@ -293,11 +293,34 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
   if data.max_cur_len < 1 or data.max_all_len < 1:
     raise ConfigError("config.data.max_cur_len and config.data.max_all_len must be >= 1, got "
                       f"{data.max_cur_len} and {data.max_all_len}")
+  for key in ("max_cur_len", "max_all_len"):
+    integer_at_least(f"config.data.{key}", data[key], 1)
   resolve_all_seq_mode(data)
   for key in ("test_fraction", "valid_fraction"):
-    if not 0 < data[key] < 1:
+    if not 0 < data[key] < 1:                      # NaN fails too
       raise ConfigError(f"config.data.{key} must be in (0, 1), got {data[key]}")
-  _at_least("config.data.min_scenarios_per_user", data.min_scenarios_per_user, 1)
+  integer_at_least("config.data.min_scenarios_per_user", data.min_scenarios_per_user, 1)
+  integer_at_least("config.data.prefetch", data.prefetch, 0)
+  integer_at_least("config.data.seed", data.seed, 0)
+  for key in ("train_scenarios", "eval_scenarios"):
+    ids = data[key]
+    if not isinstance(ids, (tuple, list)) or any(
+        isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in ids):
+      raise ConfigError(f"config.data.{key} must be a list of scenario ids (integers >= 1; "
+                        f"() = all), got {ids!r}")
+  for dial, value in (data.synthetic.items() if data.get("synthetic") is not None else ()):
+    number_in(f"config.data.synthetic.{dial}", value,
+              what="a finite number (>= 0: the dial's value; < 0: the preset's)")
+  if data.name == "synthetic":
+    from mscan_jax.data import synthetic
+    try:                                           # the generator's own ranges of its dials
+      dataclasses.replace(synthetic.PRESETS[data.preset], **synthetic_overrides(data))
+    except ValueError as e:
+      message = str(e).replace("SyntheticConfig: ", "")
+      dial = message.split()[0]
+      if dial in data.synthetic:
+        raise ConfigError(f"config.data.synthetic.{message}, got {data.synthetic[dial]}") from None
+      raise ConfigError(f"config.data.synthetic: {message}") from None
   if data.duplicates:
     from mscan_jax.data.builder import DUPLICATE_POLICIES
     _one_of("config.data.duplicates", data.duplicates, DUPLICATE_POLICIES)
@@ -369,6 +392,12 @@ def built_path(data: ml_collections.ConfigDict) -> str:
   if name == "log" and os.path.isfile(path):
     from mscan_jax.data import log as log_lib
     return log_lib.ensure_built(path, data)
+  if name == "log" and not os.path.exists(os.path.join(path, "schema.json")):
+    from mscan_jax.data import log as log_lib
+    raise DataError(f"config.data.path={path!r} is a directory, but config.data.name='log' "
+                    "reads a log file (" + ", ".join(log_lib.CSV_SUFFIXES + log_lib.PARQUET_SUFFIXES)
+                    + "): give the file itself, or a dataset directory built from it by "
+                    "`python -m mscan_jax.data.prepare --dataset=log` (it holds schema.json)")
   if not os.path.exists(os.path.join(path, "schema.json")):
     raise DataError(f"config.data.path={path!r} is not a built dataset (no schema.json); build it "
                     f"with `python -m mscan_jax.data.prepare --dataset={name} --raw=RAW --out=DIR`")

@@ -37,8 +37,10 @@ minus 1 (0-based, contiguous).
 
 Bad input raises one `DataError` naming the file, the column and the row (row numbers
 count data rows from 0; for CSV the file line is given too): a missing file or column, a
-null id, a label outside {0, 1}, a missing timestamp, a column of the wrong type. Nothing
-is filled in silently: there is no "unknown" id for a missing value.
+null id, a label outside {0, 1}, a missing timestamp, a column of the wrong type, a CSV line
+that is not UTF-8, empty, or has another number of cells than the header. Nothing is filled
+in or skipped silently: there is no "unknown" id for a missing value, and an empty line is an
+error (so row k is always file line k + 2).
 """
 
 from __future__ import annotations
@@ -245,6 +247,9 @@ def build_atomically(path: str, build: Callable[[str], Any]) -> bool:
 def _read_table(path: str, columns: LogColumns, source: str) -> tuple[pa.Table, bool]:
   lower = path.lower()
   is_csv = lower.endswith(CSV_SUFFIXES)
+  if os.path.isdir(path):
+    raise DataError(f"{source}: is a directory; a log is one file ("
+                    f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)})")
   if not is_csv and not lower.endswith(PARQUET_SUFFIXES):
     raise DataError(f"{source}: unknown log format; expected one of "
                     f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}")
@@ -253,7 +258,9 @@ def _read_table(path: str, columns: LogColumns, source: str) -> tuple[pa.Table, 
   wanted = columns.all_columns()
   try:
     if is_csv:
-      parse = pacsv.ParseOptions(delimiter="\t" if ".tsv" in lower else ",")
+      # Empty lines are rows too (an error, not skipped): row k stays file line k + 2.
+      parse = pacsv.ParseOptions(delimiter="\t" if ".tsv" in lower else ",",
+                                 ignore_empty_lines=False)
       with pacsv.open_csv(path, parse_options=parse) as reader:   # header only
         available = reader.schema.names
       _check_columns(available, wanted, columns, source)
@@ -263,15 +270,80 @@ def _read_table(path: str, columns: LogColumns, source: str) -> tuple[pa.Table, 
       convert = pacsv.ConvertOptions(include_columns=wanted, strings_can_be_null=True,
                                      column_types=ids)
       table = pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+      if any(pa.types.is_binary(table.column(c).type) for c in wanted):
+        _check_utf8(path, source)        # pyarrow reads a non-UTF-8 cell as binary
+      empty = None                       # an empty line reads as a row of nulls
+      for c in wanted:
+        null = pc.is_null(table.column(c))
+        empty = null if empty is None else pc.and_(empty, null)
+      if empty is not None and pc.any(empty).as_py():
+        raise DataError(f"{source}: line {_first(empty) + 2}: empty line, or a row of empty "
+                        "cells (every line holds one row); remove it")
     else:
       available = pq.read_schema(path).names
       _check_columns(available, wanted, columns, source)
       table = pq.read_table(path, columns=wanted)
   except DataError:
     raise
-  except (pa.ArrowException, OSError) as e:   # unparseable file, a cell of the wrong type
+  except (pa.ArrowException, OSError, UnicodeDecodeError) as e:   # unparseable, a bad cell
+    if is_csv and (isinstance(e, UnicodeDecodeError) or "utf8" in str(e).lower().replace("-", "")):
+      _check_utf8(path, source)
+    if is_csv and "CSV parse error" in str(e):
+      _check_shape(path, source, parse.delimiter)
     raise DataError(f"{source}: cannot read the log: {e}") from e
   return table, is_csv
+
+
+def _check_utf8(path: str, source: str) -> None:
+  """A DataError naming the first line of a CSV log that is not UTF-8 (error path: one pass
+  over the file); nothing if every line is."""
+  import bz2
+  import gzip
+  lower = path.lower()
+  opener = gzip.open if lower.endswith(".gz") else bz2.open if lower.endswith(".bz2") else open
+  with opener(path, "rb") as f:
+    for number, line in enumerate(f, start=1):
+      try:
+        line.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise DataError(
+            f"{source}: line {number}: not UTF-8 (byte 0x{line[e.start]:02x} at byte "
+            f"{e.start + 1} of the line: {_show_bytes(line)}); a CSV log must be UTF-8 text: "
+            "convert it first, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`") from None
+
+
+def _check_shape(path: str, source: str, delimiter: str) -> None:
+  """A DataError naming the first line of a CSV log whose record has another number of cells
+  than the header, or is empty (error path: one pass with Python's csv module, which quotes as
+  pyarrow does; pyarrow's own row numbers count from its block)."""
+  import bz2
+  import csv
+  import gzip
+  import io
+  lower = path.lower()
+  opener = gzip.open if lower.endswith(".gz") else bz2.open if lower.endswith(".bz2") else open
+  with opener(path, "rb") as raw:
+    text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    reader = csv.reader(text, delimiter=delimiter)
+    start = 1
+    header = None
+    for record in reader:
+      line = start                                # the record's first line
+      start = reader.line_num + 1
+      if header is None:
+        header = record
+        continue
+      if not record:
+        raise DataError(f"{source}: line {line}: empty line (every line holds one row of "
+                        f"{len(header)} cells); remove it")
+      if len(record) != len(header):
+        raise DataError(f"{source}: line {line}: {len(record)} cells where the header has "
+                        f"{len(header)}: {_show_bytes(delimiter.join(record).encode())}")
+
+
+def _show_bytes(line: bytes, limit: int = 80) -> str:
+  s = repr(line.rstrip(b"\r\n"))
+  return s if len(s) <= limit else s[:limit] + "...'"
 
 
 def _check_columns(available: Sequence[str], wanted: Sequence[str], columns: LogColumns,
@@ -414,14 +486,38 @@ def _probability(col: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
 _NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
 
+def _first_bad_time(col: pa.ChunkedArray) -> int:
+  """The first row of a time column read as text that breaks the type most of its rows have.
+
+  Per candidate type (numbers; timestamps; dates) the longest prefix that parses as that type
+  is found (numbers by a regex, the others by bisection on casts); the column's type is the one
+  with the longest prefix, and the row right after that prefix is the bad one. A date column
+  with one bad value at row 5 names row 5 (the number test alone would name row 0).
+  """
+  n = len(col)
+  is_number = pc.match_substring_regex(col, _NUMBER)
+  prefixes = [_first(pc.invert(is_number)) if not pc.all(is_number).as_py() else n]
+  for typ in (pa.timestamp("ns"), pa.date32()):
+    lo, hi = 0, n                              # col[:lo] parses; col[:hi+1] does not, if hi < n
+    while lo < hi:
+      mid = (lo + hi + 1) // 2
+      try:
+        pc.cast(col.slice(0, mid), typ)
+        lo = mid
+      except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        hi = mid - 1
+    prefixes.append(lo)
+  best = max(prefixes)
+  return best if best < n else 0               # every row parses as one type: mixed types
+
+
 def _time(col: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
   """Timestamps -> (E,) int64 (integers, timestamps, dates) or float64 (floats)."""
   t = col.type
   if pa.types.is_string(t) or pa.types.is_large_string(t):
     # pyarrow reads a column of numbers or ISO timestamps as such: text means a bad cell.
     _check_no_nulls(col, name, where, "timestamp")
-    bad = pc.invert(pc.match_substring_regex(col, _NUMBER))
-    row = _first(bad) if pc.any(bad).as_py() else 0
+    row = _first_bad_time(col)
     value = col[row].as_py()
     raise DataError(f"{where(name, row)}: timestamp {value!r} is not a number, a date or a "
                     "timestamp (all values of the time column must be of one such type)")

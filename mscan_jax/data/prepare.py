@@ -142,20 +142,12 @@ def _fail(message: str) -> None:
 
 
 def check_config_overrides(argv: list[str]) -> None:
-  """Refuses a `--config.KEY` that the config does not have, naming it (ml_collections would
-  raise a traceback while the flags are defined)."""
-  config = config_lib.get_config()
-  for arg in argv[1:]:
-    if not arg.startswith("--config."):
-      continue
-    key = arg[len("--config."):].split("=", 1)[0]
-    node: Any = config
-    for depth, part in enumerate(key.split(".")):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        where = ".".join(["config"] + key.split(".")[:depth])
-        valid = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
-        _fail(f"--config.{key}: {where} has no field {part!r}" + (f"; valid: {valid}" if valid else ""))
-      node = node[part]
+  """Refuses a `--config.KEY` that the config does not have, naming it and the valid keys at
+  that level (`config.check_override_keys`; ml_collections would raise a traceback)."""
+  try:
+    config_lib.check_override_keys(argv)
+  except ConfigError as e:
+    _fail(str(e))
 
 
 def _define_flags() -> None:

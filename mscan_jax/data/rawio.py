@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import io
 import os
+import re
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -79,77 +80,101 @@ def read_block(block: bytes, names: Sequence[str], types: dict[str, pa.DataType]
   """Parses one block of CSV lines into typed columns; a bad line -> `DataError` with its line.
 
   No quoting (Ali-CCP and RecBole files have none); empty lines are errors (a wrong column
-  count), never skipped, so row k of the table is line `first_line + k`.
+  count), never skipped, so row k of the table is line `first_line + k`. Line numbers in errors
+  are the file's (`first_line` is the block's first line), never counted from the block.
   """
   read = pacsv.ReadOptions(column_names=list(names), block_size=max(len(block) + 1, 1 << 16))
   conv = pacsv.ConvertOptions(column_types=types, include_columns=list(include or names),
                               strings_can_be_null=False, quoted_strings_can_be_null=False)
 
-  def parse(handler=None, use_threads=False, conv=conv):
-    opts = pacsv.ParseOptions(delimiter=delimiter, quote_char=False, escape_char=False,
-                              newlines_in_values=False, ignore_empty_lines=False,
-                              invalid_row_handler=handler)
-    read.use_threads = use_threads
-    return pacsv.read_csv(io.BytesIO(block), read_options=read, parse_options=opts,
-                          convert_options=conv)
-
+  opts = pacsv.ParseOptions(delimiter=delimiter, quote_char=False, escape_char=False,
+                            newlines_in_values=False, ignore_empty_lines=False)
+  read.use_threads = False
   try:
-    table = parse()
+    table = pacsv.read_csv(io.BytesIO(block), read_options=read, parse_options=opts,
+                           convert_options=conv)
   except pa.ArrowInvalid as e:
-    first_error = e
-  else:
-    # pyarrow reads an empty line as a row of empty cells (null or ""): report it instead.
-    # An empty line has an empty first cell, so only blocks with one are searched.
-    first = pacsv.read_csv(io.BytesIO(block), read_options=read, parse_options=pacsv.ParseOptions(
-        delimiter=delimiter, quote_char=False, ignore_empty_lines=False),
-        convert_options=pacsv.ConvertOptions(include_columns=[names[0]],
-                                             column_types={names[0]: pa.binary()})) \
-        if names[0] not in table.column_names else table
-    c0 = first.column(names[0])
-    empty0 = pc.is_null(c0) if not pa.types.is_binary(c0.type) and not pa.types.is_string(c0.type) \
-        else pc.equal(pc.binary_length(c0), 0)
-    if pc.any(empty0).as_py():
-      at = 0 if block.startswith(b"\n") else block.find(b"\n\n") + 1
-      if at > 0 or block.startswith(b"\n"):
-        line = first_line + block.count(b"\n", 0, at)
-        raise DataError(f"{source}: line {line}: empty line (expected {len(names)} columns "
-                        f"separated by {delimiter!r})")
-    for name in table.column_names:
-      col = table.column(name)
-      if col.null_count:
-        k = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{source}: line {first_line + k}: column {name!r} is empty")
-    return table
-  # Slow path, only on bad input: find the line.
-  bad: list[Any] = []
+    raise _bad_line(block, names, types, source=source, first_line=first_line,
+                    include=include, delimiter=delimiter, cause=e) from None
+  # pyarrow ends a row at \r as well as at \n: a stray \r (binary data) adds a row, and row k
+  # would no longer be line first_line + k.
+  if table.num_rows != block.count(b"\n") + (0 if block.endswith(b"\n") else 1):
+    raise _bad_line(block, names, types, source=source, first_line=first_line,
+                    include=include, delimiter=delimiter, cause=None)
+  # pyarrow reads an empty line as a row of empty cells (null or ""): report it instead.
+  # An empty line has an empty first cell, so only blocks with one are searched.
+  first = pacsv.read_csv(io.BytesIO(block), read_options=read, parse_options=pacsv.ParseOptions(
+      delimiter=delimiter, quote_char=False, ignore_empty_lines=False),
+      convert_options=pacsv.ConvertOptions(include_columns=[names[0]],
+                                           column_types={names[0]: pa.binary()})) \
+      if names[0] not in table.column_names else table
+  c0 = first.column(names[0])
+  empty0 = pc.is_null(c0) if not pa.types.is_binary(c0.type) and not pa.types.is_string(c0.type) \
+      else pc.equal(pc.binary_length(c0), 0)
+  if pc.any(empty0).as_py():
+    at = 0 if block.startswith(b"\n") else block.find(b"\n\n") + 1
+    if at > 0 or block.startswith(b"\n"):
+      line = first_line + block.count(b"\n", 0, at)
+      raise DataError(f"{source}: line {line}: empty line (expected {len(names)} columns "
+                      f"separated by {delimiter!r})")
+  for name in table.column_names:
+    col = table.column(name)
+    if col.null_count:
+      k = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+      raise DataError(f"{source}: line {first_line + k}: column {name!r} is empty")
+  return table
 
-  def handler(row):
-    bad.append(row)
-    return "error"
 
-  try:
-    parse(handler)
-  except pa.ArrowInvalid:
-    pass
-  if bad:
-    row = bad[0]
-    line = first_line + (row.number - 1 if row.number is not None else 0)
-    raise DataError(f"{source}: line {line}: expected {row.expected_columns} columns "
-                    f"separated by {delimiter!r}, got {row.actual_columns}: "
-                    f"{_show(row.text)}") from None
-  # A cell of the wrong type: read every wanted column as text and find the first one.
-  as_text = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                 include_columns=list(include or names))
-  table = parse(conv=as_text)
-  for name, typ in types.items():
-    if name not in table.column_names or not pa.types.is_integer(typ):
-      continue
-    ok = pc.match_substring_regex(table.column(name), r"^[+-]?[0-9]+$")
-    if not pc.all(ok).as_py():
-      k = int(np.flatnonzero(~ok.to_numpy(zero_copy_only=False))[0])
-      raise DataError(f"{source}: line {first_line + k}: column {name!r}: "
-                      f"{_show(table.column(name)[k].as_py())} is not an integer") from None
-  raise DataError(f"{source}: block starting at line {first_line}: {first_error}") from None
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _bad_line(block: bytes, names: Sequence[str], types: dict[str, pa.DataType], *, source: str,
+              first_line: int, include: Sequence[str] | None, delimiter: str,
+              cause: Exception | None) -> DataError:
+  """The DataError of the first bad line of a block that pyarrow refused (error path only).
+
+  Read line by line in Python, so that the line number is the file's (pyarrow counts rows from
+  the block's start) and binary data is shown, not decoded: a wrong column count, an empty
+  line, a stray carriage return, a non-integer (or out-of-range) cell of an integer column, or
+  text that is not UTF-8 in a text column.
+  """
+  lines = block.split(b"\n")
+  if block.endswith(b"\n"):
+    lines.pop()
+  wanted = set(include or names)
+  delim = delimiter.encode()
+  for k, raw in enumerate(lines):
+    line = raw[:-1] if raw.endswith(b"\r") else raw             # \r\n line ends are fine
+    where = f"{source}: line {first_line + k}"
+    if not line:
+      return DataError(f"{where}: empty line (expected {len(names)} columns separated by "
+                       f"{delimiter!r})")
+    cells = line.split(delim)
+    if len(cells) != len(names):
+      return DataError(f"{where}: expected {len(names)} columns separated by {delimiter!r}, got "
+                       f"{len(cells)}: {_show(line.decode('latin-1'))}")
+    if b"\r" in line:
+      return DataError(f"{where}: a carriage return (\\r) inside the line (binary data?): "
+                       f"{_show(line.decode('latin-1'))}")
+    for name, cell in zip(names, cells):
+      typ = types.get(name, pa.string())
+      if name not in wanted:
+        continue
+      if pa.types.is_integer(typ):
+        if not re.fullmatch(rb"[+-]?[0-9]+", cell):
+          return DataError(f"{where}: column {name!r}: {_show(cell.decode('latin-1'))} is not "
+                           "an integer")
+        if not _INT64[0] <= int(cell) <= _INT64[1]:
+          return DataError(f"{where}: column {name!r}: {cell.decode()} is out of the int64 range")
+      elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        try:
+          cell.decode("utf-8")
+        except UnicodeDecodeError as e:
+          return DataError(f"{where}: column {name!r}: not UTF-8 (byte 0x{cell[e.start]:02x}): "
+                           f"{_show(cell.decode('latin-1'))}")
+  last = first_line + max(len(lines) - 1, 0)
+  return DataError(f"{source}: lines {first_line}-{last}: cannot be parsed"
+                   + (f" ({cause})" if cause is not None else ""))
 
 
 def _show(text: Any, limit: int = 120) -> str:

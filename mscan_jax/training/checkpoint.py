@@ -4,15 +4,29 @@ Each checkpoint holds the train state (parameters, optimizer state, step), the b
 parameters, and a JSON `meta` (data position = step, best validation AUC, evaluations without gain,
 the loop's history). Starting again in the same workdir restores the latest step. Orbax writes in
 the multi-host way: every process calls `save`, each writes its own shards, process 0 the metadata.
+
+A checkpoint that does not restore (its files truncated or lost, e.g. by a full disk) is not the
+end of a run: a warning names its step and the first line of the cause, and the previous one is
+tried; once an older one restored, the damaged ones are moved aside to
+`<workdir>/damaged_checkpoints/<step>-<time>` (so that their steps can be saved again). Only
+when no checkpoint restores does the restore fail (`CheckpointError`), with one message listing
+each step and its cause; then nothing is moved.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+import time
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of a folder restores; the message lists each step and its cause."""
 
 
 class Checkpointer:
@@ -34,13 +48,29 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def restore(self, state_like: Any, params_like: Any, step: int | None = None):
-    """Restores (state, best_params, meta) into the structure (and shardings) of the targets."""
-    step = self.latest_step() if step is None else step
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state_like)),
-        best=ocp.args.StandardRestore(_abstract(params_like)),
-        meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["best"], restored["meta"]
+    """Restores (state, best_params, meta) into the structure (and shardings) of the targets:
+    of `step`, or of the latest step that restores (a damaged one is moved aside)."""
+    def one(s: int):
+      restored = self.manager.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(state_like)),
+          best=ocp.args.StandardRestore(_abstract(params_like)),
+          meta=ocp.args.JsonRestore()))
+      return restored["state"], restored["best"], restored["meta"]
+    if step is not None:
+      return one(step)
+    return _latest_that_restores(self, one, move_aside=True)
+
+  def _move_aside(self, step: int) -> str:
+    """Moves a damaged step out of the manager's folder (process 0; every process waits)."""
+    workdir = os.path.dirname(self.directory)
+    dest = os.path.join(workdir, "damaged_checkpoints", f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_moved_aside_{step}")
+    self.manager.reload()
+    return dest
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -53,10 +83,44 @@ def restore_best_params(workdir: str, params_like: Any) -> Any:
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"{ckpt.directory}: no checkpoint to initialise from "
                             "(config.train.init_from)")
-  restored = ckpt.manager.restore(ckpt.latest_step(), args=ocp.args.Composite(
-      best=ocp.args.StandardRestore(_abstract(params_like))))
+
+  def one(s: int):
+    return ckpt.manager.restore(s, args=ocp.args.Composite(
+        best=ocp.args.StandardRestore(_abstract(params_like))))["best"]
+  best = _latest_that_restores(ckpt, one, move_aside=False)   # another run's folder: read only
   ckpt.close()
-  return restored["best"]
+  return best
+
+
+# How a damaged checkpoint fails (tensorstore reports a short file as ValueError, a missing one
+# as FileNotFoundError, bad metadata as ValueError, KeyError or TypeError). A bug in this code
+# (NameError, AttributeError, ...) is not one of them: it is raised as it is.
+_DAMAGED = (ValueError, OSError, KeyError, TypeError, RuntimeError, EOFError)
+
+
+def _latest_that_restores(ckpt: Checkpointer, restore_step: Callable[[int], Any], *,
+                          move_aside: bool) -> Any:
+  """restore_step(step) of the latest step that restores, newest first. A damaged step gets a
+  warning (step, first line of the cause); with `move_aside`, once an older step restored, the
+  damaged newer ones are moved aside (none is moved when nothing restores)."""
+  failures: list[tuple[int, str]] = []
+  for step in sorted(ckpt.manager.all_steps(), reverse=True):
+    try:
+      restored = restore_step(step)
+    except _DAMAGED as e:
+      cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      failures.append((step, f"{type(e).__name__}: {cause}"))
+      print(f"warning: checkpoint {step} in {ckpt.directory} does not restore ({failures[-1][1]}); "
+            "trying the previous one", file=sys.stderr)
+      continue
+    if move_aside:
+      for bad, _ in failures:
+        print(f"warning: damaged checkpoint {bad} moved to {ckpt._move_aside(bad)}; resuming from "
+              f"step {step}", file=sys.stderr)
+    return restored
+  raise CheckpointError(f"{ckpt.directory}: no checkpoint restores ("
+                        + "; ".join(f"step {s}: {c}" for s, c in failures)
+                        + "). Move the folder away to start afresh")
 
 
 def _abstract(tree: Any) -> Any:

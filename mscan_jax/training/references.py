@@ -119,10 +119,11 @@ def table_from_runs(runs_dir: str) -> ReferenceTable:
 
 
 def _finished(workdir: str) -> dict | None:
+  """The results of the finished run in `workdir` (`rundir.unfinished_reason`), else None."""
   import json
-  path = os.path.join(workdir, "results.json")
-  if os.path.exists(path):
-    with open(path) as f:
+  from mscan_jax.training import rundir
+  if rundir.unfinished_reason(workdir) is None:
+    with open(os.path.join(workdir, rundir.RESULTS)) as f:
       return json.load(f)
   return None
 

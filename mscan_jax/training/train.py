@@ -1,7 +1,14 @@
 """The trainer: one linear `train_and_evaluate(config, workdir)` that reads top to bottom.
 
 mesh -> data -> model -> train state -> (resume) -> loop of jitted `train_step` with validation
-and early stopping -> best parameters on the test split -> `results.json`, `predictions.parquet`.
+and early stopping -> best parameters on the test split -> `predictions.parquet`, `results.json`.
+
+The run folder's rules (`mscan_jax.training.rundir`): the trainer holds `<workdir>/.lock` for the
+whole run and resumes a folder only with the config that started it (up to the keys of
+`rundir.RESUMABLE_KEYS`); every output is written to a temporary name and renamed into place;
+`results.json` is written last, lists the other outputs and is the only completion marker (a
+stale one is removed when a run starts); `metrics.jsonl` is cut back to the restored step on
+resume.
 
 The trainer never branches on the model's name: models return named logits, and the Scenario
 Bias Eliminator's rules (`mscan_jax.training.objective`) turn them into the loss and the score.
@@ -10,6 +17,7 @@ Model selection (early stopping, best checkpoint) uses the validation split only
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -32,7 +40,7 @@ from mscan_jax import models
 from mscan_jax.data import datasets, pipeline
 from mscan_jax.data.schema import BuiltDataset, DataError, dummy_batch, save_json
 from mscan_jax.evaluation import metrics as metrics_lib
-from mscan_jax.training import objective
+from mscan_jax.training import objective, rundir
 from mscan_jax.training import sharding as sharding_lib
 from mscan_jax.training.checkpoint import Checkpointer, restore_best_params
 
@@ -44,7 +52,12 @@ class TrainState:
   opt_state: Any
 
 
-class NonFiniteLossError(FloatingPointError):
+class DivergenceError(FloatingPointError):
+  """The loss or the gradient norm became non-finite, or grew past `config.train.divergence_factor`
+  times its value at the run's first step: the run stops; the last good checkpoint is kept."""
+
+
+class NonFiniteLossError(DivergenceError):
   """A NaN or inf loss: the run stops; the last good checkpoint is kept."""
 
 
@@ -213,22 +226,76 @@ def compute_metrics(pred: dict[str, np.ndarray]) -> dict:
 
 def write_predictions(path: str, pred: dict[str, np.ndarray]) -> None:
   """predictions.parquet: sample_id, user_id, scenario, label, score (+ y_m, y_s or y_e, prob,
-  true_like, true_exam where present)."""
+  true_like, true_exam where present); written to a temporary name and renamed into place."""
   import pyarrow as pa
   import pyarrow.parquet as pq
   cols = ["sample_id", "user_id", "scenario", "label", "score", "prob", "y_m", "y_s", "y_e",
           "true_like", "true_exam"]
   table = pa.table({k: pred[k] for k in cols if k in pred})
-  pq.write_table(table, path)
+  rundir.write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 # ----------------------------------------------------------------------------- loop
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains one stage in `workdir` (resuming if it holds a checkpoint) and returns its results."""
-  config_lib.validate(config, models.model_names())
-  is_main = jax.process_index() == 0
+_WATCHED = (("loss", "loss"), ("grad_norm", "gradient norm"))
+
+
+def check_divergence(host: list[dict], step: int, meta: dict, factor: float, kept: str) -> None:
+  """Raises DivergenceError at the first of the logged steps `host` (per-step metrics, the last
+  one of step `step`) whose loss or gradient norm is non-finite, or exceeds `factor` times its
+  value at the run's first logged step (`meta["divergence_ref"]`, set here and saved with the
+  checkpoints); `factor` 0 checks finiteness only.
+
+  The early value is the first step's, before any update: with a learning rate far too large the
+  second step has already diverged (lr 1e6: loss 0.76 -> 1e17), so a median over later steps
+  would measure the divergence itself. In normal training both values stay within a few times
+  their first value (the tiny preset, every model: at most 2.8x).
+  """
+  first = step - len(host) + 1                        # the step of host[0]
+  values = {k: np.array([h[k] for h in host], np.float64) for k, _ in _WATCHED}
+  for key, title in _WATCHED:
+    bad = ~np.isfinite(values[key])
+    if bad.any():
+      error = NonFiniteLossError if key == "loss" else DivergenceError
+      raise error(f"non-finite {title} at step {first + int(np.argmax(bad))}; stopping. {kept}")
+  ref = meta.setdefault("divergence_ref", {k: float(values[k][0]) for k, _ in _WATCHED})
+  if not factor:
+    return
+  for key, title in _WATCHED:
+    early = abs(ref.get(key, 0.0))
+    over = values[key] > factor * early if early > 0 else np.zeros(len(host), bool)
+    if over.any():
+      k = int(np.argmax(over))
+      raise DivergenceError(
+          f"{title} {values[key][k]:.3g} at step {first + k} is more than "
+          f"config.train.divergence_factor={factor:g} times its first value ({early:.3g}): the "
+          f"run diverged (a learning rate too large?); stopping. {kept} Lower the learning rate, "
+          "or set config.train.divergence_factor=0 to check for non-finite values only.")
+
+
+def _hold(workdir: str):
+  """The run folder's lock (`rundir.WorkdirLock`), held by process 0 (the one that writes)."""
   os.makedirs(workdir, exist_ok=True)
+  return rundir.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains one stage in `workdir` (resuming if it holds a checkpoint) and returns its results.
+
+  Holds the folder's lock throughout: a second trainer on the same folder gets a RunDirError.
+  """
+  config_lib.validate(config, models.model_names())
+  with _hold(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  is_main = jax.process_index() == 0
+  # A folder holding another run's config.json is refused (rundir.RESUMABLE_KEYS may differ).
+  rundir.check_resume(workdir, json.loads(config_lib.to_json(config)),
+                      defaults=json.loads(config_lib.to_json(config_lib.get_config())))
+  if is_main and os.path.exists(os.path.join(workdir, rundir.RESULTS)):
+    os.remove(os.path.join(workdir, rundir.RESULTS))    # not finished until written again
 
   # Data.
   dataset = datasets.open_dataset(config.data)
@@ -293,10 +360,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_kwargs = dict(eval_fn=p_eval_step, c=c, batch_size=config.train.eval_batch_size,
                      sharding=data_sharding, prefetch=config.data.prefetch)
 
+  metrics_path = os.path.join(workdir, rundir.METRICS)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_lib.to_json(config))
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+    rundir.write_text_atomic(os.path.join(workdir, rundir.CONFIG), config_lib.to_json(config))
+    rundir.truncate_metrics(metrics_path, int(state.step))   # replayed steps are logged anew
 
   def log(record: dict) -> None:
     if is_main:
@@ -331,12 +398,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % log_every == 0 or do_eval:
         host = jax.device_get(pending)
         pending = []
-        losses = np.array([h["loss"] for h in host])
-        if not np.all(np.isfinite(losses)):
-          bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
-          raise NonFiniteLossError(
-              f"non-finite loss at step {bad + 1}; stopping. The last good checkpoint "
-              f"({ckpt.latest_step()}) in {ckpt.directory} is kept.")
+        check_divergence(host, step, meta, config.train.divergence_factor,
+                         f"The last good checkpoint ({ckpt.latest_step()}) in {ckpt.directory} "
+                         "is kept.")
         dt = time.perf_counter() - t_log
         record = {"step": step, "split": "train",
                   **{k: float(np.mean([h[k] for h in host])) for k in host[0]},
@@ -383,10 +447,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Model-free reference rows on the same test split, computed when the data was built
     # (the synthetic benchmark): the training split's item click rate and the oracles.
     results["reference_auc"] = refs
-  if is_main:
-    save_json(os.path.join(workdir, "results.json"), results)
+  results["outputs"] = [rundir.CONFIG] + ([rundir.PREDICTIONS] if config.train.export_predictions
+                                           else [])
+  if is_main:   # results.json last: the run's only completion marker
     if config.train.export_predictions:
-      write_predictions(os.path.join(workdir, "predictions.parquet"), pred)
+      write_predictions(os.path.join(workdir, rundir.PREDICTIONS), pred)
+    rundir.write_atomic(os.path.join(workdir, rundir.RESULTS), lambda tmp: save_json(tmp, results))
   ckpt.close()
   return results
 
@@ -395,17 +461,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage of the configured model (e.g. `finetune` = `mix`, then one scenario)."""
   config_lib.validate(config, models.model_names())
   results = None
-  for subdir, stage_config in models.stages(config):
-    stage_dir = os.path.join(workdir, subdir) if subdir else workdir
-    stage_config = stage_config.copy_and_resolve_references()
-    if stage_config.train.init_from and not os.path.isabs(stage_config.train.init_from):
-      # A stage's init_from names a subdir of the run (or a path relative to the run folder);
-      # stored relative to the stage's own folder, so no absolute path enters config.json.
-      with stage_config.unlocked():
-        stage_config.train.init_from = os.path.relpath(
-            os.path.join(workdir, stage_config.train.init_from), stage_dir)
-    results = train_and_evaluate(stage_config, stage_dir)
+  with _hold(workdir):
+    for subdir, stage_config in models.stages(config):
+      results = _run_stage(workdir, subdir, stage_config)
   return results
+
+
+def _run_stage(workdir: str, subdir: str, stage_config: ml_collections.ConfigDict) -> dict:
+  stage_dir = os.path.join(workdir, subdir) if subdir else workdir
+  stage_config = stage_config.copy_and_resolve_references()
+  if stage_config.train.init_from and not os.path.isabs(stage_config.train.init_from):
+    # A stage's init_from names a subdir of the run (or a path relative to the run folder);
+    # stored relative to the stage's own folder, so no absolute path enters config.json.
+    with stage_config.unlocked():
+      stage_config.train.init_from = os.path.relpath(
+          os.path.join(workdir, stage_config.train.init_from), stage_dir)
+  return train_and_evaluate(stage_config, stage_dir)
 
 
 def format_results(results: dict) -> str:

@@ -7,6 +7,7 @@ checked against an independent reading with Python's csv module.
 
 import csv
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -199,6 +200,55 @@ def test_raw_bad_skeleton_line_names_file_and_line(tmp_path, block_size, bad_lin
     aliccp.load_aliccp_raw(d, block_size=block_size, workers=2)
 
 
+def _write_bytes(d, name, data):
+  with open(os.path.join(d, name), "wb") as f:
+    f.write(data)
+
+
+@pytest.mark.parametrize("block_size", [64, 300, 1 << 20])
+@pytest.mark.parametrize("garbage, pattern", [
+    (b"\x89PNG\r\n\x1a", r"line 25: (a carriage return|expected 6 columns)"),
+    (b"\xf3\xcb)\x0b\x8c\xe7;", r"line 25: expected 6 columns separated by ',', got 1"),
+    (b"25,1,0,c1,\xd4\x10\xcd,", r"line 25: column 'feature_num': .* is not an integer"),
+    (b"25,1,0,c1,2,205\x0212\x031.0\x01301\x029001\x031.0\r\xe2",
+     r"line 25: a carriage return \(\\r\) inside the line"),
+    (b"25,1,0,c1,2,205\x0212\x031.0\x00\x01301\x029001\x031.0", r"line 25: feature 1 .* NUL byte"),
+])
+def test_raw_binary_garbage_is_a_data_error_at_its_file_line(tmp_path, block_size, garbage,
+                                                               pattern):
+  """Binary data (not UTF-8, NUL bytes, carriage returns) inside a raw file: a DataError naming
+  the file's own line number, whatever block it falls in (never pyarrow's ArrowInvalid with a
+  row counted from the block's start)."""
+  d = write_raw(tmp_path)
+  lines = [l.encode() for l in SKELETON_TRAIN * 5]             # 30 lines
+  lines[24] = garbage
+  _write_bytes(d, "sample_skeleton_train.csv", b"\n".join(lines) + b"\n")
+  with pytest.raises(DataError, match=r"sample_skeleton_train.csv: " + pattern):
+    aliccp.load_aliccp_raw(d, block_size=block_size, workers=2)
+
+
+@pytest.mark.parametrize("cut, why", [
+    (5, "its last feature is cut short"),                     # inside the value of 301
+    (12, "its last feature is cut short"),                    # inside the id of 301
+    (len("\x01301\x029002\x031.0"), "1 of its 2 features"),   # 301 lost entirely
+    (len(feats(("205", 12), ("301", 9002))) + 3, "4 of its 6 columns"),
+])
+@pytest.mark.parametrize("block_size", [64, 1 << 20])
+def test_raw_truncated_last_line_is_reported_as_truncation(tmp_path, cut, why, block_size):
+  """A file cut short (no newline at its end, the last line incomplete) is an error that says
+  so; without 301 the line was counted as `no_scenario` before."""
+  d = write_raw(tmp_path)
+  data = ("\n".join(SKELETON_TRAIN)).encode()
+  _write_bytes(d, "sample_skeleton_train.csv", data[:-cut])
+  with pytest.raises(DataError, match=rf"sample_skeleton_train.csv: line 6: the file ends inside "
+                     rf"this line \({why}, and no newline after it\): the file looks truncated"):
+    aliccp.load_aliccp_raw(d, block_size=block_size, workers=2)
+  _write_bytes(d, "sample_skeleton_train.csv", data + b"\n")     # whole again
+  _write_bytes(d, "common_features_train.csv", ("\n".join(COMMON_TRAIN)).encode()[:-5])
+  with pytest.raises(DataError, match=r"common_features_train.csv: line 3: the file ends inside"):
+    aliccp.load_aliccp_raw(d, block_size=block_size, workers=2)
+
+
 def test_raw_missing_common_key_can_be_dropped_and_counted(tmp_path):
   d = write_raw(tmp_path, skel_train=_replace(SKELETON_TRAIN, 1, "2,0,0,c9,1," + feats(("301", 9002)))
                 )
@@ -340,3 +390,64 @@ def test_common_key_lookup_fixed_and_variable_width(keys):
                              np.zeros(len(aliccp.USER_FIELDS), np.int64), 0)
   query = pa.array([k.encode() for k in [keys[2], "zz", keys[0], "a" * 5, keys[1]]], pa.binary())
   np.testing.assert_array_equal(table.lookup(query), [2, -1, 0, -1, 1])
+
+
+# --- fuzz: a malformed raw line is a DataError naming its line, or a counted drop ---------
+
+_GOOD = {"sample_skeleton_train.csv": [l.encode() for l in SKELETON_TRAIN],
+         "common_features_train.csv": [l.encode() for l in COMMON_TRAIN]}
+
+
+@st.composite
+def _mutated_line(draw, good):
+  """A good line cut, grown or overwritten at a random place, or plain garbage."""
+  base = draw(st.sampled_from(good))
+  kind = draw(st.sampled_from(["cut", "insert", "replace", "garbage"]))
+  junk = draw(st.one_of(st.binary(max_size=8),
+                        st.sampled_from([b",", b"\x01", b"\x02", b"\x03", b"\x00", b"\r", b"-",
+                                         b"301\x02", b"\x029999999999999999999", b"\xff\xfe"])))
+  at = draw(st.integers(0, len(base)))
+  if kind == "cut":
+    return base[:at]
+  if kind == "insert":
+    return base[:at] + junk + base[at:]
+  if kind == "replace":
+    return base[:at] + junk + base[at + len(junk):]
+  return junk
+
+
+@st.composite
+def _damaged_file(draw):
+  name = draw(st.sampled_from(sorted(_GOOD)))
+  lines = list(_GOOD[name])
+  for _ in range(draw(st.integers(1, 3))):
+    at = draw(st.integers(0, len(lines)))
+    lines.insert(at, draw(_mutated_line(_GOOD[name])).replace(b"\n", b""))
+  return name, lines
+
+
+@settings(max_examples=30, deadline=None)
+@given(damaged=_damaged_file(), block_size=st.sampled_from([1, 50, 1 << 20]),
+       trailing_newline=st.booleans())
+def test_fuzz_malformed_raw_lines_are_a_data_error_at_their_line_or_counted(
+    tmp_path_factory, damaged, block_size, trailing_newline):
+  """Random damage (cut, grown or overwritten lines, binary garbage) in a skeleton or a
+  common-features file: a DataError naming a file and a line within it, or every skeleton line
+  kept or counted under one drop reason; never another exception."""
+  name, lines = damaged
+  d = write_raw(tmp_path_factory.mktemp("fuzz"))
+  with open(os.path.join(d, name), "wb") as f:
+    f.write(b"\n".join(lines) + (b"\n" if trailing_newline else b""))
+  try:
+    log, _, stats = aliccp.load_aliccp_raw(d, block_size=block_size, workers=2)
+  except DataError as e:
+    m = re.search(r"(sample_skeleton|common_features)_train\.csv: line (\d+)", str(e))
+    assert m, str(e)
+    n = len(lines) if m.group(1) + "_train.csv" == name else len(_GOOD[m.group(1) + "_train.csv"])
+    assert 1 <= int(m.group(2)) <= n, str(e)
+    return
+  skeleton = lines if name.startswith("sample") else _GOOD["sample_skeleton_train.csv"]
+  dropped = sum(v for k, v in stats.items() if k.startswith("train_dropped_"))
+  assert stats["train_rows_read"] == len(skeleton)
+  kept = int(np.sum(log.sample_id < aliccp.SAMPLE_ID_FILE_STRIDE))
+  assert kept + dropped == len(skeleton), stats

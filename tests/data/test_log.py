@@ -1,6 +1,7 @@
 """Generic log loader (mscan_jax.data.log): re-indexing, file formats, every bad-input error."""
 
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -108,6 +109,45 @@ def test_bad_cell_names_file_column_and_row(tmp_path, bad_row, column, fragment)
   assert fragment in msg, msg
 
 
+def test_a_bad_date_names_its_own_row(tmp_path):
+  """A date column with one bad value at row 5 names row 5, not row 0 (a valid date that is no
+  number); also for timestamps, and for a bad first row."""
+  dates = [f"2024-01-{d:02d}" for d in range(1, 9)]
+  for values, row in [(dates[:5] + ["2024-13-45"] + dates[6:], 5),
+                      ([d + " 10:00:00" for d in dates[:5]] + ["noon"] + dates[6:], 5),
+                      (["someday"] + dates[1:], 0)]:
+    rows = [f"u{i % 3},{i % 4},s{i % 2},{i % 2},{v},x,9" for i, v in enumerate(values)]
+    path = write(tmp_path, HEADER + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"column 'ts' row {row} \(line {row + 2}\): timestamp "
+                       rf"'{values[row]}' is not"):
+      log_lib.load_log(path, COLS)
+
+
+@pytest.mark.parametrize("column", [0, 2, 3, 4, 5])
+def test_a_latin1_csv_is_reported_as_not_utf8(tmp_path, column):
+  """A non-UTF-8 cell in any mapped column (an id, a label, the time) names its line and says
+  the file is not UTF-8 (not "type binary", not a bare conversion error)."""
+  cells = "amy,30,home,1,106,x,9".split(",")
+  cells[column] = "caf\xe9" if column != 4 else "10\xb06"
+  path = os.path.join(tmp_path, "latin1.csv")
+  with open(path, "wb") as f:
+    f.write((HEADER + GOOD_ROW * 3 + ",".join(cells) + "\n" + GOOD_ROW).encode("latin-1"))
+  with pytest.raises(DataError, match=r"latin1.csv: line 5: not UTF-8 \(byte 0x(e9|b0) .*a CSV "
+                     r"log must be UTF-8 text"):
+    log_lib.load_log(path, COLS)
+
+
+def test_an_empty_line_or_a_short_row_names_its_line(tmp_path):
+  """Found by the fuzz test below: an empty line was skipped silently, so every later row's
+  "row k (line k + 2)" pointed one line off; a short row named pyarrow's row in its block."""
+  path = write(tmp_path, HEADER + GOOD_ROW * 2 + "\n" + GOOD_ROW)
+  with pytest.raises(DataError, match=r"log.csv: line 4: empty line"):
+    log_lib.load_log(path, COLS)
+  path = write(tmp_path, HEADER + GOOD_ROW * 3 + "amy,30\n" + GOOD_ROW)
+  with pytest.raises(DataError, match=r"log.csv: line 5: 2 cells where the header has 7"):
+    log_lib.load_log(path, COLS)
+
+
 def test_bad_parquet_cells_name_the_row(tmp_path):
   path = os.path.join(tmp_path, "log.parquet")
   base = {"uid": [1, 2, 3], "iid": [1, 2, 3], "scene": [1, 1, 2], "click": [0, 1, 0],
@@ -134,6 +174,19 @@ def test_missing_file_column_and_unknown_format(tmp_path):
   empty = write(tmp_path, HEADER, "empty.csv")
   with pytest.raises(DataError, match="no rows"):
     log_lib.load_log(empty, COLS)
+  os.mkdir(os.path.join(tmp_path, "logs.csv"))
+  with pytest.raises(DataError, match="logs.csv: is a directory; a log is one file"):
+    log_lib.load_log(os.path.join(tmp_path, "logs.csv"), COLS)
+
+
+def test_a_directory_given_for_a_log_file_says_so(tmp_path):
+  """config.data.name=log with a directory (not a built one) as config.data.path: the message
+  says a log file is expected, not "build it with prepare"."""
+  c = config_lib.get_config()
+  c.data.name, c.data.path = "log", str(tmp_path)
+  with pytest.raises(DataError, match=r"is a directory, but config.data.name='log' reads a log "
+                     r"file \(\.csv, .*\): give the file itself"):
+    datasets.built_path(c.data)
 
 
 def test_wrong_column_type(tmp_path):
@@ -250,3 +303,47 @@ def test_float_ids_in_parquet_are_refused_unless_exact(tmp_path):
   pq.write_table(pa.table(table), path)
   with pytest.raises(DataError, match=r"column 'uid' holds floats .* 2\*\*53"):
     log_lib.load_log(path, COLS)
+
+
+# ---------------------------------------------------------------------------------------
+# Fuzz: any malformed row is a DataError naming a line or row, never another exception
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_CELLS = ["", "0", "1", "2", "-1", "0.5", "1.0", "nan", "inf", "-inf", "1e400", "True",
+          "false", "2024-01-01", "2024-13-45", "2024-01-01 10:00:00", "99999999999999999999999",
+          "007", "x", "caf\u00e9", '"', '""', '"a,b"', '"unclosed', "a\"b", " ", "\t", "\\"]
+_cell = st.one_of(st.sampled_from(_CELLS).map(str.encode),
+                  st.text(max_size=5).map(str.encode),
+                  st.binary(max_size=5))
+_row = st.lists(_cell, min_size=1, max_size=9).map(lambda cells: b",".join(cells))
+
+
+@settings(max_examples=30, deadline=None)
+@given(bad=st.lists(st.tuples(st.integers(0, 4), _row), min_size=1, max_size=3),
+       parquet=st.booleans())
+def test_fuzz_malformed_rows_are_a_data_error_naming_a_line_or_row(tmp_path_factory, bad, parquet):
+  good = [l.encode() for l in CSV.splitlines()]
+  lines = list(good)
+  for at, row in bad:
+    lines.insert(1 + at, row.replace(b"\n", b" ").replace(b"\r", b" "))
+  path = str(tmp_path_factory.mktemp("fuzz") / "log.csv")
+  with open(path, "wb") as f:
+    f.write(b"\n".join(lines) + b"\n")
+  rows = len(lines) - 1
+  if parquet:                       # the same cells, read by pyarrow then stored as Parquet
+    try:
+      table = pacsv.read_csv(path)
+    except (pa.ArrowException, UnicodeDecodeError):
+      return
+    path, rows = path[:-4] + ".parquet", table.num_rows
+    pq.write_table(table, path)
+  try:
+    log, _ = log_lib.load_log(path, COLS)
+  except DataError as e:
+    assert re.search(r"\b(line|row) \d+", str(e)) or "column" in str(e), str(e)
+    if not parquet:
+      assert re.search(r"\b(line|row) \d+", str(e)), str(e)
+    return
+  assert len(log.label) == rows and set(np.unique(log.label)) <= {0, 1}   # no row lost

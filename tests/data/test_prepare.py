@@ -324,7 +324,9 @@ def test_cli_builds_a_log_with_launch_column_flags(tmp_path):
     ("--config.data.all_seq_mode=views", "config.data.all_seq_mode='views' is unknown"),
     ("--config.data.columns.user_extra=(age,,x)", "config.data.columns.user_extra="),
     ("--config.data.max_cur_len=abc", "--config.data.max_cur_len=abc"),
-    ("--config.data.nope=1", "--config.data.nope: config.data has no field 'nope'"),
+    ("--config.data.nope=1", "--config.data.nope: config.data has no field 'nope'; valid: aliccp, "),
+    ("--config.data.cloudtheme.seed=-1", "config.data.cloudtheme.seed must be an integer >= 0"),
+    ("--config.data.aliccp.block_size_mb=nan", "config.data.aliccp.block_size_mb must be a finite"),
     ("--dataset=synthetic", "flag --dataset=synthetic: value should be one of"),
 ])
 def test_cli_bad_value_is_one_error_line_naming_the_field(tmp_path, flag, message):
@@ -332,6 +334,8 @@ def test_cli_bad_value_is_one_error_line_naming_the_field(tmp_path, flag, messag
   args = ["--dataset=log", f"--raw={raw}", f"--out={tmp_path / 'o'}", *LOG_FLAGS, flag]
   if flag.startswith("--config.data.cloudtheme"):
     args[0] = "--dataset=cloudtheme"
+  if flag.startswith("--config.data.aliccp"):
+    args[0] = "--dataset=aliccp"
   res = run_prepare(*args)
   assert res.returncode == 2, res.stderr
   assert res.stderr.startswith("error: ") and message in res.stderr, res.stderr

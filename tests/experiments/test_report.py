@@ -334,6 +334,10 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path):
   assert missing.returncode == 2
   assert missing.stderr.startswith("error: ") and "runs does not exist" in missing.stderr
   assert "Traceback" not in missing.stderr
+  bad_flag = subprocess.run([sys.executable, "-m", "experiments.report", f"--out={tmp_path}",
+                             "--no_such_flag=1"], capture_output=True, text=True, cwd=REPO_ROOT)
+  assert bad_flag.returncode == 2, bad_flag.stderr
+  assert bad_flag.stderr.strip().splitlines() == ["error: Unknown command line flag 'no_such_flag'"]
 
 
 def test_main_in_process(folder, tmp_path, capsys):

@@ -37,8 +37,17 @@ FAKE = textwrap.dedent("""
         print("barrier: no sibling running"); sys.exit(4)
     if args.get("config.seed") == "1" and os.environ.get("FAKE_BARRIER"):
       open(os.path.join(os.environ["FAKE_BARRIER"], os.path.basename(wd)), "w").close()
+    if os.environ.get("FAKE_SLEEP"):             # stands for a long run; dies with the grid
+      if os.environ.get("FAKE_DIE_WITH_PARENT"):
+        try:
+          from mscan_jax.training import rundir
+          rundir.die_with_parent()              # as launch.py does
+        except ImportError:                     # a version without it
+          pass
+      open(os.path.join(wd, "pid"), "w").write(str(os.getpid()))
+      time.sleep(120)
     with open(os.path.join(wd, "results.json"), "w") as f:
-      json.dump({"auc": {"all": 0.5, "per_scenario": {}}}, f)
+      json.dump({"auc": {"all": 0.5, "per_scenario": {}}, "outputs": []}, f)
 """)
 
 
@@ -81,7 +90,7 @@ def test_skip_resume_and_failure(tmp_path, launcher):
   # A finished run (results.json) is skipped; a half-finished one (no results.json) runs again.
   done_dir = os.path.join(str(tmp_path / "runs"), "mscan-alpha=1.0-s0")
   os.makedirs(done_dir)
-  open(os.path.join(done_dir, "results.json"), "w").write("{}")
+  open(os.path.join(done_dir, "results.json"), "w").write('{"auc": {}, "outputs": []}')
   half_dir = os.path.join(str(tmp_path / "runs"), "mscan-s0")
   os.makedirs(half_dir)
   open(os.path.join(half_dir, "checkpoint-marker"), "w").close()
@@ -145,6 +154,22 @@ def test_main_cli_and_settings_guard(tmp_path, launcher, capsys):
   assert grid.main(argv[:-1] + ["--set=train.num_epochs=3"]) == 2
   assert "train.num_epochs" in capsys.readouterr().err
   assert grid.main(argv[:-1] + ["--set=mscan.alpha=0.5"]) == 2
+  capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set=train.clip_norm=-1.0"], "config.train.clip_norm must be a finite number > 0"),
+    (["--set=train.nonexistent=1"], "not a field"),
+    (["--jobs=0"], "flag --jobs=0"),
+    (["--dataset=nope"], "--dataset='nope' is unknown"),
+])
+def test_cli_user_errors_exit_2_before_any_run(tmp_path, launcher, capsys, argv, message):
+  out = str(tmp_path / "out")
+  code = grid.main(["--grid=c", "--dataset=aliccp", f"--data_path={tmp_path}", "--seeds=1",
+                    f"--out={out}", "--launcher=" + " ".join(launcher), *argv])
+  err = capsys.readouterr().err
+  assert code == 2 and err.startswith("error: ") and message in err, err
+  assert not os.path.exists(os.path.join(out, "runs"))
 
 
 def test_parse_set_types():
@@ -189,3 +214,82 @@ def test_one_real_tiny_run_then_skip_then_report(tmp_path, capsys):
   rows = list(csv.DictReader(open(os.path.join(out, "figure5_c.csv"))))
   assert {float(r["c"]) for r in rows if r["metric"] == "auc"} >= set(grids.C_VALUES)
   assert os.path.exists(os.path.join(out, "figure5_c.png"))
+
+
+def test_unfinished_results_are_rerun_with_a_message(tmp_path, launcher):
+  """Only a results.json that parses, with every output it lists readable, marks a finished run:
+  an empty one, one listing a missing or truncated predictions file, or an older one without
+  its predictions is run again, and the message says why."""
+  runs = grids.build("alpha", seeds=[0])
+  runs_dir = str(tmp_path / "runs")
+  jobs = grid.plan(runs, runs_dir, {})
+  folders = {j.run.name: j.workdir for j in jobs}
+  for wd in folders.values():
+    os.makedirs(wd)
+  open(os.path.join(folders["mscan-s0"], "results.json"), "w").close()            # empty
+  with open(os.path.join(folders["mscan-alpha=0.0-s0"], "results.json"), "w") as f:
+    json.dump({"auc": {}, "outputs": ["config.json", "predictions.parquet"]}, f)
+  open(os.path.join(folders["mscan-alpha=0.0-s0"], "config.json"), "w").write("{}")
+  open(os.path.join(folders["mscan-alpha=0.0-s0"], "predictions.parquet"), "wb").write(b"PAR1")
+  with open(os.path.join(folders["mscan-alpha=0.03-s0"], "results.json"), "w") as f:
+    json.dump({"auc": {}}, f)                                # older: no outputs list
+  open(os.path.join(folders["mscan-alpha=0.03-s0"], "config.json"), "w").write("{}")
+  with open(os.path.join(folders["mscan-alpha=1.0-s0"], "results.json"), "w") as f:
+    json.dump({"auc": {}, "outputs": ["config.json"]}, f)    # finished
+  open(os.path.join(folders["mscan-alpha=1.0-s0"], "config.json"), "w").write("{}")
+  lines = []
+  s = grid.run_jobs(jobs, launcher=launcher, num_jobs=1, echo=lines.append)
+  assert s.skipped == ["mscan-alpha=1.0-s0"]
+  assert sorted(s.done) == ["mscan-alpha=0.0-s0", "mscan-alpha=0.03-s0", "mscan-s0"]
+  text = "\n".join(lines)
+  assert "rerun mscan-s0: not finished: results.json is empty" in text
+  assert "rerun mscan-alpha=0.0-s0: not finished: predictions.parquet cannot be read" in text
+  assert "rerun mscan-alpha=0.03-s0: not finished: predictions.parquet is missing" in text
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"    # a zombie has exited
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_killing_the_grid_kills_its_runs(tmp_path, launcher, how):
+  """SIGTERM: the grid kills its children's process groups before it exits. SIGKILL (nothing
+  can run in the grid): the child dies by the parent-death signal launch.py asks for."""
+  import signal
+  import subprocess
+  import time
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  out = tmp_path / "out"
+  env = dict(os.environ, PYTHONPATH=root, FAKE_SLEEP="1",
+             FAKE_DIE_WITH_PARENT="1" if how == "SIGKILL" else "")
+  data = tmp_path / "built"
+  data.mkdir()
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.run_grid", "--grid=c", "--dataset=aliccp",
+       f"--data_path={data}", "--seeds=1", f"--out={out}",
+       "--launcher=" + " ".join(launcher)],
+      cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  pid_file = out / "runs" / "mscan-s0" / "pid"
+  deadline = time.time() + 60
+  while not pid_file.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  if not pid_file.exists():
+    log = out / "runs" / "mscan-s0" / "log.txt"
+    pytest.fail(f"the run never started: {proc.communicate()[0]!r}; "
+                f"{log.read_text() if log.exists() else 'no log'}")
+  time.sleep(0.1)
+  child = int(pid_file.read_text())
+  assert _pid_alive(child)
+  proc.send_signal(getattr(signal, how))
+  proc.wait(timeout=30)
+  deadline = time.time() + 10
+  while _pid_alive(child) and time.time() < deadline:
+    time.sleep(0.05)
+  alive = _pid_alive(child)
+  if alive:
+    os.kill(child, signal.SIGKILL)
+  assert not alive, f"the run {child} outlived the grid killed by {how}"

@@ -142,7 +142,7 @@ def test_launch_rejects_unknown_model_and_lists_valid_ones(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.mscan.alpha=-1", "config.mscan.alpha must be >= 0"),
+    ("--config.mscan.alpha=-1", "config.mscan.alpha must be a finite number >= 0, got -1.0"),
     ("--config.data.max_cur_len=0", "config.data.max_cur_len and config.data.max_all_len must be >= 1"),
     ("--config.data.name=nope", "config.data.name='nope' is unknown; valid:"),
     ("--config.data.name=aliccp", "config.data.path is required for config.data.name='aliccp'"),
@@ -157,3 +157,222 @@ def test_invalid_config_fields_give_one_clear_error(override, message):
   node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], str) else value
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
     config_lib.validate(c)
+
+
+# ----------------------------------------------------------------------------- the run folder
+# A cheap model (bias-only logistic regression) stands in where only the run folder is tested.
+
+def _cheap(tmp_path, **train_overrides):
+  c = _tiny(tmp_path, **{"max_steps": 20, "eval_every_steps": 10, "log_every_steps": 1,
+                         "patience": 100, **train_overrides})
+  c.model = "logreg"
+  return c
+
+
+def test_outputs_are_atomic_and_results_json_comes_last(tmp_path, monkeypatch):
+  """A crash while writing predictions leaves neither a partial predictions.parquet nor a
+  results.json (the only completion marker, written last): not even the stale one of an earlier
+  finished run in the same folder."""
+  import pyarrow.parquet as pq_mod
+  c = _cheap(tmp_path)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  saved = json.loads(open(os.path.join(workdir, "results.json")).read())
+  old_predictions = open(os.path.join(workdir, "predictions.parquet"), "rb").read()
+
+  def disk_full(table, where, **kw):           # half a file, then the write fails
+    with open(where, "wb") as f:
+      f.write(b"PAR1 partial")
+    raise OSError("No space left on device")
+
+  monkeypatch.setattr(pq_mod, "write_table", disk_full)
+  c.train.max_steps = 30                        # the same run, longer: resumes and re-exports
+  with pytest.raises(OSError, match="No space left"):
+    train.train_and_evaluate(c, workdir)
+  left = sorted(os.listdir(workdir))
+  assert "results.json" not in left, left
+  assert not [f for f in left if f.startswith(".tmp-")], left
+  # The earlier run's predictions stay whole (the new file never replaced them).
+  assert open(os.path.join(workdir, "predictions.parquet"), "rb").read() == old_predictions
+  # results.json lists the outputs that must read back for the run to count as finished.
+  assert saved["outputs"] == ["config.json", "predictions.parquet"]
+  json.loads(open(os.path.join(workdir, "config.json")).read())   # whole
+
+
+def test_metrics_hold_each_step_once_after_resume(tmp_path):
+  """Resuming from an older checkpoint replays steps: their records replace the old ones, and a
+  line cut short by a crash is dropped."""
+  c = _cheap(tmp_path)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  import shutil
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))      # as if killed before step 20
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 21, "split": "tr')                        # torn by the crash
+  train.train_and_evaluate(c, workdir)                           # resumes at step 10
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  keys = [(l["step"], l["split"]) for l in lines]
+  assert len(keys) == len(set(keys)), sorted(keys)
+  assert sorted(k for k in keys if k[1] == "train") == [(s, "train") for s in range(1, 21)]
+  assert sorted(k for k in keys if k[1] == "valid") == [(10, "valid"), (20, "valid")]
+
+
+def test_second_launch_on_a_locked_workdir_refuses(tmp_path):
+  """The trainer holds an flock on <workdir>/.lock for the whole run; a second launch.py on the
+  same folder stops at once with one error line and exit code 2."""
+  import fcntl
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  with open(workdir / ".lock", "w") as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)            # another run holds the folder
+    proc = subprocess.run(
+        _launch(workdir, [f"--config.data.cache_dir={tmp_path.parent / 'data_cache'}",
+                          "--config.model=logreg", "--config.train.max_steps=2"]),
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "in use by another run" in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
+
+
+def test_a_folder_is_resumed_only_by_the_same_run(tmp_path):
+  """A workdir holding another run's config.json is refused, naming the keys that differ (exit
+  2 from launch.py); the keys of rundir.RESUMABLE_KEYS may differ (here a longer run)."""
+  c = _cheap(tmp_path, max_steps=10)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  other = c.copy_and_resolve_references()
+  other.train.learning_rate = 0.5
+  other.seed = 3
+  with pytest.raises(ValueError, match=r"differs in seed, train\.learning_rate\b"):
+    train.train_and_evaluate(other, workdir)
+  assert json.loads(open(os.path.join(workdir, "config.json")).read())["seed"] == 0
+  longer = c.copy_and_resolve_references()
+  longer.train.max_steps = 20
+  longer.train.log_every_steps = 2
+  assert train.train_and_evaluate(longer, workdir)["steps"] == 20
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch.py"), "--config=" + os.path.join(ROOT, "mscan_jax", "config.py") + ":tiny",
+       f"--workdir={workdir}", f"--config.data.cache_dir={tmp_path.parent / 'data_cache'}",
+       "--config.model=logreg", "--config.train.max_steps=20"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "holds another run" in errors[0], proc.stderr[-2000:]
+  assert "train.eval_every_steps" in errors[0] and "Traceback" not in proc.stderr
+
+
+def _truncate_data_files(step_dir):
+  import glob
+  files = [f for f in glob.glob(os.path.join(step_dir, "**", "d", "*"), recursive=True)
+           if os.path.isfile(f)]
+  assert files
+  for f in files:
+    os.truncate(f, os.path.getsize(f) // 2)
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
+  """The data files of the latest step truncated (a full disk): the run warns with that step and
+  resumes from the older intact one; only when no step restores does it fail, in one message."""
+  from mscan_jax.training import checkpoint
+  c = _cheap(tmp_path)
+  workdir = str(tmp_path / "run")
+  ref = train.train_and_evaluate(c, workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  assert sorted(os.listdir(ckpts)) == ["10", "20"]
+  _truncate_data_files(os.path.join(ckpts, "20"))
+  capfd.readouterr()
+  got = train.train_and_evaluate(c, workdir)
+  err, out = capfd.readouterr()[::-1]
+  assert re.search(r"warning: checkpoint 20 in \S+ does not restore \(\w+: .+\); trying the "
+                   r"previous one", err), err
+  assert "Resumed from" in out and "at step 10" in out, out
+  assert sorted(os.listdir(ckpts)) == ["10", "20"]            # step 20 trained and saved again
+  assert len(os.listdir(os.path.join(workdir, "damaged_checkpoints"))) == 1
+  assert got["steps"] == 20 and got["best_step"] == ref["best_step"]
+  np.testing.assert_allclose(got["auc"]["all"], ref["auc"]["all"], atol=1e-6)
+  # No step restores: one error naming each step and its cause; nothing is moved.
+  for step in ("10", "20"):
+    _truncate_data_files(os.path.join(ckpts, step))
+  with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint restores \(step 20: .+; "
+                     r"step 10: .+\)"):
+    train.train_and_evaluate(c, workdir)
+  assert sorted(os.listdir(ckpts)) == ["10", "20"]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.train.clip_norm=-1", "config.train.clip_norm must be a finite number > 0, got -1.0"),
+    ("--config.train.learning_rate=nan", "config.train.learning_rate must be a finite number > 0"),
+    ("--config.mscan.mlp=(0,)", "config.mscan.mlp must be a list of layer widths (each an integer >= 1"),
+    ("--config.seed=-1", "config.seed must be an integer >= 0, got -1"),
+    ("--config.train.nonexistent=1", "--config.train.nonexistent: config.train has no field "
+     "'nonexistent'; valid: batch_size, checkpoint_every_steps, clip_norm"),
+    ("--config.train.batch_size=abc", "flag --config.train.batch_size=abc:"),
+    ("--no_such_flag=1", "Unknown command line flag 'no_such_flag'"),
+])
+def test_launch_user_errors_are_one_error_line_and_exit_2(tmp_path, flag, message):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch.py"),
+       "--config=" + os.path.join(ROOT, "mscan_jax", "config.py") + ":tiny",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.cache_dir={tmp_path.parent / 'data_cache'}",
+       flag], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, monkeypatch):
+  """A loss that grows past divergence_factor x its first value (finite, so the NaN check never
+  fires) stops the run at that step; the checkpoint before it is kept and no results.json
+  appears."""
+  c = _cheap(tmp_path, max_steps=10)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)                  # good up to step 10
+  real_loss_fn = objective.loss_fn
+
+  def exploding(out, label, mask, alpha):              # 1e4 x the loss: large, finite
+    loss, aux = real_loss_fn(out, label, mask, alpha)
+    return loss * 1e4, aux
+
+  monkeypatch.setattr(train.objective, "loss_fn", exploding)
+  c.train.max_steps = 20
+  with pytest.raises(train.DivergenceError, match=r"loss \S+ at step 11 is more than "
+                     r"config\.train\.divergence_factor=1000 times its first value"):
+    train.train_and_evaluate(c, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  c.train.divergence_factor = 0.0                       # off: only non-finite values stop it
+  assert train.check_divergence([{"loss": 1e30, "grad_norm": 1.0}], 5, {}, 0.0, "") is None
+
+
+def test_a_non_finite_gradient_norm_stops_the_run():
+  """The gradient norm is watched like the loss (lr 1e6 on M-scan: a finite loss of 1e26 beside
+  an infinite gradient norm)."""
+  meta = {}
+  train.check_divergence([{"loss": 0.7, "grad_norm": 0.2}], 1, meta, 1e3, "kept")
+  assert meta["divergence_ref"] == {"loss": 0.7, "grad_norm": 0.2}
+  with pytest.raises(train.DivergenceError, match=r"non-finite gradient norm at step 3; "
+                     r"stopping\. kept"):
+    train.check_divergence([{"loss": 0.6, "grad_norm": 0.3}, {"loss": 1e3, "grad_norm": np.inf}],
+                           3, meta, 1e3, "kept")
+  with pytest.raises(train.DivergenceError, match=r"gradient norm 300 at step 4 is more than"):
+    train.check_divergence([{"loss": 0.6, "grad_norm": 300.0}], 4, meta, 1e3, "kept")
+
+
+def test_launch_exits_with_an_error_line_when_training_diverges(tmp_path):
+  """learning rate 1e6 (the reference scorers read config.reference.learning_rate): the loss
+  jumps from 0.69 to about 1e6 at step 2; launch.py prints one error line and exits 1."""
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch.py"),
+       "--config=" + os.path.join(ROOT, "mscan_jax", "config.py") + ":tiny",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.cache_dir={tmp_path.parent / 'data_cache'}",
+       "--config.model=logreg", "--config.reference.learning_rate=1e6",
+       "--config.train.log_every_steps=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "the run diverged" in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "run" / "results.json").exists()
