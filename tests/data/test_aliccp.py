@@ -436,8 +436,12 @@ def test_fuzz_malformed_raw_lines_are_a_data_error_at_their_line_or_counted(
   kept or counted under one drop reason; never another exception."""
   name, lines = damaged
   d = write_raw(tmp_path_factory.mktemp("fuzz"))
+  content = b"\n".join(lines) + (b"\n" if trailing_newline else b"")
   with open(os.path.join(d, name), "wb") as f:
-    f.write(b"\n".join(lines) + (b"\n" if trailing_newline else b""))
+    f.write(content)
+  # The file's lines: a final newline ends the last line (an empty last element written without
+  # a trailing newline is just that newline, not a line).
+  lines = content.split(b"\n")[:-1] if content.endswith(b"\n") else content.split(b"\n")
   try:
     log, _, stats = aliccp.load_aliccp_raw(d, block_size=block_size, workers=2)
   except DataError as e:
