@@ -46,6 +46,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -492,6 +493,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("launcher", "", "Command that runs one config (default: this Python and "
                       "launch.py); for tests.", **d)
   flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.", **d)
+  flags.DEFINE_string("match", "", "Only the runs whose name matches this regular expression "
+                      "(a slice of a grid; its sibling runs are added as needed).", **d)
 
 
 def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
@@ -527,6 +530,14 @@ def main(argv: Sequence[str]) -> int:
             f"{ {s: counts[s] for s in scenarios} })")
     runs = grids.build(a.grid, seeds=range(a.seeds), scenarios=scenarios, data_seeds=data_seeds,
                        with_truth=has_truth(base), baselines=a.baselines)
+    if a.match:
+      try:
+        pattern = re.compile(a.match)
+      except re.error as e:
+        raise GridError(f"--match={a.match!r}: {e}") from None
+      runs = [r for r in runs if pattern.search(r.name)]
+      if not runs:
+        raise GridError(f"--match={a.match!r} selects no run of grid {a.grid}")
     if not a.dry_run:
       check_or_write_grid_info(a.out, {"dataset": dataset_label(base), "size": size,
                                        "shared": base, "grids": [a.grid],

@@ -293,3 +293,16 @@ def test_killing_the_grid_kills_its_runs(tmp_path, launcher, how):
   if alive:
     os.kill(child, signal.SIGKILL)
   assert not alive, f"the run {child} outlived the grid killed by {how}"
+
+
+def test_match_runs_a_slice_of_a_grid(tmp_path, launcher, capsys):
+  data = tmp_path / "built"
+  data.mkdir()
+  out = str(tmp_path / "out")
+  argv = ["--grid=table2", "--dataset=aliccp", f"--data_path={data}", "--seeds=2",
+          f"--out={out}", "--launcher=" + " ".join(launcher), "--match=^mscan-sbe=False-s"]
+  assert grid.main(argv) == 0
+  assert sorted(os.listdir(os.path.join(out, "runs"))) == ["mscan-sbe=False-s0",
+                                                           "mscan-sbe=False-s1"]
+  assert grid.main(argv[:-1] + ["--match=^nothing"]) == 2
+  assert "selects no run" in capsys.readouterr().err
