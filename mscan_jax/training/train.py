@@ -18,6 +18,7 @@ Model selection (early stopping, best checkpoint) uses the validation split only
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -289,7 +290,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir)
 
 
+@dataclasses.dataclass
+class _Stage:
+  """What one stage's loop needs, made by `_set_up` (data, shardings, model, state, steps)."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  is_main: bool
+  dataset: BuiltDataset
+  rows: dict[str, np.ndarray]           # "train", "valid", "test" -> row numbers
+  total_steps: int
+  eval_every: int
+  log_every: int
+  data_sharding: NamedSharding
+  state: TrainState
+  best_params: Any
+  meta: dict
+  ckpt: Checkpointer
+  copy_params: Any                      # jitted: a copy of the parameters, never an alias
+  train_step: Any                       # jitted, donating the state
+  eval_kwargs: dict                     # `predict`'s keyword arguments
+  c: float
+  metrics_path: str
+  step: int = 0
+
+  def log(self, record: dict) -> None:
+    if self.is_main:
+      with open(self.metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  stage = _set_up(config, workdir)
+  _train(stage)
+  return _test_and_write(stage)
+
+
+def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Stage:
+  """Data, mesh, model, train state (resumed from the folder's checkpoint) and jitted steps."""
   is_main = jax.process_index() == 0
   # A folder holding another run's config.json is refused (rundir.RESUMABLE_KEYS may differ).
   rundir.check_resume(workdir, json.loads(config_lib.to_json(config)),
@@ -300,11 +337,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   # Data.
   dataset = datasets.open_dataset(config.data)
   schema = dataset.schema
-  train_rows = pipeline.split_rows(dataset, "train", config.data.train_scenarios)
-  valid_rows = pipeline.split_rows(dataset, "valid", config.data.train_scenarios)
-  test_rows = pipeline.split_rows(dataset, "test", config.data.eval_scenarios)
-  batch_size = config.train.batch_size
-  n_per_epoch = pipeline.steps_per_epoch(len(train_rows), batch_size)
+  rows = {"train": pipeline.split_rows(dataset, "train", config.data.train_scenarios),
+          "valid": pipeline.split_rows(dataset, "valid", config.data.train_scenarios),
+          "test": pipeline.split_rows(dataset, "test", config.data.eval_scenarios)}
+  n_per_epoch = pipeline.steps_per_epoch(len(rows["train"]), config.train.batch_size)
   total_steps = config.train.max_steps or config.train.num_epochs * n_per_epoch
   if not models.get_spec(config.model).trainable:
     total_steps = 0            # scored as initialised (oracles): no training loop
@@ -342,18 +378,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   best_params = copy_params(state.params)
   meta = {"best_valid_auc": -1.0, "best_step": 0, "bad_evals": 0, "done": False}
 
+  # Resume.
   ckpt = Checkpointer(workdir)
   if ckpt.latest_step() is not None:
     state, best_params, meta = ckpt.restore(state, best_params)
     if is_main:
       print(f"Resumed from {ckpt.directory} at step {int(state.step)}")
 
-  select_metric = config.train.select_metric   # validation metric of early stopping
+  # Jitted steps.
   base_rng = jax.random.PRNGKey(config.seed + 2)
-  alpha = float(config.mscan.alpha)
   c = datasets.resolve_c(config)
-  p_train_step = jax.jit(functools.partial(train_step, model=model, tx=tx, alpha=alpha,
-                                           base_rng=base_rng),
+  p_train_step = jax.jit(functools.partial(train_step, model=model, tx=tx,
+                                           alpha=float(config.mscan.alpha), base_rng=base_rng),
                          donate_argnums=0, out_shardings=(state_sharding, replicated))
   p_eval_step = jax.jit(functools.partial(eval_step, model=model),
                         out_shardings=data_sharding)
@@ -364,96 +400,104 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if is_main:
     rundir.write_text_atomic(os.path.join(workdir, rundir.CONFIG), config_lib.to_json(config))
     rundir.truncate_metrics(metrics_path, int(state.step))   # replayed steps are logged anew
+  return _Stage(config, workdir, is_main, dataset, rows, total_steps, eval_every, log_every,
+                data_sharding, state, best_params, meta, ckpt, copy_params, p_train_step,
+                eval_kwargs, c, metrics_path, step=int(state.step))
 
-  def log(record: dict) -> None:
-    if is_main:
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
-  step = int(state.step)
+def _train(st: _Stage) -> None:
+  """The loop: jitted steps, logs, validation with early stopping, checkpoints (updates `st`)."""
+  config, meta = st.config, st.meta
+  batch_size = config.train.batch_size
+  select_metric = config.train.select_metric   # validation metric of early stopping
   sync_every = _sync_every(config)
+  if meta["done"] or st.step >= st.total_steps:
+    return
   bar = None
-  if is_main and config.train.progress and not meta["done"] and step < total_steps:
+  if st.is_main and config.train.progress:
     from tqdm import tqdm
-    bar = tqdm(total=total_steps * batch_size, initial=step * batch_size, unit="ex",
+    bar = tqdm(total=st.total_steps * batch_size, initial=st.step * batch_size, unit="ex",
                unit_scale=True, desc=f"train {config.model}", dynamic_ncols=True)
 
   batches = pipeline.train_batches(
-      dataset, train_rows, batch_size=batch_size, seed=config.seed, start_step=step,
+      st.dataset, st.rows["train"], batch_size=batch_size, seed=config.seed, start_step=st.step,
       process_index=jax.process_index(), process_count=jax.process_count(),
       prefetch=config.data.prefetch)
   pending: list[dict] = []
   t_log = time.perf_counter()
   steps_since_log = 0
   try:
-    for batch in (_device_prefetch(batches, data_sharding, config.data.prefetch)
-                  if not meta["done"] and step < total_steps else ()):
-      state, m = p_train_step(state, batch)
-      step += 1
+    for batch in _device_prefetch(batches, st.data_sharding, config.data.prefetch):
+      st.state, m = st.train_step(st.state, batch)
+      st.step += 1
+      step = st.step
       steps_since_log += 1
       pending.append(m)
       if sync_every and step % sync_every == 0:
         jax.block_until_ready(m)
-      do_eval = step % eval_every == 0 or step >= total_steps
-      if step % log_every == 0 or do_eval:
+      do_eval = step % st.eval_every == 0 or step >= st.total_steps
+      if step % st.log_every == 0 or do_eval:
         host = jax.device_get(pending)
         pending = []
         check_divergence(host, step, meta, config.train.divergence_factor,
-                         f"The last good checkpoint ({ckpt.latest_step()}) in {ckpt.directory} "
-                         "is kept.")
+                         f"The last good checkpoint ({st.ckpt.latest_step()}) in "
+                         f"{st.ckpt.directory} is kept.")
         dt = time.perf_counter() - t_log
         record = {"step": step, "split": "train",
                   **{k: float(np.mean([h[k] for h in host])) for k in host[0]},
                   "examples_per_s": steps_since_log * batch_size / max(dt, 1e-9)}
-        log(record)
+        st.log(record)
         t_log, steps_since_log = time.perf_counter(), 0
         if bar is not None:
           bar.update(len(host) * batch_size)
           bar.set_postfix(loss=f"{record['loss']:.4f}")
       if do_eval:
-        pred = predict(state.params, dataset, valid_rows, **eval_kwargs)
+        pred = predict(st.state.params, st.dataset, st.rows["valid"], **st.eval_kwargs)
         val = compute_metrics(pred)
         auc = metrics_lib.select_value(val, select_metric)
         improved = bool(np.isfinite(auc) and auc > meta["best_valid_auc"])
         if improved:
-          best_params = copy_params(state.params)
+          st.best_params = st.copy_params(st.state.params)
           meta.update(best_valid_auc=float(auc), best_step=step, bad_evals=0)
         else:
           meta["bad_evals"] += 1
         meta["done"] = bool(meta["bad_evals"] > config.train.patience)   # early stopped
-        stop = meta["done"] or step >= total_steps
-        log({"step": step, "split": "valid", select_metric: auc, "auc": val["auc"]["all"],
-             "gauc": val["gauc"], "logloss": val["logloss"],
-             "best_valid_auc": meta["best_valid_auc"]})
+        st.log({"step": step, "split": "valid", select_metric: auc, "auc": val["auc"]["all"],
+                "gauc": val["gauc"], "logloss": val["logloss"],
+                "best_valid_auc": meta["best_valid_auc"]})
         if bar is not None:
           bar.set_postfix(loss=f"{record['loss']:.4f}", val_auc=f"{auc:.4f}")
-        ckpt.save(step, state, best_params, meta)
+        st.ckpt.save(step, st.state, st.best_params, meta)
         t_log = time.perf_counter()
-        if stop:
+        if meta["done"] or step >= st.total_steps:
           break
   finally:
     if bar is not None:
       bar.close()
 
-  # Test with the best-validation parameters.
-  pred = predict(best_params, dataset, test_rows, **eval_kwargs)
+
+def _test_and_write(st: _Stage) -> dict:
+  """Test with the best-validation parameters; predictions, then results.json (last)."""
+  config = st.config
+  pred = predict(st.best_params, st.dataset, st.rows["test"], **st.eval_kwargs)
   results = {"model": config.model, "dataset": datasets.label(config.data), "seed": config.seed,
-             "data_seed": int(config.data.seed), "c": c,
-             "select_metric": select_metric, "best_step": meta["best_step"],
-             "best_valid_auc": meta["best_valid_auc"],
-             "steps": step, **compute_metrics(pred)}
-  refs = dataset.stats.get("reference", {}).get("test_auc")
+             "data_seed": int(config.data.seed), "c": st.c,
+             "select_metric": config.train.select_metric, "best_step": st.meta["best_step"],
+             "best_valid_auc": st.meta["best_valid_auc"],
+             "steps": st.step, **compute_metrics(pred)}
+  refs = st.dataset.stats.get("reference", {}).get("test_auc")
   if refs and not config.data.eval_scenarios:
     # Model-free reference rows on the same test split, computed when the data was built
     # (the synthetic benchmark): the training split's item click rate and the oracles.
     results["reference_auc"] = refs
   results["outputs"] = [rundir.CONFIG] + ([rundir.PREDICTIONS] if config.train.export_predictions
                                            else [])
-  if is_main:   # results.json last: the run's only completion marker
+  if st.is_main:   # results.json last: the run's only completion marker
     if config.train.export_predictions:
-      write_predictions(os.path.join(workdir, rundir.PREDICTIONS), pred)
-    rundir.write_atomic(os.path.join(workdir, rundir.RESULTS), lambda tmp: save_json(tmp, results))
-  ckpt.close()
+      write_predictions(os.path.join(st.workdir, rundir.PREDICTIONS), pred)
+    rundir.write_atomic(os.path.join(st.workdir, rundir.RESULTS),
+                        lambda tmp: save_json(tmp, results))
+  st.ckpt.close()
   return results
 
 
