@@ -104,12 +104,6 @@ def _concat_pairs(h: jnp.ndarray, i: jnp.ndarray, s: jnp.ndarray) -> jnp.ndarray
   return jax.vmap(over_j, in_axes=(0, 0, 0))(h, i, s)                     # -> (B, Lh, Ls, Din)
 
 
-def _masked_max(c_pairs: jnp.ndarray, s_mask: jnp.ndarray) -> jnp.ndarray:
-  """Eq. (16): max over the real current-scenario behaviours k; c_pairs (B, Lh, Ls),
-  s_mask (B, Ls) -> (B, Lh) float32 (_MASK_FILL on a row with no real k)."""
-  return jnp.where(s_mask[:, None, :], c_pairs.astype(jnp.float32), _MASK_FILL).max(-1)
-
-
 def _over_tiles(fn: Callable[..., jnp.ndarray], args: Sequence[jnp.ndarray],
                 tile: int) -> jnp.ndarray:
   """fn(*args) for args with a leading batch axis B, computed `tile` rows at a time.
@@ -159,13 +153,14 @@ class CoAttention(nn.Module):
     target attention of the candidate over H_u with the same FFN and inputs, without the
     scenario-aware max over S_u; no pair is computed.
 
-  tile (memory): the pair scores C_jk and their max over k (Eq. 16) are computed `tile` rows of
-    the batch at a time (`jax.lax.map` over the batch padded to a multiple of `tile`, each tile
-    under `jax.checkpoint`), so neither the forward nor the backward pass holds a
-    (B, Lh, Ls, hidden[0]) tensor for the whole batch: at most (tile, Lh, Ls, hidden[0])
-    (tile 256, Lh 40, Ls 20, hidden 200: 164 MB in float32, against 2.6 GB for the evaluation
-    batch of 4096 untiled). The backward pass recomputes a tile's pair scores. Same parameters,
-    same numbers; tile=0 (or a batch no larger than one tile) computes the batch in one piece.
+  tile (memory): the attention logits c (Eq. 14-16: the pair scores C_jk, their max over k and
+    the fallback C_j0) are computed `tile` rows of the batch at a time (`jax.lax.map` over the
+    batch padded to a multiple of `tile`, each tile under `jax.checkpoint`), so neither the
+    forward nor the backward pass holds a (B, Lh, Ls, hidden[0]) or (B, Lh, hidden[0]) tensor
+    for the whole batch, only (tile, Lh, Ls, hidden[0]) ones (tile 256, Lh 40, Ls 20, hidden
+    200: 164 MB in float32, against 2.6 GB for the evaluation batch of 4096 in one piece). The
+    backward pass recomputes a tile's scores from its inputs. Same parameters, same numbers;
+    tile=0 (or a batch no larger than one tile) computes the batch in one piece.
 
   `__call__(h, i, s, h_mask, s_mask)`: h (B, Lh, Dh) all-scenario behaviours H_u, i (B, Di)
   candidate item, s (B, Ls, Ds) current-scenario behaviours S_u, h_mask (B, Lh) and
@@ -194,54 +189,47 @@ class CoAttention(nn.Module):
     bias = self.param("bias_0", nn.initializers.zeros, (self.hidden[0],))
     kernel, bias = kernel.astype(dt), bias.astype(dt)
 
-    if self.impl == "pairwise" and self.scenario_aware:
-      # Fallback score with s_bk = 0 (N_us = 0), by concatenation as the pairs below.
-      zeros_s = jnp.zeros(s.shape[:1] + (1, ds), dt)                      # (B, 1, Ds)
-      a_null = (_concat_pairs(h, i, zeros_s) @ kernel + bias)[:, :, 0]    # (B, Lh, H0)
-    else:
-      a_null = h @ kernel[:dh] + (i @ kernel[dh:dh + di] + bias)[:, None, :]   # (B, Lh, H0)
+    w_h, w_i, w_s = kernel[:dh], kernel[dh:dh + di], kernel[dh + di:]
+    pairwise = self.impl == "pairwise"
 
-    # The rest of the FFN, one set of parameters for the pairs and for the fallback.
+    # The rest of the FFN, one set of parameters for the pairs and for the fallback. Called once
+    # on a zero vector (unused) so that its parameters exist: the scores below are a pure
+    # function of them, computed tile by tile under `jax.lax.map`.
     dense = [nn.Dense(width, dtype=dt, name=f"Dense_{n}")
              for n, width in enumerate(self.hidden[1:], start=1)]
     score = nn.Dense(1, dtype=dt, name="score")
+    a = jnp.zeros((1, self.hidden[0]), dt)
+    for layer in dense + [score]:
+      a = layer(self.activation(a))
+    tail_params = [layer.variables["params"] for layer in dense + [score]]
+    activation, aware = self.activation, self.scenario_aware
 
     def tail(a):                                                          # (..., H0) -> (...)
-      a = self.activation(a)
-      for layer in dense:
-        a = self.activation(layer(a))
-      return score(a)[..., 0]
+      for q in tail_params:                                               # act -> Dense ... -> score
+        layer = nn.Dense(q["kernel"].shape[-1], dtype=dt, parent=None)    # unbound, pure
+        a = layer.apply({"params": q}, activation(a))
+      return a[..., 0]
 
-    c_null = tail(a_null).astype(jnp.float32)                             # (B, Lh)
-    if not self.scenario_aware:
-      c = c_null                                                          # target attention
-    else:
-      # The tail's parameters, created by the call above: the pair scores are a pure function
-      # of them, so that they can be computed tile by tile under `jax.lax.map`.
-      tail_params = [layer.variables["params"] for layer in dense + [score]]
-      activation = self.activation
-
-      def pure_tail(a):                                                   # (..., H0) -> (...)
-        for q in tail_params:                                             # = tail(a)
-          layer = nn.Dense(q["kernel"].shape[-1], dtype=dt, parent=None)  # unbound, pure
-          a = layer.apply({"params": q}, activation(a))
-        return a[..., 0]
-
-      if self.impl == "pairwise":
-        def pair_max(hh, ii, ss, sm):                                     # one tile of rows
-          a_pairs = _concat_pairs(hh, ii, ss) @ kernel + bias             # (T, Lh, Ls, H0)
-          return _masked_max(pure_tail(a_pairs), sm)                      # (T, Lh)
-        args = (h, i, s, s_mask)
+    def attention_logits(hh, ii, ss, sm):                                 # one tile of T rows
+      """c (T, Lh) float32 of Eq. (16), with the fallbacks of the docstring."""
+      if pairwise and aware:
+        # Fallback score with s_bk = 0 (N_us = 0), by concatenation as the pairs below.
+        zeros_s = jnp.zeros(ss.shape[:1] + (1, ds), dt)                   # (T, 1, Ds)
+        a_null = (_concat_pairs(hh, ii, zeros_s) @ kernel + bias)[:, :, 0]  # (T, Lh, H0)
       else:
-        a_s = s @ kernel[dh + di:]                                        # (B, Ls, H0)
+        a_null = hh @ w_h + (ii @ w_i + bias)[:, None, :]                 # (T, Lh, H0)
+      c_null = tail(a_null).astype(jnp.float32)                           # (T, Lh)
+      if not aware:
+        return c_null                                                     # target attention
+      if pairwise:
+        a_pairs = _concat_pairs(hh, ii, ss) @ kernel + bias               # (T, Lh, Ls, H0)
+      else:
+        a_pairs = a_null[:, :, None, :] + (ss @ w_s)[:, None, :, :]       # (T, Lh, Ls, H0)
+      # Eq. (16): masked max over the current-scenario behaviours k.
+      c_max = jnp.where(sm[:, None, :], tail(a_pairs).astype(jnp.float32), _MASK_FILL).max(-1)
+      return jnp.where(sm.any(axis=-1, keepdims=True), c_max, c_null)     # (T, Lh)
 
-        def pair_max(a_hi, a_s, sm):                                      # one tile of rows
-          a_pairs = a_hi[:, :, None, :] + a_s[:, None, :, :]              # (T, Lh, Ls, H0)
-          return _masked_max(pure_tail(a_pairs), sm)                      # (T, Lh)
-        args = (a_null, a_s, s_mask)                                      # a_null = h W_h + i W_i + b
-      c_max = _over_tiles(pair_max, args, self.tile)                      # (B, Lh), Eq. (16)
-      has_cur = s_mask.any(axis=-1, keepdims=True)                        # (B, 1)
-      c = jnp.where(has_cur, c_max, c_null)                               # (B, Lh)
+    c = _over_tiles(attention_logits, (h, i, s, s_mask), self.tile)       # (B, Lh)
     # Eq. (17): masked softmax over the all-scenario behaviours j; Eq. (5): R_h.
     beta = masked_softmax(c, h_mask)                                      # (B, Lh) float32
     r_h = jnp.einsum("bj,bjd->bd", beta.astype(dt), h)                    # (B, Dh)
