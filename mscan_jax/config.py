@@ -128,6 +128,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mscan.attn_mlp = (200, 80)     # co-attention FFN, Eq. (15)
   c.mscan.dropout = 0.2
   c.mscan.coattention = "factored"  # factored (exact, fast) | pairwise (vmap over pairs)
+  # Batch rows per tile of the co-attention's pair scores (memory: at most (tile, Lh, Ls, 200)
+  # at a time, models/sequence.py); 0 = the whole batch at once. Same numbers either way.
+  c.mscan.coattention_tile = 256
   # Switches that are not the paper's form (models/mscan.py; labelled as such in every table):
   c.mscan.history_context = False  # True: H_u behaviours also embed their click flag and scenario
   c.mscan.saca_scenario_aware = True   # False: plain target attention over H_u (no max over S_u)
@@ -188,6 +191,7 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
                    ("train.eval_every_steps", 0), ("train.log_every_steps", 0),
                    ("train.checkpoint_every_steps", 0), ("train.patience", 0),
                    ("train.sync_every_steps", 0), ("mscan.gru_hidden", 0),
+                   ("mscan.coattention_tile", 0),
                    ("baseline.num_experts", 0), ("baseline.num_specific_experts", 0),
                    ("reference.dim", 1), ("reference.num_epochs", 1), ("single.scenario", 0),
                    ("distributed.num_processes", 0), ("distributed.process_id", -1)):

@@ -92,6 +92,44 @@ def masked_softmax(scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   return e / jnp.where(denom > 0, denom, 1.0)
 
 
+def _concat_pairs(h: jnp.ndarray, i: jnp.ndarray, s: jnp.ndarray) -> jnp.ndarray:
+  """[h_bj ⊕ i_b ⊕ s_bk] for every pair (j, k), by `jax.vmap`, the literal Eq. (15) input.
+
+  h (B, Lh, Dh), i (B, Di), s (B, Ls, Ds) -> (B, Lh, Ls, Dh+Di+Ds).
+  """
+  def concat(hj, ib, sk):                                                 # (Dh,), (Di,), (Ds,)
+    return jnp.concatenate([hj, ib, sk])                                  # (Dh+Di+Ds,)
+  over_k = jax.vmap(concat, in_axes=(None, None, 0))                      # -> (Ls, Din)
+  over_j = jax.vmap(over_k, in_axes=(0, None, None))                      # -> (Lh, Ls, Din)
+  return jax.vmap(over_j, in_axes=(0, 0, 0))(h, i, s)                     # -> (B, Lh, Ls, Din)
+
+
+def _over_tiles(fn: Callable[..., jnp.ndarray], args: Sequence[jnp.ndarray],
+                tile: int) -> jnp.ndarray:
+  """fn(*args) for args with a leading batch axis B, computed `tile` rows at a time.
+
+  Row-wise `fn` ((T, ...) arrays -> (T, ...)) gives the same numbers either way. With
+  0 < tile < B the batch is padded with zero rows to n * tile, split into n tiles and
+  `jax.lax.map`ped, each tile under `jax.checkpoint` so that the backward pass keeps only the
+  tile's inputs (not its (T, Lh, Ls, H0) intermediates) and recomputes them. Tile t holds rows
+  t, t + n, t + 2n, ...: on a batch sharded over devices in contiguous blocks every tile spans
+  all devices, so the data parallelism is kept.
+  """
+  batch = args[0].shape[0]
+  if tile <= 0 or batch <= tile:
+    return fn(*args)
+  n = -(-batch // tile)
+
+  def split(x):                                                           # (B, ...) -> (n, T, ...)
+    x = jnp.pad(x, [(0, n * tile - batch)] + [(0, 0)] * (x.ndim - 1))
+    return jnp.swapaxes(x.reshape((tile, n) + x.shape[1:]), 0, 1)
+
+  body = jax.checkpoint(fn)
+  out = jax.lax.map(lambda xs: body(*xs), tuple(split(x) for x in args))  # (n, T, ...)
+  out = jnp.swapaxes(out, 0, 1)                                           # (T, n, ...)
+  return out.reshape((n * tile,) + out.shape[2:])[:batch]
+
+
 class CoAttention(nn.Module):
   """Scenario-Aware Co-Attention, Eq. (14)-(17), and the history read-out R_h of Eq. (5).
 
@@ -115,6 +153,15 @@ class CoAttention(nn.Module):
     target attention of the candidate over H_u with the same FFN and inputs, without the
     scenario-aware max over S_u; no pair is computed.
 
+  tile (memory): the attention logits c (Eq. 14-16: the pair scores C_jk, their max over k and
+    the fallback C_j0) are computed `tile` rows of the batch at a time (`jax.lax.map` over the
+    batch padded to a multiple of `tile`, each tile under `jax.checkpoint`), so neither the
+    forward nor the backward pass holds a (B, Lh, Ls, hidden[0]) or (B, Lh, hidden[0]) tensor
+    for the whole batch, only (tile, Lh, Ls, hidden[0]) ones (tile 256, Lh 40, Ls 20, hidden
+    200: 164 MB in float32, against 2.6 GB for the evaluation batch of 4096 in one piece). The
+    backward pass recomputes a tile's scores from its inputs. Same parameters, same numbers;
+    tile=0 (or a batch no larger than one tile) computes the batch in one piece.
+
   `__call__(h, i, s, h_mask, s_mask)`: h (B, Lh, Dh) all-scenario behaviours H_u, i (B, Di)
   candidate item, s (B, Ls, Ds) current-scenario behaviours S_u, h_mask (B, Lh) and
   s_mask (B, Ls) bool (True = real) -> (R_h (B, Dh), beta (B, Lh) float32).
@@ -124,6 +171,7 @@ class CoAttention(nn.Module):
   scenario_aware: bool = True
   activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
   dtype: Dtype = jnp.float32
+  tile: int = 256
 
   @nn.compact
   def __call__(self, h: jnp.ndarray, i: jnp.ndarray, s: jnp.ndarray, h_mask: jnp.ndarray,
@@ -132,6 +180,8 @@ class CoAttention(nn.Module):
       raise ValueError(f"CoAttention.impl={self.impl!r}; valid: {', '.join(COATTENTION_IMPLS)}")
     if not self.hidden:
       raise ValueError("CoAttention.hidden must name at least one layer (Eq. 15 is an FFN)")
+    if self.tile < 0:
+      raise ValueError(f"CoAttention.tile={self.tile} must be >= 0 (0 = no tiling)")
     dt = self.dtype
     h, i, s = h.astype(dt), i.astype(dt), s.astype(dt)
     dh, di, ds = h.shape[-1], i.shape[-1], s.shape[-1]
@@ -139,46 +189,47 @@ class CoAttention(nn.Module):
     bias = self.param("bias_0", nn.initializers.zeros, (self.hidden[0],))
     kernel, bias = kernel.astype(dt), bias.astype(dt)
 
-    if not self.scenario_aware:
-      a_pairs = None
-      a_null = h @ kernel[:dh] + (i @ kernel[dh:dh + di] + bias)[:, None, :]   # (B, Lh, H0)
-    elif self.impl == "pairwise":
-      def concat(hj, ib, sk):                                             # (Dh,), (Di,), (Ds,)
-        return jnp.concatenate([hj, ib, sk])                              # (Dh+Di+Ds,)
-      over_k = jax.vmap(concat, in_axes=(None, None, 0))                  # -> (Ls, Din)
-      over_j = jax.vmap(over_k, in_axes=(0, None, None))                  # -> (Lh, Ls, Din)
-      over_b = jax.vmap(over_j, in_axes=(0, 0, 0))                        # -> (B, Lh, Ls, Din)
-      a_pairs = over_b(h, i, s) @ kernel + bias                           # (B, Lh, Ls, H0)
-      # Fallback score with s_bk = 0 (N_us = 0), also by concatenation.
-      zeros_s = jnp.zeros(s.shape[:1] + (1, ds), dt)                      # (B, 1, Ds)
-      a_null = (over_b(h, i, zeros_s) @ kernel + bias)[:, :, 0]           # (B, Lh, H0)
-    else:
-      w_h, w_i, w_s = kernel[:dh], kernel[dh:dh + di], kernel[dh + di:]
-      a_hi = h @ w_h + (i @ w_i + bias)[:, None, :]                       # (B, Lh, H0)
-      a_s = s @ w_s                                                       # (B, Ls, H0)
-      a_pairs = a_hi[:, :, None, :] + a_s[:, None, :, :]                  # (B, Lh, Ls, H0)
-      a_null = a_hi                                                       # s_bk = 0
+    w_h, w_i, w_s = kernel[:dh], kernel[dh:dh + di], kernel[dh + di:]
+    pairwise = self.impl == "pairwise"
 
-    # The rest of the FFN, one set of parameters for the pairs and for the fallback.
+    # The rest of the FFN, one set of parameters for the pairs and for the fallback. Called once
+    # on a zero vector (unused) so that its parameters exist: the scores below are a pure
+    # function of them, computed tile by tile under `jax.lax.map`.
     dense = [nn.Dense(width, dtype=dt, name=f"Dense_{n}")
              for n, width in enumerate(self.hidden[1:], start=1)]
     score = nn.Dense(1, dtype=dt, name="score")
+    a = jnp.zeros((1, self.hidden[0]), dt)
+    for layer in dense + [score]:
+      a = layer(self.activation(a))
+    tail_params = [layer.variables["params"] for layer in dense + [score]]
+    activation, aware = self.activation, self.scenario_aware
 
     def tail(a):                                                          # (..., H0) -> (...)
-      a = self.activation(a)
-      for layer in dense:
-        a = self.activation(layer(a))
-      return score(a)[..., 0]
+      for q in tail_params:                                               # act -> Dense ... -> score
+        layer = nn.Dense(q["kernel"].shape[-1], dtype=dt, parent=None)    # unbound, pure
+        a = layer.apply({"params": q}, activation(a))
+      return a[..., 0]
 
-    c_null = tail(a_null).astype(jnp.float32)                             # (B, Lh)
-    if a_pairs is None:
-      c = c_null                                                          # target attention
-    else:
-      c_pairs = tail(a_pairs)                                             # (B, Lh, Ls)
+    def attention_logits(hh, ii, ss, sm):                                 # one tile of T rows
+      """c (T, Lh) float32 of Eq. (16), with the fallbacks of the docstring."""
+      if pairwise and aware:
+        # Fallback score with s_bk = 0 (N_us = 0), by concatenation as the pairs below.
+        zeros_s = jnp.zeros(ss.shape[:1] + (1, ds), dt)                   # (T, 1, Ds)
+        a_null = (_concat_pairs(hh, ii, zeros_s) @ kernel + bias)[:, :, 0]  # (T, Lh, H0)
+      else:
+        a_null = hh @ w_h + (ii @ w_i + bias)[:, None, :]                 # (T, Lh, H0)
+      c_null = tail(a_null).astype(jnp.float32)                           # (T, Lh)
+      if not aware:
+        return c_null                                                     # target attention
+      if pairwise:
+        a_pairs = _concat_pairs(hh, ii, ss) @ kernel + bias               # (T, Lh, Ls, H0)
+      else:
+        a_pairs = a_null[:, :, None, :] + (ss @ w_s)[:, None, :, :]       # (T, Lh, Ls, H0)
       # Eq. (16): masked max over the current-scenario behaviours k.
-      c_max = jnp.where(s_mask[:, None, :], c_pairs.astype(jnp.float32), _MASK_FILL).max(-1)
-      has_cur = s_mask.any(axis=-1, keepdims=True)                        # (B, 1)
-      c = jnp.where(has_cur, c_max, c_null)                               # (B, Lh)
+      c_max = jnp.where(sm[:, None, :], tail(a_pairs).astype(jnp.float32), _MASK_FILL).max(-1)
+      return jnp.where(sm.any(axis=-1, keepdims=True), c_max, c_null)     # (T, Lh)
+
+    c = _over_tiles(attention_logits, (h, i, s, s_mask), self.tile)       # (B, Lh)
     # Eq. (17): masked softmax over the all-scenario behaviours j; Eq. (5): R_h.
     beta = masked_softmax(c, h_mask)                                      # (B, Lh) float32
     r_h = jnp.einsum("bj,bjd->bd", beta.astype(dt), h)                    # (B, Dh)

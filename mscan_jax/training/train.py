@@ -182,8 +182,17 @@ def _init_params(model, schema, seed: int):
 
 def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: float, batch_size: int,
             sharding: NamedSharding, prefetch: int) -> dict[str, np.ndarray]:
-  """Runs `eval_fn` over `rows` (padded last batch) and returns host arrays, one row per sample."""
-  outs: dict[str, list] = {}
+  """Runs `eval_fn` over `rows` (padded last batch) and returns host arrays, one row per sample.
+
+  Memory: each batch's outputs are copied into host arrays allocated once for every row (at the
+  first batch), so no device buffer outlives its batch and no per-batch allocation stays
+  behind between the large step buffers (with `retain_host_memory` such leftovers fragment the
+  heap). At most one batch is on the devices at a time, plus the input pipeline's `prefetch`
+  host batches.
+  """
+  n_rows = max(1, -(-len(rows) // batch_size)) * batch_size     # padded to whole batches
+  outs: dict[str, np.ndarray] = {}
+  start = 0
   meta_keys = ("label", "scenario", "user_id", "sample_id", "mask", "true_like", "true_exam")
   c_arr = jnp.asarray(c, jnp.float32)
   it = pipeline.eval_batches(dataset, rows, batch_size=batch_size,
@@ -206,8 +215,12 @@ def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: floa
                            | meta.pop("sid_lo").view(np.uint32).astype(np.int64))
     res.update(meta)
     for k, v in res.items():
-      outs.setdefault(k, []).append(np.asarray(v))
-  out = {k: np.concatenate(v) for k, v in outs.items()}
+      if k not in outs:
+        outs[k] = np.empty((n_rows,) + tuple(v.shape[1:]), v.dtype)
+      outs[k][start:start + len(v)] = v              # a host copy; the device buffer is freed
+    start += len(res["mask"])
+    del batch, res
+  out = {k: v[:start] for k, v in outs.items()}
   keep = out.pop("mask") > 0
   out = {k: v[keep] for k, v in out.items()}
   out["scenario"] = out["scenario"][:, 0]

@@ -1,5 +1,6 @@
 """The trainer end to end on the tiny synthetic preset: outputs, compilations, resume, NaN stop."""
 
+import functools
 import json
 import logging
 import os
@@ -16,8 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from mscan_jax import config as config_lib
-from mscan_jax.data import datasets
+from mscan_jax import models
+from mscan_jax.data import datasets, pipeline
 from mscan_jax.training import objective, train
+from mscan_jax.training import sharding as sharding_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -75,6 +78,27 @@ def test_train_and_evaluate_compiles_each_step_once_and_writes_outputs(tmp_path)
   assert sum(l["split"] == "valid" for l in lines) == 3
   assert json.loads((run / "config.json").read_text())["model"] == "mscan"
   assert "#All" in train.format_results(results)
+
+
+def test_predict_gives_every_row_once_in_order_whatever_the_batch_size(tmp_path):
+  """predict copies each batch's outputs into host arrays: one padded batch or several (the last
+  one padded) give the same rows, in the order of `rows`, as numpy arrays."""
+  c = _tiny(tmp_path)
+  dataset = datasets.open_dataset(c.data)
+  model = models.build_model(c, dataset.schema)
+  params = train._init_params(model, dataset.schema, 0)
+  sharding = sharding_lib.data_sharding(sharding_lib.make_mesh())
+  eval_fn = jax.jit(functools.partial(train.eval_step, model=model), out_shardings=sharding)
+  rows = np.asarray(pipeline.split_rows(dataset, "test", ()))[:37]
+  n_dev = jax.device_count()
+  one, many = (train.predict(params, dataset, rows, eval_fn=eval_fn, c=0.5, batch_size=size,
+                             sharding=sharding, prefetch=2) for size in (64 * n_dev, 8 * n_dev))
+  want_ids = np.asarray(dataset.log["sample_id"])[rows]
+  assert set(one) == set(many) and {"score", "prob", "y_m", "y_s", "label"} <= set(one)
+  for k in one:
+    assert type(many[k]) is np.ndarray and len(many[k]) == len(rows), k
+    np.testing.assert_allclose(many[k], one[k], rtol=1e-6, err_msg=k)
+  np.testing.assert_array_equal(many["sample_id"], want_ids)
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
