@@ -135,12 +135,18 @@ def test_parallel_jobs_run_at_the_same_time(tmp_path, launcher, monkeypatch):
   assert sorted(s.done) == ["mscan-s0", "mscan-s1"] and s.ok
 
 
-def test_main_cli_and_settings_guard(tmp_path, launcher, capsys):
+def _table2_argv(tmp_path, launcher, *extra):
+  """(argv, out, data): the table2 grid on an (empty) built-dataset folder with a fake launcher."""
   data = tmp_path / "built"
-  data.mkdir()
+  data.mkdir(exist_ok=True)
   out = str(tmp_path / "out")
   argv = ["--grid=table2", "--dataset=aliccp", f"--data_path={data}", "--seeds=2",
-          f"--out={out}", "--launcher=" + " ".join(launcher), "--set=train.num_epochs=2"]
+          f"--out={out}", "--launcher=" + " ".join(launcher), *extra]
+  return argv, out, data
+
+
+def test_main_cli_and_settings_guard(tmp_path, launcher, capsys):
+  argv, out, data = _table2_argv(tmp_path, launcher, "--set=train.num_epochs=2")
   assert grid.main(argv) == 0
   runs = grids.build("table2", seeds=[0, 1])          # 8 M-scan runs + 3 references x 2 seeds
   assert len(runs) == 14
@@ -296,11 +302,7 @@ def test_killing_the_grid_kills_its_runs(tmp_path, launcher, how):
 
 
 def test_match_runs_a_slice_of_a_grid(tmp_path, launcher, capsys):
-  data = tmp_path / "built"
-  data.mkdir()
-  out = str(tmp_path / "out")
-  argv = ["--grid=table2", "--dataset=aliccp", f"--data_path={data}", "--seeds=2",
-          f"--out={out}", "--launcher=" + " ".join(launcher), "--match=^mscan-sbe=False-s"]
+  argv, out, _ = _table2_argv(tmp_path, launcher, "--match=^mscan-sbe=False-s")
   assert grid.main(argv) == 0
   assert sorted(os.listdir(os.path.join(out, "runs"))) == ["mscan-sbe=False-s0",
                                                            "mscan-sbe=False-s1"]
