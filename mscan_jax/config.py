@@ -245,6 +245,23 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
   return node
 
 
+def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  """config.<dotted> = value (a JSON list becomes a tuple); a ConfigError names an unknown field
+  or a value of the wrong type."""
+  *parents, leaf = dotted.split(".")
+  node: Any = config
+  try:
+    for part in parents:
+      node = node[part]
+    if leaf not in node:
+      raise KeyError(leaf)
+    node[leaf] = tuple(value) if isinstance(value, list) else value
+  except KeyError:
+    raise ConfigError(f"config.{dotted} is not a config field") from None
+  except TypeError as e:
+    raise ConfigError(f"config.{dotted}={value!r}: {e}") from None
+
+
 def integer_at_least(field: str, value: Any, low: int) -> None:
   """A ConfigError unless `value` is an integer >= `low`."""
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:

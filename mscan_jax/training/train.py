@@ -67,10 +67,16 @@ class NonFiniteLossError(DivergenceError):
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam with L2 weight decay added to the gradient (torch.optim.Adam(weight_decay=)) after a
   global-norm clip, as in the authors' configs."""
+  return optimizer(config.train.clip_norm, config.train.learning_rate, config.train.weight_decay)
+
+
+def optimizer(clip_norm: float, learning_rate, weight_decay) -> optax.GradientTransformation:
+  """`make_optimizer`'s chain; learning rate and weight decay may be traced values (population
+  training, `mscan_jax.training.population`)."""
   return optax.chain(
-      optax.clip_by_global_norm(config.train.clip_norm),
-      optax.add_decayed_weights(config.train.weight_decay),
-      optax.adam(config.train.learning_rate))
+      optax.clip_by_global_norm(clip_norm),
+      optax.add_decayed_weights(weight_decay),
+      optax.adam(learning_rate))
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, alpha: float,
@@ -525,6 +531,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _run_stage(workdir: str, subdir: str, stage_config: ml_collections.ConfigDict) -> dict:
+  return train_and_evaluate(*stage_location(workdir, subdir, stage_config))
+
+
+def stage_location(workdir: str, subdir: str, stage_config: ml_collections.ConfigDict
+                   ) -> tuple[ml_collections.ConfigDict, str]:
+  """(stage config, stage folder) of one stage of `models.stages` in the run folder `workdir`."""
   stage_dir = os.path.join(workdir, subdir) if subdir else workdir
   stage_config = stage_config.copy_and_resolve_references()
   if stage_config.train.init_from and not os.path.isabs(stage_config.train.init_from):
@@ -533,7 +545,7 @@ def _run_stage(workdir: str, subdir: str, stage_config: ml_collections.ConfigDic
     with stage_config.unlocked():
       stage_config.train.init_from = os.path.relpath(
           os.path.join(workdir, stage_config.train.init_from), stage_dir)
-  return train_and_evaluate(stage_config, stage_dir)
+  return stage_config, stage_dir
 
 
 def format_results(results: dict) -> str:
