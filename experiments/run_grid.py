@@ -64,6 +64,7 @@ from mscan_jax import config as config_lib
 from mscan_jax import models
 from mscan_jax.data import datasets
 from mscan_jax.data.schema import DataError
+from mscan_jax.training import population as population_lib
 from mscan_jax.training import rundir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +73,8 @@ RESULTS = "results.json"
 LOG = "log.txt"
 RUN_INFO = "run.json"
 GRID_INFO = "grid.json"
+POPULATION_LAUNCHER = (sys.executable, "-m", "mscan_jax.training.population")
+POPULATION_SPEC = "members.json"
 
 
 class GridError(ValueError):
@@ -101,11 +104,7 @@ def data_config(base: grids.Overrides, data_seed: int = 0):
   return config.data
 
 
-def _set(config, dotted: str, value: Any) -> None:
-  *parents, leaf = dotted.split(".")
-  for p in parents:
-    config = config[p]
-  config[leaf] = value
+_set = config_lib.set_field
 
 
 def dataset_label(base: grids.Overrides) -> str:
@@ -231,6 +230,13 @@ class Job:
   workdir: str
   overrides: grids.Overrides     # what is passed to launch.py (shared settings included)
   deps: tuple[str, ...] = ()     # names of runs that must finish first
+  # A population (`populations`): these runs, trained together in one process; `workdir` then
+  # holds the population's member list and log, and each member writes its own run folder.
+  members: tuple["Job", ...] = ()
+
+  def runs(self) -> tuple["Job", ...]:
+    """The runs this job trains: its members, or itself."""
+    return self.members or (self,)
 
 
 def _config_of(overrides: grids.Overrides):
@@ -274,9 +280,61 @@ def plan(runs: Sequence[grids.Run], runs_dir: str, base: grids.Overrides) -> lis
   return jobs
 
 
+def population_key(job: Job) -> Optional[str]:
+  """Runs with equal keys can share a population (`mscan_jax.training.population.shape_key` of
+  their one stage); None for a run of several stages, which runs alone."""
+  stages = models.stages(_config_of(job.overrides))
+  if len(stages) != 1:
+    return None
+  (subdir, stage_config), = stages
+  return f"{subdir}:{population_lib.shape_key(stage_config)}"
+
+
+def populations(jobs: Sequence[Job], size: int, populations_dir: str) -> list[Job]:
+  """`jobs` with the runs of one shape (`population_key`) grouped into populations of at most
+  `size` members, in the order of their first member; a population's dependencies are its
+  members' outside the population. size <= 1: the jobs unchanged."""
+  if size <= 1:
+    return list(jobs)
+  groups: dict[str, list[Job]] = {}
+  order: list[Any] = []
+  for job in jobs:
+    key = population_key(job)
+    if key is None:
+      order.append(job)
+      continue
+    if key not in groups or len(groups[key]) >= size:
+      key_n = f"{key}#{len(order)}"
+      groups[key_n] = []
+      order.append(key_n)
+      groups[key] = groups[key_n]      # the open group of this shape
+    groups[key].append(job)
+  out = []
+  for item in order:
+    if isinstance(item, Job):
+      out.append(item)
+      continue
+    members = tuple(groups[item])
+    if len(members) == 1:
+      out.append(members[0])
+      continue
+    names = {m.run.name for m in members}
+    deps = tuple(dict.fromkeys(d for m in members for d in m.deps if d not in names))
+    name = f"{members[0].run.name}+{len(members) - 1}"
+    out.append(Job(grids.Run(name, {}), os.path.join(populations_dir, name), {}, deps, members))
+  return out
+
+
 def command(launcher: Sequence[str], job: Job) -> list[str]:
+  if job.members:
+    return [*POPULATION_LAUNCHER, f"--spec={os.path.join(job.workdir, POPULATION_SPEC)}"]
   return [*launcher, f"--workdir={job.workdir}",
           *(f"--config.{k}={grids.format_value(v)}" for k, v in job.overrides.items())]
+
+
+def _write_population_spec(job: Job) -> None:
+  spec = [{"workdir": m.workdir, "overrides": _jsonable(m.overrides)} for m in job.members]
+  rundir.write_json_atomic(os.path.join(job.workdir, POPULATION_SPEC), spec)
 
 
 class _Children:
@@ -314,12 +372,26 @@ def _execute(launcher: Sequence[str], job: Job,
   """Runs one job: (exit code, wall seconds, CPU seconds of the process and its children)."""
   children = children or _Children()
   os.makedirs(job.workdir, exist_ok=True)
+  if job.members:
+    _write_population_spec(job)
   cmd = command(launcher, job)
   info = {"name": job.run.name, "overrides": job.run.overrides, "launch_overrides": job.overrides,
           "deps": list(job.deps), "command": cmd}
+  if job.members:
+    info["members"] = [m.run.name for m in job.members]
   info_path = os.path.join(job.workdir, RUN_INFO)
   with open(info_path, "w") as f:
     json.dump(_jsonable(info), f, indent=2)
+  member_infos = {}
+  for m in job.members:     # each member's run.json and log.txt point at the population
+    os.makedirs(m.workdir, exist_ok=True)
+    member_infos[m.workdir] = {"name": m.run.name, "overrides": m.run.overrides,
+                               "launch_overrides": m.overrides, "deps": list(m.deps),
+                               "population": job.run.name, "population_size": len(job.members)}
+    rundir.write_json_atomic(os.path.join(m.workdir, RUN_INFO), _jsonable(member_infos[m.workdir]))
+    with open(os.path.join(m.workdir, LOG), "a") as log:
+      log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} trained in the "
+                f"population {job.run.name}: log {os.path.relpath(os.path.join(job.workdir, LOG), m.workdir)}\n")
   start = time.perf_counter()
   with open(os.path.join(job.workdir, LOG), "a") as log:
     log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} "
@@ -342,6 +414,11 @@ def _execute(launcher: Sequence[str], job: Job,
   with open(info_path, "w") as f:
     json.dump(_jsonable({**info, "exit_code": rc, "wall_s": round(wall, 1),
                          "cpu_s": round(cpu, 1)}), f, indent=2)
+  for m in job.members:     # a member's share of the population's time
+    n = len(job.members)
+    rundir.write_json_atomic(os.path.join(m.workdir, RUN_INFO), _jsonable(
+        {**member_infos[m.workdir], "exit_code": rc, "wall_s": round(wall / n, 1),
+         "cpu_s": round(cpu / n, 1), "population_wall_s": round(wall, 1)}))
   return rc, wall, cpu
 
 
@@ -372,26 +449,34 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
     raise GridError(f"--jobs must be >= 1, got {num_jobs}")
   start = time.perf_counter()
   summary = Summary()
-  total = len(jobs)
+  total = sum(len(job.runs()) for job in jobs)
   finished = 0
-  status: dict[str, str] = {}          # name -> done | skipped | failed
+  status: dict[str, str] = {}          # run name -> done | skipped | failed
   pending: list[Job] = []
 
   def report(job: Job, state: str, note: str = "") -> None:
     nonlocal finished
-    finished += 1
-    status[job.run.name] = state
-    echo(f"[{finished}/{total}] {state:<7} {job.run.name}{note}")
+    for run in job.runs():
+      finished += 1
+      status[run.run.name] = state
+      echo(f"[{finished}/{total}] {state:<7} {run.run.name}{note}")
 
   for job in jobs:
-    why = rundir.unfinished_reason(job.workdir)
-    if why is None:
-      summary.skipped.append(job.run.name)
-      report(job, "skipped")
-    else:
-      if os.path.exists(os.path.join(job.workdir, RESULTS)):
-        echo(f"rerun {job.run.name}: not finished: {why}")
+    todo = []
+    for run in job.runs():
+      why = rundir.unfinished_reason(run.workdir)
+      if why is None:
+        summary.skipped.append(run.run.name)
+        report(run, "skipped")
+      else:
+        if os.path.exists(os.path.join(run.workdir, RESULTS)):
+          echo(f"rerun {run.run.name}: not finished: {why}")
+        todo.append(run)
+    if len(todo) > 1 or (todo and job.members):
+      job = dataclasses.replace(job, members=tuple(todo)) if job.members else job
       pending.append(job)
+    elif todo:
+      pending.append(todo[0])
 
   children = _Children()
   with cf.ThreadPoolExecutor(max_workers=num_jobs) as pool, _killing(children):
@@ -405,7 +490,7 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
           pending.remove(job)
           bad = [d for d in job.deps if status.get(d) == "failed"]
           why = f"dependency {', '.join(bad)} failed"
-          summary.failed.append((job.run.name, why))
+          summary.failed += [(run.run.name, why) for run in job.runs()]
           report(job, "failed", f"  ({why})")
           continue
         if all(s in ("done", "skipped") for s in dep_states):
@@ -415,7 +500,7 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
         if pending:   # dependencies that are in no job list and not finished
           for job in pending:
             why = f"dependency {', '.join(job.deps)} is not finished and not in this grid"
-            summary.failed.append((job.run.name, why))
+            summary.failed += [(run.run.name, why) for run in job.runs()]
             report(job, "failed", f"  ({why})")
           pending = []
         continue
@@ -426,17 +511,19 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
         try:
           rc, seconds, cpu = fut.result()
         except OSError as e:   # the launcher could not be started
-          summary.failed.append((job.run.name, f"{e}; log {log_path}"))
+          summary.failed += [(run.run.name, f"{e}; log {log_path}") for run in job.runs()]
           report(job, "failed", f"  ({e})")
           continue
-        unfinished = rundir.unfinished_reason(job.workdir) if rc == 0 else None
-        if rc == 0 and unfinished is None:
-          summary.done.append(job.run.name)
-          report(job, "done", f"  {seconds:.0f} s (CPU {cpu:.0f} s)")
-        else:
-          why = f"exit code {rc}" if rc != 0 else f"exit code 0 but not finished: {unfinished}"
-          summary.failed.append((job.run.name, f"{why}; log {log_path}"))
-          report(job, "failed", f"  {seconds:.0f} s  {why}; log {log_path}")
+        of = f" (population of {len(job.members)})" if job.members else ""
+        for run in job.runs():   # a population's members finish or fail one by one
+          unfinished = rundir.unfinished_reason(run.workdir)
+          if unfinished is None:
+            summary.done.append(run.run.name)
+            report(run, "done", f"  {seconds:.0f} s (CPU {cpu:.0f} s){of}")
+          else:
+            why = f"exit code {rc}" if rc != 0 else f"exit code 0 but not finished: {unfinished}"
+            summary.failed.append((run.run.name, f"{why}; log {log_path}"))
+            report(run, "failed", f"  {seconds:.0f} s  {why}; log {log_path}")
   summary.seconds = time.perf_counter() - start
   return summary
 
@@ -492,6 +579,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("out", None, "Output folder.", required=True, **d)
   flags.DEFINE_string("launcher", "", "Command that runs one config (default: this Python and "
                       "launch.py); for tests.", **d)
+  flags.DEFINE_integer("population", 0, "Train up to P runs of one shape together, as one "
+                       "vmapped program in one process (mscan_jax.training.population); 0 or 1: "
+                       "one process per run.", lower_bound=0, **d)
   flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.", **d)
   flags.DEFINE_string("match", "", "Only the runs whose name matches this regular expression "
                       "(a slice of a grid; its sibling runs are added as needed).", **d)
@@ -549,7 +639,8 @@ def main(argv: Sequence[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   launcher = shlex.split(a.launcher) if a.launcher else list(DEFAULT_LAUNCHER)
-  jobs = plan(runs, os.path.join(a.out, "runs"), base)
+  jobs = populations(plan(runs, os.path.join(a.out, "runs"), base), a.population,
+                     os.path.join(a.out, "populations"))
   if a.dry_run:
     for job in jobs:
       print(shlex.join(command(launcher, job)))

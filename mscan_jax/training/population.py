@@ -296,9 +296,8 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
       st.ckpt.close()
       continue
     st.state, st.best_params = _take(state, i), _take(best, i)
-    res = train._test_and_write(st)
-    res["population"] = {"size": n, "member": i, "member_examples_per_s": member_ex_s}
-    results[i] = res
+    results[i] = train._test_and_write(st, {"population": {
+        "size": n, "member": i, "member_examples_per_s": round(member_ex_s, 1)}})
   return results
 
 

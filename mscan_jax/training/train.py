@@ -495,8 +495,9 @@ def _train(st: _Stage) -> None:
       bar.close()
 
 
-def _test_and_write(st: _Stage) -> dict:
-  """Test with the best-validation parameters; predictions, then results.json (last)."""
+def _test_and_write(st: _Stage, extra: dict | None = None) -> dict:
+  """Test with the best-validation parameters; predictions, then results.json (last), with
+  `extra` entries added (a population member's)."""
   config = st.config
   pred = predict(st.best_params, st.dataset, st.rows["test"], **st.eval_kwargs)
   results = {"model": config.model, "dataset": datasets.label(config.data), "seed": config.seed,
@@ -509,6 +510,7 @@ def _test_and_write(st: _Stage) -> dict:
     # Model-free reference rows on the same test split, computed when the data was built
     # (the synthetic benchmark): the training split's item click rate and the oracles.
     results["reference_auc"] = refs
+  results.update(extra or {})
   results["outputs"] = [rundir.CONFIG] + ([rundir.PREDICTIONS] if config.train.export_predictions
                                            else [])
   if st.is_main:   # results.json last: the run's only completion marker
