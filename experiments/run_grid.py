@@ -34,7 +34,17 @@ scenario), and its own run starts from it (`train.init_from=../<sibling>`) after
 (a dependency; a failed sibling fails its dependants).
 
 `DIR/grid.json` records the shared settings; a second call with other settings on the same DIR is
-refused, so one folder never mixes datasets or sizes.
+refused, so one folder never mixes datasets or sizes. Several calls may share DIR at once: the
+check holds a lock and the file is replaced atomically.
+
+GPU hosts (`experiments.placement`): `--devices=0,1,2,3|auto` gives each run a device (or a group
+of `--devices_per_run`) as its CUDA_VISIBLE_DEVICES; `--gpu_memory=auto|fraction|grow` sets the
+memory share of the runs sharing a device; a run whose log says it ran out of memory is reported
+as `oom`. On a CPU host these flags set nothing.
+
+Job arrays (`experiments.sharding`): `--task_index=I --num_tasks=N` (default: the SLURM array's
+SLURM_ARRAY_TASK_ID, _MIN, _COUNT) runs task I's share of the grid: a deterministic split,
+balanced by expected cost, a Finetune and its Mix run in one task.
 """
 
 from __future__ import annotations
