@@ -54,6 +54,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
 import re
@@ -192,7 +193,6 @@ def check_or_write_grid_info(out: str, info: dict) -> None:
 @contextlib.contextmanager
 def _locked(path: str):
   """An exclusive advisory lock on `path` (flock; a no-op where the file system has none)."""
-  import fcntl
   with open(path, "a") as f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX)

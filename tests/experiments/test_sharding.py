@@ -168,3 +168,32 @@ def test_two_tasks_in_two_processes_fill_one_folder(tmp_path, launcher):
   again = _task([*common, f"--out={shared}"], 1)
   assert again.communicate(timeout=60)[0].count("skipped (already finished)") == 1
   assert again.returncode == 0
+
+
+def test_grid_info_written_once_by_concurrent_tasks(tmp_path):
+  """Eight writers at once with the same info: one grid.json, as written, no temporary file left;
+  a later writer with the same info does not rewrite it; other shared settings are refused."""
+  import threading
+  out = str(tmp_path / "out")
+  info = {"dataset": "synthetic-tiny", "size": "tiny", "shared": {"train.num_epochs": 2},
+          "grids": ["table2"], "scenarios": [], "data_seeds": [0]}
+  errors = []
+  def write():
+    try:
+      grid.check_or_write_grid_info(out, info)
+    except Exception as e:      # noqa: BLE001  (reported below)
+      errors.append(e)
+  threads = [threading.Thread(target=write) for _ in range(8)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors
+  path = os.path.join(out, "grid.json")
+  assert json.load(open(path)) == info
+  assert sorted(os.listdir(out)) == ["grid.json", "grid.json.lock"]
+  before = os.stat(path).st_mtime_ns
+  grid.check_or_write_grid_info(out, info)
+  assert os.stat(path).st_mtime_ns == before
+  with pytest.raises(grid.GridError, match="train.num_epochs"):
+    grid.check_or_write_grid_info(out, {**info, "shared": {"train.num_epochs": 3}})
