@@ -13,7 +13,7 @@ import pytest
 from experiments import grids
 from experiments import run_grid as grid
 from experiments import sharding
-from test_run_grid import FAKE, launcher  # noqa: F401  (the fake launch.py and its fixture)
+from test_run_grid import launcher  # noqa: F401  (the fake launch.py, a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
