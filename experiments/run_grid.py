@@ -34,7 +34,17 @@ scenario), and its own run starts from it (`train.init_from=../<sibling>`) after
 (a dependency; a failed sibling fails its dependants).
 
 `DIR/grid.json` records the shared settings; a second call with other settings on the same DIR is
-refused, so one folder never mixes datasets or sizes.
+refused, so one folder never mixes datasets or sizes. Several calls may share DIR at once: the
+check holds a lock and the file is replaced atomically.
+
+GPU hosts (`experiments.placement`): `--devices=0,1,2,3|auto` gives each run a device (or a group
+of `--devices_per_run`) as its CUDA_VISIBLE_DEVICES; `--gpu_memory=auto|fraction|grow` sets the
+memory share of the runs sharing a device; a run whose log says it ran out of memory is reported
+as `oom`. On a CPU host these flags set nothing.
+
+Job arrays (`experiments.sharding`): `--task_index=I --num_tasks=N` (default: the SLURM array's
+SLURM_ARRAY_TASK_ID, _MIN, _COUNT) runs task I's share of the grid: a deterministic split,
+balanced by expected cost, a Finetune and its Mix run in one task.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
 import re
@@ -60,6 +71,8 @@ import numpy as np
 from absl import flags
 
 from experiments import grids
+from experiments import placement as placement_lib
+from experiments import sharding
 from mscan_jax import config as config_lib
 from mscan_jax import models
 from mscan_jax.data import datasets
@@ -166,11 +179,47 @@ _NOT_COMPARED = ("data.cache_dir", "data.prefetch", "train.progress")
 
 
 def check_or_write_grid_info(out: str, info: dict) -> None:
-  """Writes DIR/grid.json, or checks that an existing one has the same shared settings."""
+  """Writes DIR/grid.json, or checks that an existing one has the same shared settings.
+
+  Several processes may call this on one folder at once (the tasks of a job array): the check
+  and the write hold a lock on DIR/grid.json.lock (where the file system has locks), the file is
+  replaced atomically (a reader never sees half of it), and the same info is not written again."""
+  os.makedirs(out, exist_ok=True)
+  with _locked(os.path.join(out, GRID_INFO + ".lock")):
+    _check_or_write_grid_info(out, info)
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+  """An exclusive advisory lock on `path` (flock; a no-op where the file system has none)."""
+  with open(path, "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:
+      pass
+    yield
+
+
+def write_json_atomically(path: str, obj: Any) -> None:
+  """Writes `obj` as JSON to a temporary file beside `path`, then renames it into place."""
+  tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _check_or_write_grid_info(out: str, info: dict) -> None:
   path = os.path.join(out, GRID_INFO)
+  old = None
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except json.JSONDecodeError as e:
+      raise GridError(f"{path} cannot be read ({e}); remove it to start the folder's settings "
+                      "afresh") from None
     before, now = old.get("shared", {}), _jsonable(info["shared"])
     diff = sorted(k for k in set(before) | set(now)
                   if k not in _NOT_COMPARED and before.get(k) != now.get(k))
@@ -179,9 +228,9 @@ def check_or_write_grid_info(out: str, info: dict) -> None:
                       f"{path}); use another --out or the same settings")
     info = {**old, **info, "grids": sorted(set(old.get("grids", [])) | set(info["grids"])),
             "scenarios": sorted(set(old.get("scenarios", [])) | set(info.get("scenarios", [])))}
-  os.makedirs(out, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(_jsonable(info), f, indent=2)
+  info = _jsonable(info)
+  if info != old:
+    write_json_atomically(path, info)
 
 
 # ----------------------------------------------------------------------------- scenarios
@@ -367,16 +416,18 @@ class _Children:
           pass
 
 
-def _execute(launcher: Sequence[str], job: Job,
-             children: Optional[_Children] = None) -> tuple[int, float, float]:
-  """Runs one job: (exit code, wall seconds, CPU seconds of the process and its children)."""
+def _execute(launcher: Sequence[str], job: Job, children: Optional[_Children] = None,
+             env: Optional[dict[str, str]] = None) -> tuple[int, float, float]:
+  """Runs one job: (exit code, wall seconds, CPU seconds of the process and its children).
+  `env`: variables added to the child's environment (its devices and memory share)."""
   children = children or _Children()
+  env = dict(env or {})
   os.makedirs(job.workdir, exist_ok=True)
   if job.members:
     _write_population_spec(job)
   cmd = command(launcher, job)
   info = {"name": job.run.name, "overrides": job.run.overrides, "launch_overrides": job.overrides,
-          "deps": list(job.deps), "command": cmd}
+          "deps": list(job.deps), "command": cmd, **({"env": env} if env else {})}
   if job.members:
     info["members"] = [m.run.name for m in job.members]
   info_path = os.path.join(job.workdir, RUN_INFO)
@@ -397,8 +448,12 @@ def _execute(launcher: Sequence[str], job: Job,
     log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} "
               f"{shlex.join(cmd)}\n")
     log.flush()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", rundir.PARENT_ENV: str(os.getpid())}
-    proc = children.start(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+    if env:
+      log.write(f"=== env {' '.join(f'{k}={v}' for k, v in sorted(env.items()))}\n")
+      log.flush()
+    child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1",
+                 rundir.PARENT_ENV: str(os.getpid())}
+    proc = children.start(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
                           stdin=subprocess.DEVNULL)
     try:
       _, status, usage = os.wait4(proc.pid, 0)   # this child's own CPU time, also with K jobs
@@ -427,31 +482,51 @@ class Summary:
   done: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)
   failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (name, why + log)
+  oom: list[tuple[str, str]] = dataclasses.field(default_factory=list)      # out of memory
   seconds: float = 0.0
 
   @property
   def ok(self) -> bool:
-    return not self.failed
+    return not self.failed and not self.oom
 
   def format(self) -> str:
     lines = [f"{len(self.done)} done, {len(self.skipped)} skipped (already finished), "
-             f"{len(self.failed)} failed, in {self.seconds:.0f} s"]
+             f"{len(self.failed)} failed" + (f", {len(self.oom)} out of memory" if self.oom else "")
+             + f", in {self.seconds:.0f} s"]
     lines += [f"  FAILED {name}: {why}" for name, why in self.failed]
+    lines += [f"  OOM {name}: {why}" for name, why in self.oom]
+    if self.oom:
+      lines.append("  (out of memory: not retried; fewer runs per device (--jobs, "
+                   "--devices_per_run) or a smaller batch, then run the grid again)")
     return "\n".join(lines)
 
 
+def _log_since(path: str, offset: int, limit: int = 1 << 20) -> str:
+  """What a run's log gained after `offset` (its last `limit` bytes), as text."""
+  try:
+    with open(path, "rb") as f:
+      f.seek(max(offset, os.path.getsize(path) - limit))
+      return f.read().decode("utf-8", "replace")
+  except OSError:
+    return ""
+
+
 def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER, num_jobs: int = 1,
-             echo: Callable[[str], None] = print) -> Summary:
+             echo: Callable[[str], None] = print,
+             placement: Optional[placement_lib.Placement] = None) -> Summary:
   """Runs `jobs` (K at a time, dependencies first); finished ones are skipped
-  (`rundir.unfinished_reason`). If this call stops on an exception (Ctrl-C, a signal turned into
-  SystemExit by `main`), the running children's process groups are killed first."""
+  (`rundir.unfinished_reason`). `placement` gives each child its devices and memory share
+  (`experiments.placement`; None: the parent's environment). A failed run whose log says it ran
+  out of memory is reported as `oom` (not retried, like any failure in this call). If this call
+  stops on an exception (Ctrl-C, a signal turned into SystemExit by `main`), the running
+  children's process groups are killed first."""
   if num_jobs < 1:
     raise GridError(f"--jobs must be >= 1, got {num_jobs}")
   start = time.perf_counter()
   summary = Summary()
   total = sum(len(job.runs()) for job in jobs)
   finished = 0
-  status: dict[str, str] = {}          # run name -> done | skipped | failed
+  status: dict[str, str] = {}          # run name -> done | skipped | failed | oom
   pending: list[Job] = []
 
   def report(job: Job, state: str, note: str = "") -> None:
@@ -480,22 +555,25 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
 
   children = _Children()
   with cf.ThreadPoolExecutor(max_workers=num_jobs) as pool, _killing(children):
-    running: dict[cf.Future, Job] = {}
+    running: dict[cf.Future, tuple[Job, Optional[int], int]] = {}   # job, device slot, log offset
     while pending or running:
       for job in list(pending):
         if len(running) >= num_jobs:
           break
         dep_states = [status.get(d) for d in job.deps]
-        if any(s == "failed" for s in dep_states):
+        if any(s in ("failed", "oom") for s in dep_states):
           pending.remove(job)
-          bad = [d for d in job.deps if status.get(d) == "failed"]
+          bad = [d for d in job.deps if status.get(d) in ("failed", "oom")]
           why = f"dependency {', '.join(bad)} failed"
           summary.failed += [(run.run.name, why) for run in job.runs()]
           report(job, "failed", f"  ({why})")
           continue
         if all(s in ("done", "skipped") for s in dep_states):
           pending.remove(job)
-          running[pool.submit(_execute, launcher, job, children)] = job
+          log_path = os.path.join(job.workdir, LOG)
+          offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+          slot, env = placement.acquire() if placement else (None, {})
+          running[pool.submit(_execute, launcher, job, children, env)] = (job, slot, offset)
       if not running:
         if pending:   # dependencies that are in no job list and not finished
           for job in pending:
@@ -506,7 +584,9 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
         continue
       finished_now, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
       for fut in finished_now:
-        job = running.pop(fut)
+        job, slot, offset = running.pop(fut)
+        if placement:
+          placement.release(slot)
         log_path = os.path.join(job.workdir, LOG)
         try:
           rc, seconds, cpu = fut.result()
@@ -522,8 +602,10 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
             report(run, "done", f"  {seconds:.0f} s (CPU {cpu:.0f} s){of}")
           else:
             why = f"exit code {rc}" if rc != 0 else f"exit code 0 but not finished: {unfinished}"
-            summary.failed.append((run.run.name, f"{why}; log {log_path}"))
-            report(run, "failed", f"  {seconds:.0f} s  {why}; log {log_path}")
+            state = placement_lib.classify_failure(rc, _log_since(log_path, offset))
+            (summary.oom if state == "oom" else summary.failed).append(
+                (run.run.name, f"{why}; log {log_path}"))
+            report(run, state, f"  {seconds:.0f} s  {why}; log {log_path}")
   summary.seconds = time.perf_counter() - start
   return summary
 
@@ -585,6 +667,20 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.", **d)
   flags.DEFINE_string("match", "", "Only the runs whose name matches this regular expression "
                       "(a slice of a grid; its sibling runs are added as needed).", **d)
+  # Accelerators (experiments.placement).
+  flags.DEFINE_string("devices", "", "GPUs to spread the runs over, e.g. 0,1,2,3, or auto (the "
+                      "parent's CUDA_VISIBLE_DEVICES, else nvidia-smi's list; none on a CPU "
+                      "host); each run gets its own group as CUDA_VISIBLE_DEVICES. Without "
+                      "--jobs: one run per group at a time.", **d)
+  flags.DEFINE_integer("devices_per_run", 1, "GPUs per run with --devices.", lower_bound=1, **d)
+  flags.DEFINE_enum("gpu_memory", "auto", list(placement_lib.MEMORY_MODES), "Memory of the runs "
+                    "sharing a GPU: fraction (XLA_PYTHON_CLIENT_MEM_FRACTION=0.9/K), grow "
+                    "(XLA_PYTHON_CLIENT_PREALLOCATE=false), auto (fraction when K > 1).", **d)
+  # Job arrays (experiments.sharding).
+  flags.DEFINE_integer("task_index", None, "This task's share of the grid, 0..num_tasks-1 "
+                       "(default: from SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_MIN).", **d)
+  flags.DEFINE_integer("num_tasks", None, "Tasks the grid is split into (default: "
+                       "SLURM_ARRAY_TASK_COUNT, else 1).", **d)
 
 
 def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
@@ -618,6 +714,13 @@ def main(argv: Sequence[str]) -> int:
       scenarios = choose_scenarios(counts)
       print(f"target scenarios: {scenarios} (test samples: "
             f"{ {s: counts[s] for s in scenarios} })")
+    task_index, num_tasks = sharding.resolve_task(a.task_index, a.num_tasks, os.environ)
+    num_jobs = a.jobs
+    placement = placement_lib.make_placement(
+        devices=a.devices, devices_per_run=a.devices_per_run, num_jobs=num_jobs,
+        memory=a.gpu_memory, environ=os.environ)
+    if placement.groups and not a["jobs"].present:
+      num_jobs = placement.num_jobs = len(placement.groups)      # one run per device group
     runs = grids.build(a.grid, seeds=range(a.seeds), scenarios=scenarios, data_seeds=data_seeds,
                        with_truth=has_truth(base), baselines=a.baselines)
     if a.match:
@@ -635,20 +738,29 @@ def main(argv: Sequence[str]) -> int:
       if not datasets.get_spec(a.dataset).needs_path:
         for d in data_seeds:   # generate the data once here, not in K runs at the same time
           dataset_path_for(base, d)
-  except (GridError, config_lib.ConfigError, DataError) as e:   # a bug keeps its traceback
+  except (GridError, config_lib.ConfigError, DataError, sharding.ShardError,
+          placement_lib.PlacementError) as e:                       # a bug keeps its traceback
     print(f"error: {e}", file=sys.stderr)
     return 2
   launcher = shlex.split(a.launcher) if a.launcher else list(DEFAULT_LAUNCHER)
-  jobs = populations(plan(runs, os.path.join(a.out, "runs"), base), a.population,
-                     os.path.join(a.out, "populations"))
+  jobs = plan(runs, os.path.join(a.out, "runs"), base)
+  if num_tasks > 1:
+    share = sharding.assign(jobs, num_tasks)[task_index]
+    print(sharding.describe(share, jobs, task_index, num_tasks))
+    jobs = share
+  jobs = populations(jobs, a.population, os.path.join(a.out, "populations"))
   if a.dry_run:
     for job in jobs:
       print(shlex.join(command(launcher, job)))
     return 0
-  print(f"{len(jobs)} runs of grid {a.grid} on {dataset_label(base)} (size {size}) -> {a.out}, "
-        f"{a.jobs} at a time")
+  n_pop = sum(1 for job in jobs if job.members)
+  print(f"{sum(len(job.runs()) for job in jobs)} runs of grid {a.grid} on {dataset_label(base)} "
+        f"(size {size}) -> {a.out}, {num_jobs} at a time"
+        + (f"; {n_pop} populations of up to {a.population}" if n_pop else ""))
+  if a.devices or placement.gpu:
+    print(placement.describe())
   with _signals_exit():
-    summary = run_jobs(jobs, launcher=launcher, num_jobs=a.jobs)
+    summary = run_jobs(jobs, launcher=launcher, num_jobs=num_jobs, placement=placement)
   print(summary.format())
   return 0 if summary.ok else 1
 

@@ -24,8 +24,17 @@ FAKE = textwrap.dedent("""
     with open(os.path.join(wd, "calls.txt"), "a") as f:
       f.write(" ".join(sys.argv[1:]) + "\\n")
     print("fake run", os.path.basename(wd))
+    with open(os.path.join(wd, "env.txt"), "a") as f:      # the devices and memory share it got
+      f.write(" ".join(f"{k}={os.environ[k]}" for k in ("CUDA_VISIBLE_DEVICES",
+              "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
+              if k in os.environ) + "\\n")
     if args.get("config.mscan.alpha") == "0.3" or args.get("config.model") == "fail":
       print("boom: this run fails"); sys.exit(3)
+    if args.get("config.model") == "oom":
+      print("jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory"); sys.exit(1)
+    init = args.get("config.train.init_from")
+    if init and not os.path.exists(os.path.join(wd, init, "results.json")):
+      print("the run it starts from is not finished"); sys.exit(5)
     if args.get("config.seed") == "0" and os.environ.get("FAKE_BARRIER"):
       # Seed 0 and seed 1 runs wait for each other: passes only if they run at the same time.
       open(os.path.join(os.environ["FAKE_BARRIER"], os.path.basename(wd)), "w").close()
@@ -308,3 +317,67 @@ def test_match_runs_a_slice_of_a_grid(tmp_path, launcher, capsys):
                                                            "mscan-sbe=False-s1"]
   assert grid.main(argv[:-1] + ["--match=^nothing"]) == 2
   assert "selects no run" in capsys.readouterr().err
+
+
+def test_out_of_memory_is_reported_as_oom_not_retried(tmp_path, launcher):
+  """A run whose log says RESOURCE_EXHAUSTED is `oom` (with its log), its dependants fail, the
+  other runs finish, and nothing is started twice in the call."""
+  mix = grids.Run("mix-s0", {"model": "oom", "seed": 0})
+  ft = grids.Run("finetune-scenario=1-s0", {"model": "finetune", "seed": 0})
+  other = grids.Run("mscan-s0", {"model": "mscan", "seed": 0})
+  jobs = [grid.Job(mix, str(tmp_path / "mix-s0"), dict(mix.overrides)),
+          grid.Job(ft, str(tmp_path / "ft"), dict(ft.overrides), deps=("mix-s0",)),
+          grid.Job(other, str(tmp_path / "mscan-s0"), dict(other.overrides))]
+  lines = []
+  s = grid.run_jobs(jobs, launcher=launcher, num_jobs=1, echo=lines.append)
+  log = str(tmp_path / "mix-s0" / "log.txt")
+  assert [n for n, _ in s.oom] == ["mix-s0"] and log in s.oom[0][1]
+  assert s.failed == [("finetune-scenario=1-s0", "dependency mix-s0 failed")]
+  assert s.done == ["mscan-s0"] and not s.ok
+  assert any(line.startswith("[1/3] oom") for line in lines)
+  assert "1 out of memory" in s.format() and f"OOM mix-s0: exit code 1; log {log}" in s.format()
+  assert len(_calls(str(tmp_path / "mix-s0"))) == 1
+  # An ordinary failure after an OOM in the same log is a failure: only this attempt's lines count.
+  jobs[0] = grid.Job(grids.Run("mix-s0", {"model": "fail"}), jobs[0].workdir, {"model": "fail"})
+  s2 = grid.run_jobs(jobs[:1], launcher=launcher, num_jobs=1, echo=lambda _: None)
+  assert [n for n, _ in s2.failed] == ["mix-s0"] and not s2.oom
+
+
+def test_devices_spread_the_runs_and_share_memory(tmp_path, launcher, monkeypatch):
+  """Two devices, two runs at a time: the two runs that meet at the barrier run on different
+  devices; four runs on one device with --jobs=2 get half of 0.9 each."""
+  from experiments import placement
+  barrier = tmp_path / "barrier"
+  barrier.mkdir()
+  monkeypatch.setenv("FAKE_BARRIER", str(barrier))
+  jobs = grid.plan(grids.build("c", seeds=[0, 1]), str(tmp_path / "runs"), {})
+  p = placement.make_placement(devices="0,1", devices_per_run=1, num_jobs=2, memory="auto",
+                               environ={}, list_gpus=lambda: [])
+  s = grid.run_jobs(jobs, launcher=launcher, num_jobs=2, echo=lambda _: None, placement=p)
+  assert s.ok
+  envs = {j.run.name: open(os.path.join(j.workdir, "env.txt")).read().strip() for j in jobs}
+  assert sorted(envs.values()) == ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]
+  assert json.load(open(os.path.join(jobs[0].workdir, "run.json")))["env"] in (
+      {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"})
+  monkeypatch.delenv("FAKE_BARRIER")
+  jobs = grid.plan(grids.build("alpha", seeds=[0]), str(tmp_path / "one"), {})
+  p = placement.make_placement(devices="3", devices_per_run=1, num_jobs=2, memory="auto",
+                               environ={}, list_gpus=lambda: [])
+  assert grid.run_jobs(jobs, launcher=launcher, num_jobs=2, echo=lambda _: None, placement=p).failed
+  for j in jobs:
+    assert open(os.path.join(j.workdir, "env.txt")).read().split() == [
+        "CUDA_VISIBLE_DEVICES=3", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.450"]
+
+
+def test_cpu_host_devices_auto_changes_nothing(tmp_path, launcher, capsys, monkeypatch):
+  """On a CPU host (no CUDA_VISIBLE_DEVICES, no GPU listed) --devices=auto and --gpu_memory set
+  nothing in the children's environment."""
+  from experiments import placement
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+  monkeypatch.setattr(placement, "nvidia_smi_gpus", lambda timeout=20.0: [])
+  argv, out, _ = _table2_argv(tmp_path, launcher, "--match=^mscan-s", "--devices=auto",
+                              "--jobs=2", "--gpu_memory=grow")
+  assert grid.main(argv) == 0
+  assert "no GPU found" in capsys.readouterr().out
+  for name in ("mscan-s0", "mscan-s1"):
+    assert open(os.path.join(out, "runs", name, "env.txt")).read() == "\n"
