@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.throughput                        # both shapes, both paths
     .venv/bin/python -m benchmarks.throughput --shapes=aliccp --impls=factored --steps=10
+    .venv/bin/python -m benchmarks.throughput --impls=factored --backwards=max,autodiff --rounds=3
     .venv/bin/python -m benchmarks.throughput --breakdown            # + where a step's time goes
     .venv/bin/python benchmarks/throughput.py --dtypes=float32,bfloat16 --json_out=tp.json
 
@@ -20,7 +21,7 @@ caps every table at 10,000 rows):
 Model: embedding 32, matching FFN [512, 256], attention FFN [200, 80], scenario FFN [64],
 history context on (the defaults of `mscan_jax.config`); batch 1024.
 
-For each (shape, co-attention path, dtype): compile time of the train and eval steps, train and
+For each (shape, co-attention path and backward pass, dtype): compile time of the train and eval steps, train and
 inference examples/s (after a warm-up step, median of --repeats timings of --steps steps each),
 the step's memory (XLA's buffer assignment: arguments + outputs + temporaries - donated; and the
 device's peak where the backend reports it), and the achieved FLOP/s next to the machine's
@@ -29,8 +30,12 @@ measured matrix-multiply FLOP/s (an (N, N) @ (N, N) product in the same dtype).
 FLOPs are counted analytically per example from the parameter shapes: the multiply-adds of every
 matrix product (2 FLOPs each), i.e. the GRU (Eq. 4), the co-attention FFN (Eq. 15) on Lh x Ls
 pairs plus Lh fallback scores, the read-out (Eq. 5) and the two towers (Eq. 6-7); elementwise
-work is not counted. A training example costs 3x its forward pass (backward = 2x forward).
-XLA's own count (`cost_analysis`) is printed beside it; it counts elementwise work too, and a
+work is not counted. A training example counts what the path runs (`mscan_train_flops`): 3x
+the forward pass (backward = 2x forward), except for the co-attention's logits (Eq. 14-16):
+with backward "autodiff" 3x their forward, plus one more forward where the batch is tiled
+(`jax.checkpoint` recomputes a tile); with "max" one forward of every pair (no gradient)
+plus 3x the forward of the Lh selected pairs and Lh fallback scores (recomputed, then
+differentiated). XLA's own count (`cost_analysis`) is printed beside it; it counts elementwise work too, and a
 `scan` body once, not Ls times.
 
 `--profile` traces two factored training steps with `jax.profiler` and prints the operations
@@ -40,6 +45,10 @@ from (HLO metadata): the per-op profile of one step.
 `--retain_host_memory` calls `distributed.retain_host_memory()` before JAX starts: XLA:CPU's
 per-step temporaries then reuse the same pages instead of page-faulting fresh ones every step
 (the CPU time and page faults per step are printed for each training run).
+
+`--rounds=N` repeats the timings of every (shape, path, dtype) in N alternating rounds after
+compiling them all (so that the noise of a shared machine hits each alike); the median over
+every round is reported.
 
 `--breakdown` times variants of the factored training step to show where its time goes:
 forward only, forward + backward (no optimizer), the full step, the step without the
@@ -123,6 +132,8 @@ def make_schema(name: str, vocab: str = "full") -> Schema:
 def make_config(impl: str, dtype: str, batch: int, **mscan) -> Any:
   c = config_lib.get_config()
   c.mscan.coattention = impl
+  if impl == "pairwise":            # the literal Eq. (15) is differentiated as written
+    c.mscan.coattention_backward = "autodiff"
   c.dtype = dtype
   c.train.batch_size = batch
   for k, v in mscan.items():
@@ -138,28 +149,59 @@ def _dense_flops(layer: dict) -> int:
   return 2 * int(np.prod(k.shape)) if k is not None else 0
 
 
+def _coattention_flops(ca: dict, schema: Schema, impl: str, d_in: int) -> dict[str, int]:
+  """Matrix-product FLOPs of one example's co-attention (Eq. 14-17, 5), by piece: `first` the
+  first layer on every pair (Eq. 15; factored: the O(Lh + Ls) products), `tail` the rest of
+  the FFN on one pair, `readout` R_h (Eq. 5), `pairs` Lh x Ls, `lh` Lh."""
+  ls, lh = schema.max_cur_len, schema.max_all_len
+  d_cat, h0 = ca["kernel_0"].shape                                          # Dh + Di + Ds
+  d_i = d_s = d_in                                                          # i, s_bk: Fi * D
+  d_h = d_cat - d_i - d_s
+  if impl == "pairwise":                                                    # Eq. (15) as written
+    first = 2 * (lh * ls + lh) * d_cat * h0
+  else:                                                                     # factored first layer
+    first = 2 * (lh * d_h + d_i + ls * d_s) * h0
+  tail = sum(_dense_flops(v) for k, v in ca.items() if k.startswith("Dense_") or k == "score")
+  return {"first": first, "tail": tail, "readout": 2 * lh * d_h, "pairs": lh * ls, "lh": lh}
+
+
 def mscan_forward_flops(params: dict, schema: Schema, impl: str) -> dict[str, int]:
   """Matrix-product FLOPs of one example's forward pass, per part, from the parameter shapes."""
-  ls, lh = schema.max_cur_len, schema.max_all_len
+  ls = schema.max_cur_len
   out = {}
   gru = params["scenario_encoder"]
   d_in, three_h = gru["kernel_in"].shape
   h = three_h // 3
   out["gru"] = ls * 2 * (d_in * three_h + h * three_h)                     # Eq. (4), Ls steps
   if "coattention" in params:
-    ca = params["coattention"]
-    d_cat, h0 = ca["kernel_0"].shape                                        # Dh + Di + Ds
-    d_i = d_s = d_in                                                        # i, s_bk: Fi * D
-    d_h = d_cat - d_i - d_s
-    pairs = lh * ls
-    if impl == "pairwise":                                                  # Eq. (15) as written
-      first = 2 * (pairs + lh) * d_cat * h0
-    else:                                                                   # factored first layer
-      first = 2 * (lh * d_h + d_i + ls * d_s) * h0
-    tail = sum(_dense_flops(v) for k, v in ca.items() if k.startswith("Dense_") or k == "score")
-    out["coattention"] = first + (pairs + lh) * tail + 2 * lh * d_h         # + R_h, Eq. (5)
+    f = _coattention_flops(params["coattention"], schema, impl, d_in)
+    out["coattention"] = f["first"] + (f["pairs"] + f["lh"]) * f["tail"] + f["readout"]
   out["towers"] = sum(_dense_flops(v) for tower in ("matching_tower", "scenario_tower")
                       for v in params.get(tower, {}).values())              # Eq. (6), (7)
+  return out
+
+
+def mscan_train_flops(params: dict, schema: Schema, impl: str, backward: str,
+                      tiled: bool) -> dict[str, int]:
+  """Matrix-product FLOPs of one example's training step as the path runs it, per part.
+
+  Every part costs 3x its forward (backward = 2x forward) but the co-attention's logits
+  (Eq. 14-16): backward "autodiff" (and the pairwise path) 3x their forward, + 1x where `tiled`
+  (each tile's forward is recomputed under `jax.checkpoint`); backward "max" (factored path)
+  the forward of every pair once, without gradient, + 3x the forward of the selected pairs
+  (j, k*_j) and the fallback scores (Lh + Lh FFNs on top of the factored first layer).
+  """
+  fwd = mscan_forward_flops(params, schema, impl)
+  out = {k: 3 * v for k, v in fwd.items()}
+  if "coattention" in params:
+    d_in = params["scenario_encoder"]["kernel_in"].shape[0]
+    f = _coattention_flops(params["coattention"], schema, impl, d_in)
+    logits = fwd["coattention"] - f["readout"]                              # all pairs + fallback
+    if backward == "max" and impl == "factored":
+      selected = f["first"] + 2 * f["lh"] * f["tail"]                       # (j, k*_j) + fallback
+      out["coattention"] = logits + 3 * selected + 3 * f["readout"]
+    else:
+      out["coattention"] = (3 + int(tiled)) * logits + 3 * f["readout"]
   return out
 
 
@@ -257,68 +299,77 @@ class Setup:
                    out_shardings=sharding.data_sharding(self.mesh))
 
 
-def bench_one(shape: str, impl: str, dtype: str, args) -> dict:
-  config = make_config(impl, dtype, args.batch)
-  schema = make_schema(shape, args.vocab)
-  t0 = time.perf_counter()
-  s = Setup.build(schema, config, args.batch)
-  setup_s = time.perf_counter() - t0
-  steps = args.steps
-  if impl == "pairwise" and args.pairwise_steps > 0:
-    steps = args.pairwise_steps
-  rec: dict[str, Any] = {"shape": shape, "impl": impl, "dtype": dtype, "batch": args.batch,
-                         "steps": steps, "repeats": args.repeats, "setup_s": setup_s,
-                         "num_params": int(sum(x.size for x in jax.tree.leaves(s.state.params)))}
+class Bench:
+  """One (shape, co-attention path, backward pass, dtype): built and compiled by `__init__`,
+  timed by `time_round` (called once per round), summarised by `record`."""
 
-  # Training.
-  t0 = time.perf_counter()
-  step = s.train_fn(config).lower(s.state, s.batch).compile()
-  rec["compile_train_s"] = time.perf_counter() - t0
-  cost = _cost(step)
-  rec["xla_train_flops_per_example"] = cost.get("flops", float("nan")) / args.batch
-  rec["train_memory_bytes"] = _memory_bytes(step)
-  state = s.state
-  state, m = step(state, s.batch)                              # warm-up
-  jax.block_until_ready(m)
+  def __init__(self, shape: str, impl: str, backward: str, dtype: str, args):
+    config = make_config(impl, dtype, args.batch, coattention_backward=backward)
+    self.schema = make_schema(shape, args.vocab)
+    t0 = time.perf_counter()
+    s = Setup.build(self.schema, config, args.batch)
+    setup_s = time.perf_counter() - t0
+    self.steps = args.steps
+    if impl == "pairwise" and args.pairwise_steps > 0:
+      self.steps = args.pairwise_steps
+    self.args, self.impl, self.backward = args, impl, config.mscan.coattention_backward
+    self.tiled = 0 < config.mscan.coattention_tile < args.batch
+    self.rec: dict[str, Any] = {
+        "shape": shape, "impl": impl, "backward": self.backward, "dtype": dtype,
+        "batch": args.batch, "steps": self.steps, "repeats": args.repeats, "setup_s": setup_s,
+        "num_params": int(sum(x.size for x in jax.tree.leaves(s.state.params)))}
+    t0 = time.perf_counter()
+    self.step = s.train_fn(config).lower(s.state, s.batch).compile()
+    self.rec["compile_train_s"] = time.perf_counter() - t0
+    cost = _cost(self.step)
+    self.rec["xla_train_flops_per_example"] = cost.get("flops", float("nan")) / args.batch
+    self.rec["train_memory_bytes"] = _memory_bytes(self.step)
+    self.state, self.batch = s.state, s.batch
+    self.state, m = self.step(self.state, self.batch)                     # warm-up
+    jax.block_until_ready(m)
+    self.c = jnp.asarray(datasets.resolve_c(config), jnp.float32)
+    t0 = time.perf_counter()
+    self.ev = s.eval_fn().lower(self.state.params, self.batch, self.c).compile()
+    self.rec["compile_eval_s"] = time.perf_counter() - t0
+    self.rec["eval_memory_bytes"] = _memory_bytes(self.ev)
+    jax.block_until_ready(self.ev(self.state.params, self.batch, self.c))
+    self.train_times, self.eval_times, self.cpu = [], [], []
 
-  def run_train(n):
-    nonlocal state
+  def _run_train(self, n: int) -> None:
     for _ in range(n):
-      state, metrics = step(state, s.batch)
+      self.state, metrics = self.step(self.state, self.batch)
     jax.block_until_ready(metrics)
-  cpu: list = []
-  times = _time_steps(run_train, steps, args.repeats, cpu)
-  rec["train_step_s"] = float(np.median(times)) / steps
-  rec["train_cpu_user_s_per_step"] = float(np.median([c[0] for c in cpu])) / steps
-  rec["train_cpu_sys_s_per_step"] = float(np.median([c[1] for c in cpu])) / steps
-  rec["train_page_faults_per_step"] = float(np.median([c[2] for c in cpu])) / steps
-  rec["train_examples_per_s"] = args.batch / rec["train_step_s"]
 
-  # Inference.
-  c = jnp.asarray(datasets.resolve_c(config), jnp.float32)
-  t0 = time.perf_counter()
-  ev = s.eval_fn().lower(state.params, s.batch, c).compile()
-  rec["compile_eval_s"] = time.perf_counter() - t0
-  rec["eval_memory_bytes"] = _memory_bytes(ev)
-  jax.block_until_ready(ev(state.params, s.batch, c))
-
-  def run_eval(n):
+  def _run_eval(self, n: int) -> None:
     for _ in range(n):
-      out = ev(state.params, s.batch, c)
+      out = self.ev(self.state.params, self.batch, self.c)
     jax.block_until_ready(out)
-  times = _time_steps(run_eval, steps, args.repeats)
-  rec["eval_step_s"] = float(np.median(times)) / steps
-  rec["infer_examples_per_s"] = args.batch / rec["eval_step_s"]
-  rec["device_peak_bytes"] = _device_peak_bytes()
 
-  parts = mscan_forward_flops(jax.device_get(state.params), schema, impl)
-  fwd = sum(parts.values())
-  rec["forward_flops_per_example"] = {**parts, "total": fwd}
-  rec["train_flops_per_example"] = 3 * fwd
-  rec["train_flops_per_s"] = 3 * fwd * rec["train_examples_per_s"]
-  rec["infer_flops_per_s"] = fwd * rec["infer_examples_per_s"]
-  del state, step, ev, s
-  return rec
+  def time_round(self) -> None:
+    self.train_times += _time_steps(self._run_train, self.steps, self.args.repeats, self.cpu)
+    self.eval_times += _time_steps(self._run_eval, self.steps, self.args.repeats)
+
+  def record(self) -> dict:
+    rec, steps, batch = self.rec, self.steps, self.args.batch
+    rec["timings"] = len(self.train_times)
+    rec["train_step_s"] = float(np.median(self.train_times)) / steps
+    rec["train_cpu_user_s_per_step"] = float(np.median([c[0] for c in self.cpu])) / steps
+    rec["train_cpu_sys_s_per_step"] = float(np.median([c[1] for c in self.cpu])) / steps
+    rec["train_page_faults_per_step"] = float(np.median([c[2] for c in self.cpu])) / steps
+    rec["train_examples_per_s"] = batch / rec["train_step_s"]
+    rec["eval_step_s"] = float(np.median(self.eval_times)) / steps
+    rec["infer_examples_per_s"] = batch / rec["eval_step_s"]
+    rec["device_peak_bytes"] = _device_peak_bytes()
+    params = jax.device_get(self.state.params)
+    parts = mscan_forward_flops(params, self.schema, self.impl)
+    fwd = sum(parts.values())
+    train_parts = mscan_train_flops(params, self.schema, self.impl, self.backward, self.tiled)
+    rec["forward_flops_per_example"] = {**parts, "total": fwd}
+    rec["train_flops_per_example_parts"] = train_parts
+    rec["train_flops_per_example"] = sum(train_parts.values())
+    rec["train_flops_per_s"] = rec["train_flops_per_example"] * rec["train_examples_per_s"]
+    rec["infer_flops_per_s"] = fwd * rec["infer_examples_per_s"]
+    return rec
 
 
 def breakdown(shape: str, dtype: str, args) -> list[dict]:
@@ -418,20 +469,21 @@ def _fmt_bytes(n) -> str:
 
 
 def print_table(records: list[dict], peaks: dict[str, float]) -> None:
-  head = (f"{'shape':10s} {'path':9s} {'dtype':8s} {'compile s':>11s} {'train ex/s':>11s} "
+  head = (f"{'shape':10s} {'path':9s} {'backward':8s} {'dtype':8s} {'compile s':>11s} {'train ex/s':>11s} "
           f"{'infer ex/s':>11s} {'MFLOP/ex':>9s} {'train GFLOP/s':>13s} {'matmul GFLOP/s':>14s} "
           f"{'ratio':>6s} {'step MiB':>9s} {'peak MiB':>9s}")
   print(head)
   print("-" * len(head))
   for r in records:
     peak = peaks[r["dtype"]]
-    print(f"{r['shape']:10s} {r['impl']:9s} {r['dtype']:8s} "
+    print(f"{r['shape']:10s} {r['impl']:9s} {r['backward']:8s} {r['dtype']:8s} "
           f"{r['compile_train_s']:5.1f}/{r['compile_eval_s']:<5.1f} "
           f"{r['train_examples_per_s']:11,.0f} {r['infer_examples_per_s']:11,.0f} "
           f"{r['train_flops_per_example'] / 1e6:9.1f} {r['train_flops_per_s'] / 1e9:13.1f} "
           f"{peak / 1e9:14.1f} {r['train_flops_per_s'] / peak:6.3f} "
           f"{_fmt_bytes(r['train_memory_bytes']):>9s} {_fmt_bytes(r['device_peak_bytes']):>9s}")
-  print("compile s = train/eval step; MFLOP/ex = analytic training FLOPs per example (3x forward); "
+  print("compile s = train/eval step; MFLOP/ex = analytic training FLOPs per example of the path "
+        "that runs (mscan_train_flops); "
         "ratio = train GFLOP/s / matmul GFLOP/s; step MiB = XLA buffers of the train step "
         "(arguments + outputs + temporaries - donated); peak MiB = device peak (GPU only).")
 
@@ -440,6 +492,11 @@ def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--shapes", default="aliccp,cloudtheme", help="comma list of: " + ", ".join(SHAPES))
   ap.add_argument("--impls", default="factored,pairwise", help="co-attention paths")
+  ap.add_argument("--backwards", default="max",
+                  help="backward passes of the factored co-attention: max,autodiff "
+                       "(the pairwise path: autodiff)")
+  ap.add_argument("--rounds", type=int, default=1,
+                  help="alternating timing rounds of every path of a shape")
   ap.add_argument("--dtypes", default="float32", help="activation dtypes: float32,bfloat16")
   ap.add_argument("--batch", type=int, default=1024)
   ap.add_argument("--steps", type=int, default=5, help="steps per timing")
@@ -457,8 +514,10 @@ def main(argv=None) -> dict:
   args = ap.parse_args(argv)
   shapes = [x for x in args.shapes.split(",") if x]
   impls = [x for x in args.impls.split(",") if x]
+  backwards = [x for x in args.backwards.split(",") if x]
   dtypes = [x for x in args.dtypes.split(",") if x]
   for name, values, valid in (("shapes", shapes, SHAPES), ("impls", impls, sequence.COATTENTION_IMPLS),
+                              ("backwards", backwards, sequence.COATTENTION_BACKWARDS),
                               ("dtypes", dtypes, config_lib.DTYPES)):
     bad = [v for v in values if v not in valid]
     if bad:
@@ -479,18 +538,28 @@ def main(argv=None) -> dict:
 
   records = []
   for shape in shapes:
+    benches = []
     for impl in impls:
-      for dtype in dtypes:
-        t0 = time.perf_counter()
-        rec = bench_one(shape, impl, dtype, args)
-        rec["matmul_flops_per_s"] = peaks[dtype]
-        rec["flops_ratio"] = rec["train_flops_per_s"] / peaks[dtype]
-        records.append(rec)
-        print(f"  {shape} {impl} {dtype}: train {rec['train_examples_per_s']:,.0f} ex/s "
-              f"(CPU time per step: user {rec['train_cpu_user_s_per_step']:.2f} s, system "
-              f"{rec['train_cpu_sys_s_per_step']:.2f} s, {rec['train_page_faults_per_step']:,.0f} "
-              f"page faults), infer {rec['infer_examples_per_s']:,.0f} ex/s "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+      for backward in (backwards if impl == "factored" else ("autodiff",)):
+        for dtype in dtypes:
+          t0 = time.perf_counter()
+          benches.append(Bench(shape, impl, backward, dtype, args))
+          print(f"  {shape} {impl} {backward} {dtype}: built and compiled "
+                f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    for r in range(args.rounds):                       # alternating: noise hits each alike
+      for b in benches:
+        b.time_round()
+    for b in benches:
+      rec = b.record()
+      rec["matmul_flops_per_s"] = peaks[rec["dtype"]]
+      rec["flops_ratio"] = rec["train_flops_per_s"] / peaks[rec["dtype"]]
+      records.append(rec)
+      print(f"  {shape} {rec['impl']} {rec['backward']} {rec['dtype']}: train "
+            f"{rec['train_examples_per_s']:,.0f} ex/s (CPU time per step: user "
+            f"{rec['train_cpu_user_s_per_step']:.2f} s, system "
+            f"{rec['train_cpu_sys_s_per_step']:.2f} s, {rec['train_page_faults_per_step']:,.0f} "
+            f"page faults), infer {rec['infer_examples_per_s']:,.0f} ex/s", flush=True)
+    del benches
   print()
   print_table(records, peaks)
   result = {"jax": jax.__version__, "backend": backend, "device_kind": getattr(dev, "device_kind", ""),

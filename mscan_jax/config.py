@@ -131,6 +131,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Batch rows per tile of the co-attention's pair scores (memory: at most (tile, Lh, Ls, 200)
   # at a time, models/sequence.py); 0 = the whole batch at once. Same numbers either way.
   c.mscan.coattention_tile = 256
+  # Backward pass of the factored co-attention (models/sequence.py): max = differentiate only
+  # each j's arg-max pair of Eq. (16) (B x Lh pairs, not B x Lh x Ls; same values, same
+  # gradients up to ties) | autodiff = jax.grad through every pair.
+  c.mscan.coattention_backward = "max"
   # Switches that are not the paper's form (models/mscan.py; labelled as such in every table):
   c.mscan.history_context = False  # True: H_u behaviours also embed their click flag and scenario
   c.mscan.saca_scenario_aware = True   # False: plain target attention over H_u (no max over S_u)
@@ -216,9 +220,12 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
                         ("mscan.attn_mlp", False), ("baseline.tower", True),
                         ("baseline.expert", True)):
     widths(f"config.{key}", _get(config, key), empty_ok)
-  from mscan_jax.models.sequence import COATTENTION_IMPLS   # the model owns its valid values
+  from mscan_jax.models.sequence import COATTENTION_BACKWARDS, COATTENTION_IMPLS   # the model owns its valid values
   if config.mscan.coattention not in COATTENTION_IMPLS:
     raise ConfigError(f"config.mscan.coattention={config.mscan.coattention!r}; valid: {', '.join(COATTENTION_IMPLS)}")
+  if config.mscan.coattention_backward not in COATTENTION_BACKWARDS:
+    raise ConfigError(f"config.mscan.coattention_backward={config.mscan.coattention_backward!r}; "
+                      f"valid: {', '.join(COATTENTION_BACKWARDS)}")
   from mscan_jax.models.mscan import FUSION_OUTPUT
   if config.mscan.fusion not in FUSION_OUTPUT:
     raise ConfigError(f"config.mscan.fusion={config.mscan.fusion!r}; valid: {', '.join(FUSION_OUTPUT)}")

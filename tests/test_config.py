@@ -47,6 +47,7 @@ NAN, INF = float("nan"), float("inf")
     ("baseline.dropout", 1.0, "config.baseline.dropout must be a finite number < 1"),
     ("mscan.gru_hidden", -1, "config.mscan.gru_hidden must be an integer >= 0"),
     ("mscan.coattention_tile", -1, "config.mscan.coattention_tile must be an integer >= 0"),
+    ("mscan.coattention_backward", "exact", "config.mscan.coattention_backward='exact'; valid: max, autodiff"),
     ("mscan.dropout", 1.0, "config.mscan.dropout must be a finite number >= 0 and < 1"),
     ("mscan.alpha", NAN, "config.mscan.alpha must be a finite number >= 0, got nan"),
     ("mscan.alpha", -1.0, "config.mscan.alpha must be a finite number >= 0"),

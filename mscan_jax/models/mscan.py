@@ -72,6 +72,7 @@ class MScan(nn.Module):
   use_sbe: bool = True
   coattention: str = "factored"
   coattention_tile: int = 256       # batch rows per tile of the co-attention's pairs (0 = whole batch)
+  coattention_backward: str = "max"  # max: differentiate each j's arg-max pair only | autodiff
   gru_hidden: int = 0
   history_context: bool = False
   saca_scenario_aware: bool = True
@@ -111,7 +112,8 @@ class MScan(nn.Module):
     if self.use_saca:
       # Eq. (14)-(17) and (5): R_h (B, Dh).
       r_h, _ = CoAttention(self.attn_mlp, self.coattention, self.saca_scenario_aware, dtype=dt,
-                           tile=self.coattention_tile, name="coattention")(
+                           tile=self.coattention_tile, backward=self.coattention_backward,
+                           name="coattention")(
           hist, i, cur, length_mask(all_len, sch.max_all_len), length_mask(cur_len, sch.max_cur_len))
       parts.append(r_h)
 
@@ -159,6 +161,7 @@ def from_config(config: ml_collections.ConfigDict, schema: Schema) -> MScan:
       use_sbe=bool(m.use_sbe),
       coattention=str(m.coattention),
       coattention_tile=int(m.get("coattention_tile", 256)),
+      coattention_backward=str(m.get("coattention_backward", "max")),
       gru_hidden=int(m.get("gru_hidden", 0) or 0),
       history_context=bool(m.history_context),
       saca_scenario_aware=bool(m.saca_scenario_aware),

@@ -13,6 +13,7 @@ Both take sequences padded at the end (the first `len` positions are real), as i
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -21,6 +22,9 @@ import jax.numpy as jnp
 
 # Implementations of the co-attention (same parameters, same numbers): see CoAttention.
 COATTENTION_IMPLS = ("factored", "pairwise")
+# Backward passes of the factored co-attention (same values, same gradients up to ties): see
+# CoAttention.
+COATTENTION_BACKWARDS = ("max", "autodiff")
 
 Dtype = Any
 
@@ -104,30 +108,67 @@ def _concat_pairs(h: jnp.ndarray, i: jnp.ndarray, s: jnp.ndarray) -> jnp.ndarray
   return jax.vmap(over_j, in_axes=(0, 0, 0))(h, i, s)                     # -> (B, Lh, Ls, Din)
 
 
-def _over_tiles(fn: Callable[..., jnp.ndarray], args: Sequence[jnp.ndarray],
-                tile: int) -> jnp.ndarray:
+def _split_tiles(x: jnp.ndarray, tile: int) -> jnp.ndarray:
+  """(B, ...) -> (n, tile, ...), the batch padded with zero rows to n * tile; tile t holds rows
+  t, t + n, t + 2n, ... (on a batch sharded over devices in contiguous blocks every tile spans
+  all devices, so the data parallelism is kept)."""
+  batch = x.shape[0]
+  n = -(-batch // tile)
+  x = jnp.pad(x, [(0, n * tile - batch)] + [(0, 0)] * (x.ndim - 1))
+  return jnp.swapaxes(x.reshape((tile, n) + x.shape[1:]), 0, 1)
+
+
+def _merge_tiles(x: jnp.ndarray, batch: int) -> jnp.ndarray:
+  """(n, tile, ...) -> (B, ...), the inverse of `_split_tiles` (padding rows dropped)."""
+  x = jnp.swapaxes(x, 0, 1)                                               # (T, n, ...)
+  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])[:batch]
+
+
+def _tiled(tile: int, batch: int) -> bool:
+  return 0 < tile < batch
+
+
+def _over_tiles(fn: Callable[..., Any], args: Sequence[jnp.ndarray], tile: int) -> Any:
   """fn(*args) for args with a leading batch axis B, computed `tile` rows at a time.
 
-  Row-wise `fn` ((T, ...) arrays -> (T, ...)) gives the same numbers either way. With
-  0 < tile < B the batch is padded with zero rows to n * tile, split into n tiles and
-  `jax.lax.map`ped, each tile under `jax.checkpoint` so that the backward pass keeps only the
-  tile's inputs (not its (T, Lh, Ls, H0) intermediates) and recomputes them. Tile t holds rows
-  t, t + n, t + 2n, ...: on a batch sharded over devices in contiguous blocks every tile spans
-  all devices, so the data parallelism is kept.
+  Row-wise `fn` ((T, ...) arrays -> a pytree of (T, ...) arrays) gives the same numbers either
+  way. With 0 < tile < B the batch is padded with zero rows to n * tile, split into n tiles
+  (`_split_tiles`) and `jax.lax.map`ped, each tile under `jax.checkpoint` so that the backward
+  pass keeps only the tile's inputs (not its (T, Lh, Ls, H0) intermediates) and recomputes them.
   """
   batch = args[0].shape[0]
-  if tile <= 0 or batch <= tile:
+  if not _tiled(tile, batch):
     return fn(*args)
-  n = -(-batch // tile)
-
-  def split(x):                                                           # (B, ...) -> (n, T, ...)
-    x = jnp.pad(x, [(0, n * tile - batch)] + [(0, 0)] * (x.ndim - 1))
-    return jnp.swapaxes(x.reshape((tile, n) + x.shape[1:]), 0, 1)
-
   body = jax.checkpoint(fn)
-  out = jax.lax.map(lambda xs: body(*xs), tuple(split(x) for x in args))  # (n, T, ...)
-  out = jnp.swapaxes(out, 0, 1)                                           # (T, n, ...)
-  return out.reshape((n * tile,) + out.shape[2:])[:batch]
+  out = jax.lax.map(lambda xs: body(*xs), tuple(_split_tiles(x, tile) for x in args))
+  return jax.tree.map(lambda x: _merge_tiles(x, batch), out)              # (B, ...) leaves
+
+
+def _vjp_over_tiles(fn: Callable[..., jnp.ndarray], params: Any, args: Sequence[jnp.ndarray],
+                    consts: Sequence[jnp.ndarray], cotangent: jnp.ndarray, tile: int):
+  """The VJP of row-wise fn(params, *args, *consts) -> (B, ...) at `cotangent`, `tile` rows at a
+  time: (d params summed over the tiles, (d arg (B, ...) for each of args)). `consts` (masks,
+  indices) get no cotangent. Tiling as `_over_tiles` (zero padding rows get a zero cotangent);
+  a `jax.lax.scan` over the tiles carries the parameter gradient.
+  """
+  def vjp(p, xs, cs, g):
+    _, pull = jax.vjp(lambda p, *xs: fn(p, *xs, *cs), p, *xs)
+    grads = pull(g)
+    return grads[0], grads[1:]
+
+  batch = cotangent.shape[0]
+  if not _tiled(tile, batch):
+    return vjp(params, tuple(args), tuple(consts), cotangent)
+  split = lambda seq: tuple(_split_tiles(x, tile) for x in seq)           # noqa: E731
+
+  def step(acc, tiles):
+    xs, cs, g = tiles
+    dp, dxs = vjp(params, xs, cs, g)
+    return jax.tree.map(jnp.add, acc, dp), dxs
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  dp, dxs = jax.lax.scan(step, zeros, (split(args), split(consts), _split_tiles(cotangent, tile)))
+  return dp, tuple(_merge_tiles(x, batch) for x in dxs)
 
 
 class CoAttention(nn.Module):
@@ -159,8 +200,21 @@ class CoAttention(nn.Module):
     forward nor the backward pass holds a (B, Lh, Ls, hidden[0]) or (B, Lh, hidden[0]) tensor
     for the whole batch, only (tile, Lh, Ls, hidden[0]) ones (tile 256, Lh 40, Ls 20, hidden
     200: 164 MB in float32, against 2.6 GB for the evaluation batch of 4096 in one piece). The
-    backward pass recomputes a tile's scores from its inputs. Same parameters, same numbers;
-    tile=0 (or a batch no larger than one tile) computes the batch in one piece.
+    backward pass recomputes a tile's scores from its inputs (backward="autodiff"), or only
+    the selected pairs (backward="max"). Same parameters, same numbers; tile=0 (or a batch no
+    larger than one tile) computes the batch in one piece.
+
+  backward (the factored, scenario-aware path; the others differentiate as written):
+    "max" (default): c_j = max_k C_jk (Eq. 16) passes its gradient to C_jk* alone, k*_j the
+      (first) arg-max over the real k. The forward pass computes every pair's score (tile by
+      tile, keeping no intermediate for the backward pass) and k*; the backward pass
+      recomputes the FFN of Eq. (15) on the B x Lh pairs (j, k*_j) and on the fallback, and
+      differentiates those (`jax.custom_vjp`): B x Lh pair FFNs forward and backward instead of
+      B x Lh x Ls. Same forward numbers; gradients equal to autodiff's except at exact ties of
+      the max, where autodiff splits the gradient equally among the tied k and "max" gives it
+      to the first (tied pairs of equal inputs, e.g. one item twice in S_u, give the same
+      parameter gradient either way).
+    "autodiff": `jax.grad` through the max (the backward pass of every pair's FFN).
 
   `__call__(h, i, s, h_mask, s_mask)`: h (B, Lh, Dh) all-scenario behaviours H_u, i (B, Di)
   candidate item, s (B, Ls, Ds) current-scenario behaviours S_u, h_mask (B, Lh) and
@@ -172,6 +226,7 @@ class CoAttention(nn.Module):
   activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
   dtype: Dtype = jnp.float32
   tile: int = 256
+  backward: str = "max"
 
   @nn.compact
   def __call__(self, h: jnp.ndarray, i: jnp.ndarray, s: jnp.ndarray, h_mask: jnp.ndarray,
@@ -182,6 +237,9 @@ class CoAttention(nn.Module):
       raise ValueError("CoAttention.hidden must name at least one layer (Eq. 15 is an FFN)")
     if self.tile < 0:
       raise ValueError(f"CoAttention.tile={self.tile} must be >= 0 (0 = no tiling)")
+    if self.backward not in COATTENTION_BACKWARDS:
+      raise ValueError(f"CoAttention.backward={self.backward!r}; valid: "
+                       f"{', '.join(COATTENTION_BACKWARDS)}")
     dt = self.dtype
     h, i, s = h.astype(dt), i.astype(dt), s.astype(dt)
     dh, di, ds = h.shape[-1], i.shape[-1], s.shape[-1]
@@ -189,7 +247,6 @@ class CoAttention(nn.Module):
     bias = self.param("bias_0", nn.initializers.zeros, (self.hidden[0],))
     kernel, bias = kernel.astype(dt), bias.astype(dt)
 
-    w_h, w_i, w_s = kernel[:dh], kernel[dh:dh + di], kernel[dh + di:]
     pairwise = self.impl == "pairwise"
 
     # The rest of the FFN, one set of parameters for the pairs and for the fallback. Called once
@@ -201,35 +258,78 @@ class CoAttention(nn.Module):
     a = jnp.zeros((1, self.hidden[0]), dt)
     for layer in dense + [score]:
       a = layer(self.activation(a))
-    tail_params = [layer.variables["params"] for layer in dense + [score]]
-    activation, aware = self.activation, self.scenario_aware
+    # Every parameter of the FFN of Eq. (15), as one pytree for the pure functions below.
+    ffn = {"kernel": kernel, "bias": bias,
+           "tail": [layer.variables["params"] for layer in dense + [score]]}
+    activation, aware, tile = self.activation, self.scenario_aware, self.tile
 
-    def tail(a):                                                          # (..., H0) -> (...)
-      for q in tail_params:                                               # act -> Dense ... -> score
-        layer = nn.Dense(q["kernel"].shape[-1], dtype=dt, parent=None)    # unbound, pure
-        a = layer.apply({"params": q}, activation(a))
+    def tail(q, a):                                                       # (..., H0) -> (...)
+      for layer_q in q["tail"]:                                           # act -> Dense ... -> score
+        layer = nn.Dense(layer_q["kernel"].shape[-1], dtype=dt, parent=None)  # unbound, pure
+        a = layer.apply({"params": layer_q}, activation(a))
       return a[..., 0]
 
-    def attention_logits(hh, ii, ss, sm):                                 # one tile of T rows
-      """c (T, Lh) float32 of Eq. (16), with the fallbacks of the docstring."""
+    def first_layer(q, hh, ii, ss):
+      """Factored first layer: [h_j ⊕ i ⊕ s_k] W + b = (h_j W_h + i W_i + b) + s_k W_s.
+
+      -> a_null (T, Lh, H0) (the pair with s_k = 0), s W_s (T, Ls, H0)."""
+      w = q["kernel"]
+      a_null = hh @ w[:dh] + (ii @ w[dh:dh + di] + q["bias"])[:, None, :]  # (T, Lh, H0)
+      return a_null, ss @ w[dh + di:]                                     # (T, Ls, H0)
+
+    def attention_logits(q, hh, ii, ss, sm):                              # one tile of T rows
+      """c (T, Lh) float32 of Eq. (16), with the fallbacks of the docstring, and k* (T, Lh)
+      int32, the (first) k of the max of Eq. (16) (0 on a row with N_us = 0)."""
       if pairwise and aware:
         # Fallback score with s_bk = 0 (N_us = 0), by concatenation as the pairs below.
         zeros_s = jnp.zeros(ss.shape[:1] + (1, ds), dt)                   # (T, 1, Ds)
-        a_null = (_concat_pairs(hh, ii, zeros_s) @ kernel + bias)[:, :, 0]  # (T, Lh, H0)
+        a_null = (_concat_pairs(hh, ii, zeros_s) @ q["kernel"] + q["bias"])[:, :, 0]  # (T, Lh, H0)
       else:
-        a_null = hh @ w_h + (ii @ w_i + bias)[:, None, :]                 # (T, Lh, H0)
-      c_null = tail(a_null).astype(jnp.float32)                           # (T, Lh)
+        a_null, proj_s = first_layer(q, hh, ii, ss)                       # (T, Lh, H0), (T, Ls, H0)
+      c_null = tail(q, a_null).astype(jnp.float32)                        # (T, Lh)
       if not aware:
-        return c_null                                                     # target attention
+        return c_null, jnp.zeros(c_null.shape, jnp.int32)                 # target attention
       if pairwise:
-        a_pairs = _concat_pairs(hh, ii, ss) @ kernel + bias               # (T, Lh, Ls, H0)
+        a_pairs = _concat_pairs(hh, ii, ss) @ q["kernel"] + q["bias"]     # (T, Lh, Ls, H0)
       else:
-        a_pairs = a_null[:, :, None, :] + (ss @ w_s)[:, None, :, :]       # (T, Lh, Ls, H0)
+        a_pairs = a_null[:, :, None, :] + proj_s[:, None, :, :]           # (T, Lh, Ls, H0)
       # Eq. (16): masked max over the current-scenario behaviours k.
-      c_max = jnp.where(sm[:, None, :], tail(a_pairs).astype(jnp.float32), _MASK_FILL).max(-1)
-      return jnp.where(sm.any(axis=-1, keepdims=True), c_max, c_null)     # (T, Lh)
+      scores = jnp.where(sm[:, None, :], tail(q, a_pairs).astype(jnp.float32), _MASK_FILL)
+      c = jnp.where(sm.any(axis=-1, keepdims=True), scores.max(-1), c_null)  # (T, Lh)
+      return c, scores.argmax(-1).astype(jnp.int32)                       # (T, Lh), (T, Lh)
 
-    c = _over_tiles(attention_logits, (h, i, s, s_mask), self.tile)       # (B, Lh)
+    def selected_logits(q, hh, ii, ss, sm, k_star):                       # one tile of T rows
+      """c (T, Lh) of `attention_logits` from the pairs (j, k*_j) only: equal to it in value
+      (the same sums, up to the rounding of smaller matrix products), and in gradient, since
+      the max of Eq. (16) passes c_j's gradient to C_jk* alone (ties aside)."""
+      a_null, proj_s = first_layer(q, hh, ii, ss)                         # (T, Lh, H0), (T, Ls, H0)
+      c_null = tail(q, a_null).astype(jnp.float32)                        # (T, Lh)
+      a_sel = a_null + jnp.take_along_axis(proj_s, k_star[..., None], axis=1)  # (T, Lh, H0)
+      c_sel = tail(q, a_sel).astype(jnp.float32)                          # (T, Lh): C_jk*
+      return jnp.where(sm.any(axis=-1, keepdims=True), c_sel, c_null)
+
+    @jax.custom_vjp
+    def max_logits(q, hh, ii, ss, sm):
+      """c (B, Lh) of `attention_logits` whose backward pass differentiates the selected pairs
+      only: forward = every pair once, without residuals; backward = `selected_logits`'s VJP."""
+      return _over_tiles(lambda *xs: attention_logits(q, *xs)[0], (hh, ii, ss, sm), tile)
+
+    def max_logits_fwd(q, hh, ii, ss, sm):
+      c, k_star = _over_tiles(functools.partial(attention_logits, q), (hh, ii, ss, sm), tile)
+      return c, (q, hh, ii, ss, sm, k_star)                               # (B, Lh), residuals
+
+    def max_logits_bwd(res, g):                                           # g (B, Lh) float32
+      q, hh, ii, ss, sm, k_star = res
+      dq, (dh_, di_, ds_) = _vjp_over_tiles(selected_logits, q, (hh, ii, ss), (sm, k_star), g,
+                                            tile)
+      return dq, dh_, di_, ds_, None
+
+    max_logits.defvjp(max_logits_fwd, max_logits_bwd)
+
+    if aware and not pairwise and self.backward == "max":
+      c = max_logits(ffn, h, i, s, s_mask)                                # (B, Lh)
+    else:                                                                 # plain autodiff
+      c = _over_tiles(lambda *xs: attention_logits(ffn, *xs)[0], (h, i, s, s_mask), tile)
     # Eq. (17): masked softmax over the all-scenario behaviours j; Eq. (5): R_h.
     beta = masked_softmax(c, h_mask)                                      # (B, Lh) float32
     r_h = jnp.einsum("bj,bjd->bd", beta.astype(dt), h)                    # (B, Dh)
