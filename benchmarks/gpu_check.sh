@@ -18,10 +18,12 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl \
 #     grain==0.2.18 ml-collections==1.1.0 array-record portpicker
 #
-# Steps, each under `timeout` (sum <= 8 minutes): install (90 s), the devices and versions (30 s),
+# Steps, each under `timeout` (sum <= 10 minutes): install (90 s), the devices and versions (30 s),
 # `pytest tests -q -x` (240 s), `benchmarks/throughput.py` with float32 and bfloat16 and a per-op
-# profile (120 s). Everything is logged to DIR (default $OUT, else gpu_check_out): env.txt,
-# pytest.log, throughput.log, throughput.json. Exit status: 0 only if every step passed.
+# profile (120 s), `benchmarks/population.py` for P = 1, 4, 16 (150 s), and a bfloat16 run of
+# launch.py (90 s). Everything is logged to DIR (default $OUT, else gpu_check_out): env.txt,
+# pytest.log, throughput.log, throughput.json, population.log, population.json, bf16.log.
+# Exit status: 0 only if every step passed.
 #
 # --cpu-smoke runs the same steps on CPU with the project's .venv and no install (a missing
 # package is reported, not installed), on a subset: two test files and a tiny benchmark.
@@ -152,6 +154,31 @@ timeout -s KILL 120 "$PY" benchmarks/throughput.py "${BENCH[@]}" \
   --json_out="$OUT_DIR/throughput.json" 2>&1 | tee "$OUT_DIR/throughput.log"
 rc=${PIPESTATUS[0]}
 log "benchmark exit status $rc"
+[[ $rc == 0 ]] || STATUS=1
+
+# ----------------------------------------------------------------------------- 5. population
+# Member-examples/s of P = 1, 4, 16 members in one vmapped program (mscan_jax.training.population).
+if [[ $SMOKE == 1 ]]; then
+  POP=(--models=mix --sizes=small --members=1,2 --preset=tiny --steps=1 --repeats=1)
+else
+  POP=(--models=mscan,mix --sizes=small,default --members=1,4,16 --steps=10 --repeats=3)
+fi
+log "benchmarks/population.py ${POP[*]}"
+timeout -s KILL 150 "$PY" -m benchmarks.population "${POP[@]}" \
+  --json_out="$OUT_DIR/population.json" 2>&1 | tee "$OUT_DIR/population.log"
+rc=${PIPESTATUS[0]}
+log "population exit status $rc"
+[[ $rc == 0 ]] || STATUS=1
+
+# ----------------------------------------------------------------------------- 6. bf16 end to end
+# The bfloat16 training path through launch.py (never verified on a GPU before): a short run on
+# the tiny preset must train, stay finite and print its table.
+log "launch.py --config.dtype=bfloat16 (tiny preset)"
+timeout -s KILL 90 "$PY" launch.py --config=mscan_jax/config.py:tiny --config.dtype=bfloat16 \
+  --config.data.cache_dir="$OUT_DIR/data_cache" --workdir="$OUT_DIR/bf16-run" 2>&1 \
+  | tee "$OUT_DIR/bf16.log" | tail -n 12
+rc=${PIPESTATUS[0]}
+log "bf16 exit status $rc"
 [[ $rc == 0 ]] || STATUS=1
 
 log "done (status $STATUS); logs in $OUT_DIR"

@@ -736,8 +736,13 @@ def main(argv: Sequence[str]) -> int:
                                        "shared": base, "grids": [a.grid],
                                        "scenarios": scenarios, "data_seeds": data_seeds})
       if not datasets.get_spec(a.dataset).needs_path:
-        for d in data_seeds:   # generate the data once here, not in K runs at the same time
-          dataset_path_for(base, d)
+        # Generate every dataset of the grid (data seeds x dial levels) once here, not in K
+        # runs at the same time.
+        for data in dict.fromkeys(json.dumps({k: v for k, v in r.overrides.items()
+                                              if k.startswith("data.")}, sort_keys=True)
+                                  for r in runs):
+          extra = json.loads(data)
+          dataset_path_for({**base, **extra}, extra.get("data.seed", 0))
   except (GridError, config_lib.ConfigError, DataError, sharding.ShardError,
           placement_lib.PlacementError) as e:                       # a bug keeps its traceback
     print(f"error: {e}", file=sys.stderr)
