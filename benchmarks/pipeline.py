@@ -151,13 +151,14 @@ def legacy_train_batches(ds: BuiltDataset, rows: np.ndarray, *, batch_size: int,
 # ----------------------------------------------------------------------------- timing
 
 def rate_of_calls(fn, rows: np.ndarray, batch: int, seconds: float, seed: int) -> float:
-  """Examples/s of fn(batch of random training rows) on this thread, for `seconds`."""
+  """Examples/s of fn(batch of random training rows) on this thread, for `seconds`. Every call
+  gets fresh rows (the draw is timed too): reusing a few batches would gather from the CPU's
+  caches (3x the rate at the Ali-CCP shape), which a pass over the training split never does."""
   rng = np.random.default_rng(seed)
-  draws = [rows[rng.integers(0, len(rows), batch)] for _ in range(64)]
-  fn(draws[0])                                                      # warm-up
+  fn(rows[rng.integers(0, len(rows), batch)])                       # warm-up
   n, start = 0, time.perf_counter()
   while time.perf_counter() - start < seconds:
-    fn(draws[n % len(draws)])
+    fn(rows[rng.integers(0, len(rows), batch)])
     n += 1
   return n * batch / (time.perf_counter() - start)
 
@@ -239,16 +240,19 @@ def launch_rate(flags: list[str], workdir: str) -> dict:
 
 
 def end_to_end(aliccp_path: str, cache_dir: str, batch: int, aliccp_steps: int,
-               step_repeats: int) -> list[str]:
+               step_repeats: int, default_steps: int = 0) -> list[str]:
   """launch.py's steady-state examples/s next to throughput.py's step at the same shape and
-  batch: the synthetic default preset (launch.py with no flag but the run folder), and the
-  Ali-CCP-shape data (`aliccp_steps` steps, one validation at the end). Returns table lines."""
+  batch: the synthetic default preset (launch.py with no flag but the run folder, or
+  `default_steps` steps logged every 10), and the Ali-CCP-shape data (`aliccp_steps` steps, one
+  validation at the end). Returns table lines."""
   import tempfile
   from mscan_jax.data import synthetic
   synth = BuiltDataset(synthetic.ensure_synthetic("default", 0, cache_dir))
+  short = ([f"--config.train.max_steps={default_steps}", "--config.train.log_every_steps=10"]
+           if default_steps else [])
   cases = [
       ("synthetic default", synth.schema, "synthetic_default",
-       [f"--config.data.cache_dir={cache_dir}", f"--config.train.batch_size={batch}"], 5),
+       [f"--config.data.cache_dir={cache_dir}", f"--config.train.batch_size={batch}", *short], 5),
       ("Ali-CCP shape", BuiltDataset(aliccp_path).schema, "aliccp",
        ["--config.data.name=built", f"--config.data.path={aliccp_path}",
         f"--config.train.batch_size={batch}", f"--config.train.max_steps={aliccp_steps}",
@@ -299,6 +303,8 @@ def main(argv=None) -> None:
                       help="also run launch.py and benchmarks/throughput.py at both shapes")
   parser.add_argument("--aliccp_steps", type=int, default=12,
                       help="launch.py's training steps on the Ali-CCP-shape data (--end_to_end)")
+  parser.add_argument("--default_steps", type=int, default=0,
+                      help="launch.py's steps on the synthetic default (0: its whole default run)")
   parser.add_argument("--step_repeats", type=int, default=3, help="throughput.py --repeats")
   parser.add_argument("--out", default="", help="also write the table here (atomically)")
   a = parser.parse_args(argv)
@@ -345,7 +351,8 @@ def main(argv=None) -> None:
   table.append(f"1-min load average {os.getloadavg()[0]:.1f}")
   print(table[-1])
   if a.end_to_end:
-    table += [""] + end_to_end(path, a.cache_dir, a.batch, a.aliccp_steps, a.step_repeats)
+    table += [""] + end_to_end(path, a.cache_dir, a.batch, a.aliccp_steps, a.step_repeats,
+                               a.default_steps)
     table.append(f"1-min load average at end {os.getloadavg()[0]:.1f}")
     print(table[-1])
   if a.out:
