@@ -36,7 +36,7 @@ import numpy as np
 from mscan_jax.data.schema import BuiltDataset, DataError
 
 T = TypeVar("T")
-# Gather threads. One thread gathers 180k-500k examples/s at the Ali-CCP shape on the 2-core CPU
+# Gather threads. One thread gathers 150k-500k examples/s at the Ali-CCP shape on the 2-core CPU
 # (benchmarks/pipeline.py; the figure depends on the load), an H200's training step consumes
 # ~170k: a second thread keeps a margin where the host has cores to spare.
 DEFAULT_WORKERS = 2
