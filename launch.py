@@ -52,6 +52,7 @@ def main(argv):
   import jax
   if jax.process_index() == 0:
     print(train.format_results(results))
+    print(format_speed(results))
     print(f"Run folder: {workdir}")
 
 
@@ -71,6 +72,17 @@ def _fail(message: str, code: int = 2) -> None:
   """One line `error: <message>` on stderr and exit code `code` (2: a usage error)."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(code)
+
+
+def format_speed(results: dict) -> str:
+  """The training loop's steady-state examples/s (results.json), one line."""
+  rate = results.get("train_examples_per_s")
+  if rate is None:
+    return ("Training speed: not measured (fewer than two log windows; "
+            "see config.train.log_every_steps)")
+  return (f"Training speed: {rate:,.0f} examples/s ({results['train_steps_timed']} steps in "
+          f"{results['train_seconds']:.1f} s, first log window (compilation) and "
+          f"{results['eval_seconds']:.1f} s of validation and checkpoints excluded)")
 
 
 def default_workdir(config) -> str:

@@ -117,7 +117,8 @@ def _to_global(batch: dict, sharding: NamedSharding) -> dict:
 def _device_prefetch(it: Iterator[dict], sharding: NamedSharding, size: int) -> Iterator[dict]:
   """Copies the next `size` batches to the devices on a background thread, so that gathering a
   batch on the host and its host-to-device copy overlap the running step. Closing the generator
-  (early stopping) stops the thread: it never stays blocked on a full queue."""
+  (early stopping) stops the thread: it never stays blocked on a full queue, and it closes `it`
+  (whose gather threads stop too)."""
   if size <= 0:
     for b in it:
       yield _to_global(b, sharding)
@@ -143,6 +144,9 @@ def _device_prefetch(it: Iterator[dict], sharding: NamedSharding, size: int) -> 
     except BaseException as e:  # surfaced in the consumer
       put(e)
       return
+    finally:                    # stops the input pipeline's own threads (pipeline.train_batches)
+      if hasattr(it, "close"):
+        it.close()
     put(sentinel)
 
   t = threading.Thread(target=worker, daemon=True, name="device_prefetch")
@@ -331,6 +335,7 @@ class _Stage:
   c: float
   metrics_path: str
   step: int = 0
+  timing: dict = dataclasses.field(default_factory=dict)   # `_train`'s speed, for results.json
 
   def log(self, record: dict) -> None:
     if self.is_main:
@@ -425,7 +430,11 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Stage:
 
 
 def _train(st: _Stage) -> None:
-  """The loop: jitted steps, logs, validation with early stopping, checkpoints (updates `st`)."""
+  """The loop: jitted steps, logs, validation with early stopping, checkpoints (updates `st`).
+
+  `st.timing` gets the loop's steady-state training speed (for results.json): examples/s over
+  the log windows after the first (compilation), evaluation and checkpoints excluded; None when
+  the run had fewer than two log windows."""
   config, meta = st.config, st.meta
   batch_size = config.train.batch_size
   select_metric = config.train.select_metric   # validation metric of early stopping
@@ -445,6 +454,9 @@ def _train(st: _Stage) -> None:
   pending: list[dict] = []
   t_log = time.perf_counter()
   steps_since_log = 0
+  # Steady-state speed: the log windows after this process's first (which compiles the step);
+  # a window never holds evaluation or checkpoint time (t_log restarts after them).
+  windows, timed_steps, timed_s, eval_s = 0, 0, 0.0, 0.0
   try:
     for batch in _device_prefetch(batches, st.data_sharding, config.data.prefetch):
       st.state, m = st.train_step(st.state, batch)
@@ -466,11 +478,15 @@ def _train(st: _Stage) -> None:
                   **{k: float(np.mean([h[k] for h in host])) for k in host[0]},
                   "examples_per_s": steps_since_log * batch_size / max(dt, 1e-9)}
         st.log(record)
+        windows += 1
+        if windows > 1:
+          timed_steps, timed_s = timed_steps + steps_since_log, timed_s + dt
         t_log, steps_since_log = time.perf_counter(), 0
         if bar is not None:
           bar.update(len(host) * batch_size)
           bar.set_postfix(loss=f"{record['loss']:.4f}")
       if do_eval:
+        t_eval = time.perf_counter()
         pred = predict(st.state.params, st.dataset, st.rows["valid"], **st.eval_kwargs)
         val = compute_metrics(pred)
         auc = metrics_lib.select_value(val, select_metric)
@@ -488,11 +504,16 @@ def _train(st: _Stage) -> None:
           bar.set_postfix(loss=f"{record['loss']:.4f}", val_auc=f"{auc:.4f}")
         st.ckpt.save(step, st.state, st.best_params, meta)
         t_log = time.perf_counter()
+        eval_s += t_log - t_eval
         if meta["done"] or step >= st.total_steps:
           break
   finally:
     if bar is not None:
       bar.close()
+    st.timing = {"train_examples_per_s": (timed_steps * batch_size / timed_s if timed_s > 0
+                                          else None),
+                 "train_steps_timed": timed_steps, "train_seconds": timed_s,
+                 "eval_seconds": eval_s}
 
 
 def _test_and_write(st: _Stage, extra: dict | None = None) -> dict:
@@ -504,7 +525,7 @@ def _test_and_write(st: _Stage, extra: dict | None = None) -> dict:
              "data_seed": int(config.data.seed), "c": st.c,
              "select_metric": config.train.select_metric, "best_step": st.meta["best_step"],
              "best_valid_auc": st.meta["best_valid_auc"],
-             "steps": st.step, **compute_metrics(pred)}
+             "steps": st.step, **compute_metrics(pred), **st.timing}
   refs = st.dataset.stats.get("reference", {}).get("test_auc")
   if refs and not config.data.eval_scenarios:
     # Model-free reference rows on the same test split, computed when the data was built

@@ -66,6 +66,12 @@ def test_train_and_evaluate_compiles_each_step_once_and_writes_outputs(tmp_path)
   assert "true_interest_auc" in saved and "true_interest_user_auc" in saved
   assert saved["select_metric"] == "mean_scenario_auc"
   assert 0.0 <= saved["auc"]["all"] <= 1.0
+  # Steady-state speed: every step but those of the first log window (compilation) is timed.
+  logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  first_window = next(r["step"] for r in logged if r["split"] == "train")
+  assert saved["train_steps_timed"] == saved["steps"] - first_window > 0
+  assert saved["train_examples_per_s"] > 0 and saved["train_seconds"] > 0
+  assert saved["eval_seconds"] > 0                     # 3 validations, timed apart
   table = pq.read_table(run / "predictions.parquet")
   assert table.num_rows == saved["n_test"]
   assert {"sample_id", "user_id", "scenario", "label", "score", "y_m", "y_s"} <= set(table.column_names)
