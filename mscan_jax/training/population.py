@@ -146,7 +146,7 @@ def _stacked_batches(members: list[train._Stage], live: list[bool], prefetch: in
   steps ahead on a background thread; closing the generator stops the thread."""
   its = [pipeline.train_batches(st.dataset, st.rows["train"], batch_size=st.config.train.batch_size,
                                 seed=st.config.seed, start_step=st.step,
-                                prefetch=st.config.data.prefetch) for st in members]
+                                prefetch=st.config.data.prefetch, workers=1) for st in members]
   last: list[dict | None] = [None] * len(members)
 
   def make() -> dict[str, np.ndarray]:
@@ -246,16 +246,18 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
   pending: list[list[dict]] = [[] for _ in members]
   t_log = [time.perf_counter()] * n
   since_log = [0] * n
-  timing = {"train_s": 0.0, "steps": 0, "member_steps": 0}
+  # Steady-state speed: the loop's wall time after the first step (which compiles), less
+  # validation and checkpoints (as `train._train` measures a run).
+  timing = {"start": None, "eval_s": 0.0, "steps": 0, "member_steps": 0}
+  own = [0] * n                 # each member's timed steps
   batches = _stacked_batches(members, live, config.data.prefetch)
   try:
     while any(live):
       active_now = list(live)
       batch = jax.device_put(next(batches))
-      t0 = time.perf_counter()
       state, m = step_fn(state, batch, hp, base_rng, jnp.asarray(active_now))
+      first = timing["steps"] == 0
       timing["steps"] += 1
-      timing["member_steps"] += sum(active_now)
       due = []
       for i, st in enumerate(members):
         if not active_now[i]:
@@ -266,9 +268,14 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
         do_eval = st.step % st.eval_every == 0 or st.step >= st.total_steps
         if st.step % st.log_every == 0 or do_eval:
           due.append((i, do_eval))
-      if due:
+      if due or first:
         jax.block_until_ready(m)
-      timing["train_s"] += time.perf_counter() - t0
+      if first:
+        timing["start"] = time.perf_counter()
+      else:
+        timing["member_steps"] += sum(active_now)
+        for i in np.flatnonzero(active_now):
+          own[i] += 1
       for i, do_eval in due:
         st = members[i]
         try:
@@ -281,7 +288,9 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
           bar.update(since_log[i] * batch_size)
         pending[i], since_log[i] = [], 0
         if do_eval:
+          t_eval = time.perf_counter()
           state, best = _evaluate(st, i, state, best)
+          timing["eval_s"] += time.perf_counter() - t_eval
           if st.meta["done"] or st.step >= st.total_steps:
             live[i] = False
         t_log[i] = time.perf_counter()
@@ -290,12 +299,18 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
     if bar is not None:
       bar.close()
 
-  member_ex_s = timing["member_steps"] * batch_size / max(timing["train_s"], 1e-9)
+  train_s = (time.perf_counter() - timing["start"] - timing["eval_s"]) if timing["start"] else 0.0
+  member_ex_s = timing["member_steps"] * batch_size / max(train_s, 1e-9)
   for i, st in enumerate(members):
     if results[i] is not None:    # failed alone
       st.ckpt.close()
       continue
     st.state, st.best_params = _take(state, i), _take(best, i)
+    # Its own speed inside the population (steps after the first, which compiles), the loop's
+    # time with validation included; the population's total in "population".
+    st.timing = {"train_examples_per_s": own[i] * batch_size / max(train_s, 1e-9),
+                 "train_steps_timed": own[i], "train_seconds": train_s,
+                 "eval_seconds": timing["eval_s"]}
     results[i] = train._test_and_write(st, {"population": {
         "size": n, "member": i, "member_examples_per_s": round(member_ex_s, 1)}})
   return results

@@ -46,6 +46,7 @@ def test_members_equal_their_runs_alone(tmp_path):
     alone = train.train_and_evaluate(c, str(tmp_path / f"alone{i}"))
     _close(res, alone, 2e-4)
     assert res["population"]["size"] == 3 and res["population"]["member"] == i
+    assert res["train_steps_timed"] == res["steps"] - 1     # all but the compiling step
     # The member's folder is a normal run folder: same files, same predictions (to rounding).
     w = workdirs[i]
     assert sorted(json.load(open(os.path.join(w, "results.json")))["outputs"]) == \
