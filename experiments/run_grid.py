@@ -33,6 +33,13 @@ as a sibling run of the grid (the Mix run of its seed, trained once and shared b
 scenario), and its own run starts from it (`train.init_from=../<sibling>`) after it finished
 (a dependency; a failed sibling fails its dependants).
 
+Populations (`--population=P`; by default `AUTO_POPULATION` on a GPU host, off on a CPU): runs
+of one shape (`population_key`: the same config but for `population.MEMBER_KEYS`, e.g. the seeds
+and dial levels of one model row) are grouped, in grid order, into populations of at most P
+members, each trained by one `python -m mscan_jax.training.population` process
+(`DIR/populations/<first member>+<n>/members.json` and `log.txt`); every member still writes its
+own run folder, and is reported, skipped and resumed on its own.
+
 `DIR/grid.json` records the shared settings; a second call with other settings on the same DIR is
 refused, so one folder never mixes datasets or sizes. Several calls may share DIR at once: the
 check holds a lock and the file is replaced atomically.
@@ -88,6 +95,8 @@ RUN_INFO = "run.json"
 GRID_INFO = "grid.json"
 POPULATION_LAUNCHER = (sys.executable, "-m", "mscan_jax.training.population")
 POPULATION_SPEC = "members.json"
+# --population's default on a GPU host: one run at batch 1024 uses a small part of a GPU (#15).
+AUTO_POPULATION = 16
 
 
 class GridError(ValueError):
@@ -661,9 +670,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("out", None, "Output folder.", required=True, **d)
   flags.DEFINE_string("launcher", "", "Command that runs one config (default: this Python and "
                       "launch.py); for tests.", **d)
-  flags.DEFINE_integer("population", 0, "Train up to P runs of one shape together, as one "
+  flags.DEFINE_integer("population", -1, "Train up to P runs of one shape together, as one "
                        "vmapped program in one process (mscan_jax.training.population); 0 or 1: "
-                       "one process per run.", lower_bound=0, **d)
+                       "one process per run; -1 (default): AUTO_POPULATION on a GPU host, else "
+                       "one process per run.", lower_bound=-1, **d)
   flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.", **d)
   flags.DEFINE_string("match", "", "Only the runs whose name matches this regular expression "
                       "(a slice of a grid; its sibling runs are added as needed).", **d)
@@ -753,7 +763,8 @@ def main(argv: Sequence[str]) -> int:
     share = sharding.assign(jobs, num_tasks)[task_index]
     print(sharding.describe(share, jobs, task_index, num_tasks))
     jobs = share
-  jobs = populations(jobs, a.population, os.path.join(a.out, "populations"))
+  pop_size = a.population if a.population >= 0 else (AUTO_POPULATION if placement.gpu else 0)
+  jobs = populations(jobs, pop_size, os.path.join(a.out, "populations"))
   if a.dry_run:
     for job in jobs:
       print(shlex.join(command(launcher, job)))
@@ -761,7 +772,7 @@ def main(argv: Sequence[str]) -> int:
   n_pop = sum(1 for job in jobs if job.members)
   print(f"{sum(len(job.runs()) for job in jobs)} runs of grid {a.grid} on {dataset_label(base)} "
         f"(size {size}) -> {a.out}, {num_jobs} at a time"
-        + (f"; {n_pop} populations of up to {a.population}" if n_pop else ""))
+        + (f"; {n_pop} populations of up to {pop_size}" if n_pop else ""))
   if a.devices or placement.gpu:
     print(placement.describe())
   with _signals_exit():
