@@ -81,6 +81,13 @@ if __package__ in (None, ""):   # run as a file: the repo root on the path (as t
 import importlib  # noqa: E402
 import platform  # noqa: E402
 
+from mscan_jax.training import distributed  # noqa: E402
+
+# As launch.py does before JAX starts (unless --no_retain_host_memory): glibc keeps freed memory,
+# so XLA:CPU's per-step temporaries are not page-faulted in afresh at every step. It is
+# process-wide, so torch's side runs with the same allocator settings.
+RETAIN = "--no_retain_host_memory" not in sys.argv[1:] and distributed.retain_host_memory()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -290,6 +297,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--authors_steps", type=int, default=1, help="their steps per timing")
   ap.add_argument("--matmul_n", type=int, default=2048)
   ap.add_argument("--out", default="", help="also write the report here")
+  ap.add_argument("--no_retain_host_memory", action="store_true",
+                  help="leave glibc's malloc as it is (launch.py retains host memory)")
   args = ap.parse_args(argv)
 
   lines: list[str] = []
@@ -309,7 +318,8 @@ def main(argv=None) -> dict:
       f"{schema.max_all_len}), batch {args.batch}, float32")
   say(f"host: {platform.machine()}, {os.cpu_count()} CPUs; pinned to {THREADS} "
       f"(sched_setaffinity); torch threads {torch.get_num_threads()} intra-op / "
-      f"{torch.get_num_interop_threads()} inter-op; JAX backend {jax.default_backend()}")
+      f"{torch.get_num_interop_threads()} inter-op; JAX backend {jax.default_backend()}; "
+      f"host memory retained (as launch.py): {RETAIN}")
 
   t0 = time.perf_counter()
   ours = Ours(schema, args.batch)
