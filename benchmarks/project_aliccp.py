@@ -199,23 +199,28 @@ def read_step_json(path: str) -> dict[str, Rates]:
     return {r["model"]: Rates(r["train_ex_per_s"], r["infer_ex_per_s"]) for r in data
             if r.get("shape") == "aliccp" and "train_ex_per_s" in r}
   if isinstance(data, dict) and "records" in data:                    # benchmarks/throughput.py
+    backward = config_lib.get_config().mscan.coattention_backward        # the path that runs
     return {grids.proposed(): Rates(r["train_examples_per_s"], r["infer_examples_per_s"])
             for r in data["records"] if r["shape"] == "aliccp" and r["impl"] == "factored"
-            and r["dtype"] == "float32"}
+            and r["dtype"] == "float32" and r.get("backward", backward) == backward}
   raise SystemExit(f"--step_json={path}: not a file of this script, models.py or throughput.py")
 
 
 def read_pipeline(path: str) -> float:
-  """The "pipeline (new)" row's examples/s of a `benchmarks/pipeline.py --out` file, else 0."""
+  """The fastest "pipeline (new)" row's examples/s in the first table of a
+  `benchmarks/pipeline.py --out` file (its worker counts), else 0."""
   if not path or not os.path.exists(path):
     return 0.0
+  best = 0.0
   with open(path) as f:
     for line in f:
+      if line.startswith("==="):                                     # earlier runs follow
+        break
       if line.strip().startswith("pipeline (new)"):
-        m = re.search(r"([\d,]+(?:\.\d+)?)", line.split(")", 1)[1])
+        m = re.search(r"([\d,]+(?:\.\d+)?)\s+\(", line.split(")", 1)[1])   # "678,388  (min..max)"
         if m:
-          return float(m.group(1).replace(",", ""))
-  return 0.0
+          best = max(best, float(m.group(1).replace(",", "")))
+  return best
 
 
 def measure(network: str, args) -> Rates:

@@ -55,3 +55,17 @@ def test_plan_has_the_papers_seventeen_runs_per_seed():
   assert {st.train_scenarios for st in stages if st.model == "single"} == {(1,), (2,), (3,)}
   with_refs = {st.run for st in p.plan_stages(range(2), (1, 2, 3), with_references=True)}
   assert len(with_refs) > len(runs)
+
+
+def test_pipeline_rate_is_read_from_the_first_table(tmp_path):
+  from benchmarks import project_aliccp
+  path = tmp_path / "pipeline.txt"
+  path.write_text(
+      "what             how                       examples/s             (min..max)\n"
+      "pipeline (old)   grain, 2 threads              26,581  (26,096..28,617)\n"
+      "pipeline (new)   1 thread, prefetch 2         460,443  (434,311..487,179)\n"
+      "pipeline (new)   2 threads, prefetch 2        678,388  (658,035..681,452)\n"
+      "=== an earlier run\n"
+      "pipeline (new)   2 threads, prefetch 2        999,999  (1..2)\n")
+  assert project_aliccp.read_pipeline(str(path)) == 678388.0
+  assert project_aliccp.read_pipeline(str(tmp_path / "missing.txt")) == 0.0
