@@ -33,9 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import sys
-import threading
 import time
 from typing import Any, Iterator, Sequence
 
@@ -143,7 +141,7 @@ def _stacked_batches(members: list[train._Stage], live: list[bool], prefetch: in
   """Batches (P, B, ...): member i's next training batch while `live[i]`, else its last one (its
   update is masked out). Each member reads its own order (`pipeline.train_batches` with its
   seed, from its own step), so a member sees what its run alone would see. Prepared `prefetch`
-  steps ahead on a background thread; closing the generator stops the thread."""
+  steps ahead on a background thread (`train.in_background`); closing the generator stops it."""
   its = [pipeline.train_batches(st.dataset, st.rows["train"], batch_size=st.config.train.batch_size,
                                 seed=st.config.seed, start_step=st.step,
                                 prefetch=st.config.data.prefetch, workers=1) for st in members]
@@ -155,33 +153,15 @@ def _stacked_batches(members: list[train._Stage], live: list[bool], prefetch: in
         last[i] = next(it)
     return {k: np.stack([b[k] for b in last]) for k in last[0]}
 
-  q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-  stop = threading.Event()
-
-  def worker():
+  def stacked() -> Iterator[dict[str, np.ndarray]]:
     try:
-      while not stop.is_set():
-        item = make()
-        while not stop.is_set():
-          try:
-            q.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            pass
-    except BaseException as e:   # surfaced in the consumer
-      q.put(e)
+      while True:
+        yield make()
+    finally:                    # the members' pipelines stop their gather threads
+      for it in its:
+        it.close()
 
-  t = threading.Thread(target=worker, daemon=True, name="population_input")
-  t.start()
-  try:
-    while True:
-      item = q.get()
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
-    t.join(timeout=10)
+  return train.in_background(stacked(), prefetch, "population_input")
 
 
 # ----------------------------------------------------------------------------- the loop

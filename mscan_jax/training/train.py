@@ -25,7 +25,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import flax
 import jax
@@ -117,13 +117,21 @@ def _to_global(batch: dict, sharding: NamedSharding) -> dict:
 def _device_prefetch(it: Iterator[dict], sharding: NamedSharding, size: int) -> Iterator[dict]:
   """Copies the next `size` batches to the devices on a background thread, so that gathering a
   batch on the host and its host-to-device copy overlap the running step. Closing the generator
-  (early stopping) stops the thread: it never stays blocked on a full queue, and it closes `it`
-  (whose gather threads stop too)."""
+  (early stopping) stops the thread (`in_background`), which closes `it` (whose gather threads
+  stop too)."""
   if size <= 0:
     for b in it:
       yield _to_global(b, sharding)
     return
-  q: queue.Queue = queue.Queue(maxsize=size)
+  yield from in_background(it, size, "device_prefetch", lambda b: _to_global(b, sharding))
+
+
+def in_background(it: Iterator, size: int, name: str,
+                  transform: Callable[[Any], Any] = lambda x: x) -> Iterator:
+  """transform(item) of every item of `it`, computed up to `size` items ahead on a background
+  thread. Closing the generator stops the thread: it never stays blocked on a full queue, and it
+  closes `it` when it ends; an exception of `it` is raised in the consumer."""
+  q: queue.Queue = queue.Queue(maxsize=max(1, size))
   stop = threading.Event()
   sentinel = object()
 
@@ -139,7 +147,7 @@ def _device_prefetch(it: Iterator[dict], sharding: NamedSharding, size: int) -> 
   def worker():
     try:
       for b in it:
-        if stop.is_set() or not put(_to_global(b, sharding)):
+        if stop.is_set() or not put(transform(b)):
           return
     except BaseException as e:  # surfaced in the consumer
       put(e)
@@ -149,7 +157,7 @@ def _device_prefetch(it: Iterator[dict], sharding: NamedSharding, size: int) -> 
         it.close()
     put(sentinel)
 
-  t = threading.Thread(target=worker, daemon=True, name="device_prefetch")
+  t = threading.Thread(target=worker, daemon=True, name=name)
   t.start()
   try:
     while True:
