@@ -18,7 +18,7 @@ from experiments import grids
 from experiments.report.loading import ReportError, load_folder
 from mscan_jax.config import ConfigError
 from mscan_jax.data.schema import DataError
-from experiments.report.writing import copy_run_files, write_report
+from experiments.report.writing import copy_run_files, write_record, write_report
 
 PROG = "python -m experiments.report"
 
@@ -48,6 +48,9 @@ def make_report(out: str, also: Sequence[str] = (), report_dir: str = "",
   path = write_report(folders, report_dir or out, c_values)
   if report_dir and os.path.abspath(report_dir) != os.path.abspath(out):
     copy_run_files(folders, report_dir)
+  else:
+    for f in folders:
+      write_record(f, f.path)
   return path
 
 

@@ -14,17 +14,26 @@ from experiments.report.loading import (FIGURE_METRICS, METRICS, Folder, ReportE
 from mscan_jax.evaluation import metrics as metrics_lib
 
 
-def sweep_c(run: RunResult, c_values: Sequence[float], label_key: str) -> dict[float, float]:
-  """#All AUC of Eq. (12)'s score for each c, from the run's saved y_m and y_s."""
+def c_scores(run: RunResult, c: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """The run's predictions and Eq. (12)'s score at `c`, from its saved y_m and y_s."""
   from mscan_jax.training import objective
   pred = run.predictions()
   if "y_s" not in pred or "y_m" not in pred:
     raise ReportError(f"run {run.name}: predictions.parquet has no y_m / y_s (the SBE is off?)")
-  out = {}
-  for c in c_values:
-    score = np.asarray(objective.inference_score({"y_m": pred["y_m"], "y_s": pred["y_s"]}, c))
-    out[float(c)] = metrics_lib.auc(pred[label_key], score)
-  return out
+  return pred, np.asarray(objective.inference_score({"y_m": pred["y_m"], "y_s": pred["y_s"]}, c))
+
+
+def auc_at_c(run: RunResult, c: float, label_key: str) -> float:
+  """#All AUC of `label_key` against Eq. (12)'s score at `c` (recorded: `from_predictions`)."""
+  def compute():
+    pred, score = c_scores(run, c)
+    return float(metrics_lib.auc(pred[label_key], score))
+  return run.from_predictions(f"auc[{label_key}] at c={float(c)!r}", compute)
+
+
+def sweep_c(run: RunResult, c_values: Sequence[float], label_key: str) -> dict[float, float]:
+  """#All AUC of Eq. (12)'s score for each c, from the run's saved y_m and y_s."""
+  return {float(c): auc_at_c(run, c, label_key) for c in c_values}
 
 
 def figure5_data(folder: Folder, c_values: Sequence[float]) -> list[dict]:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -81,6 +81,20 @@ _CACHE_SIZE = 8
 _PRED_CACHE: "collections.OrderedDict[str, dict]" = collections.OrderedDict()
 
 
+# The record of the numbers the report computes from predictions (`RunResult.from_predictions`),
+# written beside report.md's runs: a `--report_dir` copy holds no predictions, so a report made
+# from the copy reads them from here and regenerates the same numbers.
+DERIVED_FILE = "derived.json"
+
+
+@dataclasses.dataclass
+class Record:
+  """A folder's record of prediction-derived numbers: `loaded` from its DERIVED_FILE, and `used`
+  by this report (what the report writes back: no entry of a run or c no longer reported)."""
+  loaded: dict = dataclasses.field(default_factory=dict)
+  used: dict = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass
 class RunResult:
   name: str
@@ -89,6 +103,7 @@ class RunResult:
   results: dict
   workdir: str
   timing: dict = dataclasses.field(default_factory=dict)   # wall_s, cpu_s of the run (run.json)
+  derived: Record = dataclasses.field(default_factory=Record)   # the folder's (DERIVED_FILE)
 
   def setting(self, key: str) -> Any:
     return self.overrides.get(key, grids.default_value(key))
@@ -108,6 +123,31 @@ class RunResult:
   @property
   def key(self) -> RunKey:
     return (self.seed, self.data_seed)
+
+  def has_predictions(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, "predictions.parquet"))
+
+  def from_predictions(self, what: str, compute: Callable[[], Any]) -> Any:
+    """`compute()`, a JSON value computed from this run's predictions, kept in the folder's
+    record under (this run, `what`). Computed whenever the predictions are there (a record never
+    outlives a retrained run); read from the record when they are not (a committed copy). A
+    ReportError or ValueError of `compute` is recorded and raised again on every read, so a copy
+    reproduces the notes it caused too."""
+    key = f"{self.name} | {what}"
+    if self.has_predictions() or key not in self.derived.loaded:
+      try:
+        entry = {"value": compute()}
+      except ValueError as e:                        # ReportError is a ValueError
+        if not self.has_predictions():               # nothing recorded, nothing to compute from
+          raise
+        entry = {"error": str(e), "report_error": isinstance(e, ReportError)}
+      entry = json.loads(json.dumps(entry))          # the same types as after a reload
+    else:
+      entry = self.derived.loaded[key]
+    self.derived.used[key] = entry
+    if "error" in entry:
+      raise (ReportError if entry["report_error"] else ValueError)(entry["error"])
+    return entry["value"]
 
   def predictions(self) -> dict[str, np.ndarray]:
     """The `PRED_COLUMNS` of predictions.parquet present in the file, {column: numpy array}."""
@@ -138,6 +178,7 @@ class Folder:
   info: dict
   runs: list[RunResult]
   unfinished: list[str]
+  derived: Record = dataclasses.field(default_factory=Record)   # DERIVED_FILE, shared by its runs
 
 
 def load_folder(path: str) -> Folder:
@@ -148,6 +189,8 @@ def load_folder(path: str) -> Folder:
   if not os.path.isdir(runs_dir):
     raise ReportError(f"{runs_dir} does not exist: run "
                       f"`python -m experiments.run_grid --out={path}` first")
+  derived_path = os.path.join(path, DERIVED_FILE)
+  derived = Record(json.load(open(derived_path)) if os.path.exists(derived_path) else {})
   runs, unfinished = [], []
   for name in sorted(os.listdir(runs_dir)):
     wd = os.path.join(runs_dir, name)
@@ -164,9 +207,9 @@ def load_folder(path: str) -> Folder:
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in run["overrides"].items()}
     timing = {k: run[k] for k in ("wall_s", "cpu_s") if k in run}
     runs.append(RunResult(name, info.get("dataset") or res.get("dataset", "?"), overrides, res, wd,
-                          timing))
+                          timing, derived))
   dataset = info.get("dataset") or (runs[0].dataset if runs else os.path.basename(path))
-  return Folder(path, dataset, info, runs, unfinished)
+  return Folder(path, dataset, info, runs, unfinished, derived)
 
 
 # ----------------------------------------------------------------------------- which table

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.stats
 
 from experiments import grids
+from experiments.report import figures
 from experiments.report.loading import (METRICS, MSCAN, Folder, ReportError, RunKey, RunResult,
                                         format_keys)
 from mscan_jax import models
@@ -356,17 +357,17 @@ C_METRICS = ("auc", "true_interest_user_auc")     # #All observed clicks; per-us
 def sweep_c_metrics(run: RunResult, c_values: Sequence[float]) -> dict[str, dict[float, float]]:
   """Eq. (12)'s score for each c, from the run's saved y_m and y_s: #All observed-click AUC and
   (with true_like and user_id saved) the per-user pooled true-interest AUC."""
-  from mscan_jax.training import objective
-  pred = run.predictions()
-  if "y_s" not in pred or "y_m" not in pred:
-    raise ReportError(f"run {run.name}: predictions.parquet has no y_m / y_s (the SBE is off?)")
+  def user_auc(c: float) -> Optional[float]:
+    pred, score = figures.c_scores(run, c)
+    if "true_like" not in pred or "user_id" not in pred:
+      return None
+    return float(metrics_lib.user_pooled_auc(pred["true_like"], score, pred["user_id"]))
   out: dict[str, dict[float, float]] = {m: {} for m in C_METRICS}
-  for c in c_values:
-    score = np.asarray(objective.inference_score({"y_m": pred["y_m"], "y_s": pred["y_s"]}, c))
-    out["auc"][float(c)] = metrics_lib.auc(pred["label"], score)
-    if "true_like" in pred and "user_id" in pred:
-      out["true_interest_user_auc"][float(c)] = metrics_lib.user_pooled_auc(
-          pred["true_like"], score, pred["user_id"])
+  for c in map(float, c_values):
+    out["auc"][c] = figures.auc_at_c(run, c, "label")
+    v = run.from_predictions(f"user_auc[true_like] at c={c!r}", lambda: user_auc(c))
+    if v is not None:
+      out["true_interest_user_auc"][c] = v
   return {m: v for m, v in out.items() if v}
 
 

@@ -134,10 +134,13 @@ def significance_test(runs: Sequence[RunResult], row: str, metric: str, baseline
   if label is not None:
     for k in keys:
       a, b = run_for(runs, MSCAN, row, k), run_for(runs, baseline, row, k)
-      try:
+      def delong(a=a, b=b):
         y, sa, sb, n_un = joined_scores(a, b, row, label)
-        unmatched += n_un
-        ps.append(significance.delong_test(y, sa, sb)["p_value"])
+        return {"p": float(significance.delong_test(y, sa, sb)["p_value"]), "unmatched": n_un}
+      try:
+        d = a.from_predictions(f"delong[{label}] row={row} against {b.name}", delong)
+        unmatched += d["unmatched"]
+        ps.append(d["p"])
       except (ReportError, ValueError) as e:
         ps.append(float("nan"))
         notes.append(f"seeds {format_keys([k])}: {e}")

@@ -20,7 +20,7 @@ from experiments.report import mechanisms as mech
 from experiments.report import summary
 from experiments.report.figures import (figure5_data, figure6_data, plot, plot_dose_response,
                                         plot_sbe_c, plot_scenario_factor)
-from experiments.report.loading import METRICS, MSCAN, Folder, metric_value
+from experiments.report.loading import DERIVED_FILE, METRICS, MSCAN, Folder, metric_value
 from experiments.report.tables import (LEVEL, RELAIMPR_MIN_REF, SIGNIFICANCE_CSV_FIELDS,
                                        TABLE1_CSV_FIELDS, TABLE2_CSV_FIELDS, build_table1,
                                        significance_csv_rows, significance_markdown,
@@ -302,19 +302,34 @@ def _copy_json(src: str, dest: str, *, grid_dir: str) -> None:
     json.dump(portable(value, grid_dir=grid_dir, base=os.path.dirname(src)), f, indent=2)
 
 
+def write_record(folder: Folder, dest: str) -> None:
+  """The numbers this report computed from `folder`'s predictions (`loading.DERIVED_FILE`, see
+  `RunResult.from_predictions`) into `dest`, atomically: a report made from a copy without
+  predictions reads them back."""
+  path = os.path.join(dest, DERIVED_FILE)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(portable(folder.derived.used, grid_dir=folder.path, base=dest), f, indent=0,
+              sort_keys=True)
+  os.replace(tmp, path)
+
+
 def copy_run_files(folders: Sequence[Folder], report_dir: str) -> None:
-  """Copies each folder's grid.json and each finished run's results.json and config.json (no
-  checkpoints, no predictions) into `report_dir` (under `<dataset>/` when several folders), with
-  no absolute path (`portable`)."""
+  """Copies each folder's grid.json and each finished run's run.json, results.json and
+  config.json (no checkpoints, no predictions) into `report_dir` (under `<dataset>/` when several
+  folders), with no absolute path (`portable`), and the record of the numbers computed from the
+  predictions (`write_record`): `python -m experiments.report --out=<report_dir>` reproduces the
+  report from the copy."""
   for f in folders:
     dest = os.path.join(report_dir, f.dataset) if len(folders) > 1 else report_dir
     os.makedirs(dest, exist_ok=True)
     if os.path.exists(os.path.join(f.path, "grid.json")):
       _copy_json(os.path.join(f.path, "grid.json"), os.path.join(dest, "grid.json"),
                  grid_dir=f.path)
+    write_record(f, dest)
     for r in f.runs:
       os.makedirs(os.path.join(dest, "runs", r.name), exist_ok=True)
-      for name in ("results.json", "config.json"):
+      for name in ("run.json", "results.json", "config.json"):
         if os.path.exists(os.path.join(r.workdir, name)):
           _copy_json(os.path.join(r.workdir, name), os.path.join(dest, "runs", r.name, name),
                      grid_dir=f.path)

@@ -246,6 +246,16 @@ def test_report_writes_the_section_and_figures(folder, tmp_path):
   assert flagged == {("SACA", "transfer", TI), ("SACA", "transfer", "true_interest_user_auc")}
 
 
+def test_report_from_the_committed_copy_reproduces_it(folder, tmp_path):
+  """The SBE's c trade-off per dial level is computed from predictions; a report made from the
+  --report_dir copy (no predictions) reads it from the copy's record and gives the same report."""
+  from test_report import assert_reproduced
+  record = assert_reproduced(folder.path, tmp_path / "a", tmp_path / "b", c_values="0,5")
+  assert any(k.startswith("mscan-") and "user_auc[true_like] at c=5.0" in k for k in record)
+  rows = list(csv.DictReader(open(tmp_path / "b" / "mechanism_sbe_c.csv")))
+  assert {r["dial"] for r in rows} >= {"transfer", "exposure_bias"}
+
+
 def test_table_grids_only_summarise_table2_at_default(tmp_path):
   """No dial level: the paragraphs cover SACA and the SBE at the default data, no Table M and no
   dose-response figure, and say the placebo check was not made."""
