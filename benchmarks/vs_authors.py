@@ -258,6 +258,7 @@ class Ours:
     params = jax.device_get(self.state.params)
     self.num_params = int(sum(x.size for x in jax.tree.leaves(params)))
     # The FLOPs of the path that runs (the default backward, tiled as configured).
+    self.forward_flops = throughput.mscan_forward_flops(params, schema, IMPL)
     self.train_flops = throughput.mscan_train_flops(
         params, schema, IMPL, config.mscan.coattention_backward,
         tiled=0 < config.mscan.coattention_tile < batch_size)
@@ -365,6 +366,17 @@ def main(argv=None) -> dict:
       f"{med['ours_train']:,.0f} ex/s = {train_flops / 1e9:.1f} GFLOP/s; float32 "
       f"{args.matmul_n}x{args.matmul_n} matmul {med['matmul'] / 1e9:.1f} GFLOP/s; "
       f"fraction {result['matmul_fraction']:.3f}")
+  # What no implementation of this path can beat here: its FLOPs at the full matmul rate.
+  fwd = sum(ours.forward_flops.values())
+  ceiling = {"train_examples_per_s": med["matmul"] / per_ex,
+             "infer_examples_per_s": med["matmul"] / fwd}
+  ceiling.update(train_ratio=ceiling["train_examples_per_s"] / med["theirs_train"],
+                 infer_ratio=ceiling["infer_examples_per_s"] / med["theirs_infer"])
+  result["ceiling"] = ceiling
+  say(f"ceiling, our path at 100% of the matmul rate ({per_ex / 1e6:.1f} MFLOP per training "
+      f"example, {fwd / 1e6:.1f} per forward pass): train "
+      f"{ceiling['train_examples_per_s']:,.0f} ex/s = {ceiling['train_ratio']:.1f}x theirs, "
+      f"infer {ceiling['infer_examples_per_s']:,.0f} ex/s = {ceiling['infer_ratio']:.1f}x theirs")
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
