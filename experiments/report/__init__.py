@@ -13,7 +13,9 @@ in-process). One module per concern:
             trade-off per level, and whether y_s learns the scenario bias (Spearman table)
   summary   report.md's opening paragraphs, one per module, every sentence templated from the
             table cell it quotes
-  writing   report.md, the CSVs, and the copy of `--report_dir` (results.json, config.json)
+  writing   report.md, the CSVs, and the copy of `--report_dir` (run.json, results.json,
+            config.json, and derived.json: the numbers computed from predictions, so that a
+            report made from the copy alone is the same)
   cli       the flags, `make_report` and `run` (the command line in-process)
 
 On data that knows the true interest (the synthetic benchmark, `true_like` in
