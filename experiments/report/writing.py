@@ -27,6 +27,7 @@ from experiments.report.tables import (LEVEL, RELAIMPR_MIN_REF, SIGNIFICANCE_CSV
                                        table1_csv_rows, table1_markdown, table2_csv_rows,
                                        table2_markdown)
 from mscan_jax import models
+from mscan_jax.training import rundir
 
 
 def write_csv(path: str, rows: Sequence[dict], fields: Optional[Sequence[str]] = None) -> None:
@@ -306,12 +307,9 @@ def write_record(folder: Folder, dest: str) -> None:
   """The numbers this report computed from `folder`'s predictions (`loading.DERIVED_FILE`, see
   `RunResult.from_predictions`) into `dest`, atomically: a report made from a copy without
   predictions reads them back."""
-  path = os.path.join(dest, DERIVED_FILE)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(portable(folder.derived.used, grid_dir=folder.path, base=dest), f, indent=0,
-              sort_keys=True)
-  os.replace(tmp, path)
+  record = portable(folder.derived.used, grid_dir=folder.path, base=dest)
+  rundir.write_text_atomic(os.path.join(dest, DERIVED_FILE),
+                           json.dumps(record, indent=0, sort_keys=True))
 
 
 def copy_run_files(folders: Sequence[Folder], report_dir: str) -> None:
