@@ -325,6 +325,25 @@ _READS_BIAS = ("exposure_bias",)                 # the scenario's examination bi
 _SEES_LABELS = {"cur+all": "H_u", "cur+all+context": "H_u with context"}
 
 
+class Information(NamedTuple):
+  """What a switch's setting adds to a model's input: its column title's suffix and what it adds
+  to the registry's `sees` (Table 1's equal-information columns)."""
+  title: str
+  sees: str
+
+
+# The switch settings that change what a model sees (its information, not its architecture): a
+# folder's runs of Table 1's models with one of them are shown as Table 1 columns of their own,
+# beside the model's default (the equal-information rows of the mechanism study).
+INFORMATION: dict[tuple[str, Any], Information] = {
+    ("baseline.behaviours", "cur+all"): Information("+ DIN(H_u)", "+ DIN(H_u)"),
+    ("baseline.behaviours", "cur+all+context"): Information(
+        "+ DIN(H_u, flags)", "+ DIN(H_u with click flags and scenario ids)"),
+    ("mscan.history_context", True): Information(
+        "+ click flags", "; H_u with click flags and scenario ids (not the paper's)"),
+}
+
+
 def module_contrasts(baselines: Sequence[str]) -> dict[str, Contrast]:
   """M-scan's modules and switches, each against its control among `MECHANISM_VARIANTS`, then for
   each baseline every non-default input of `BEHAVIOUR_INPUTS` against its default one."""

@@ -58,8 +58,27 @@ class ReportError(ValueError):
 
 
 def spec(model: str) -> Optional[models.ModelSpec]:
-  """The registry's entry of `model`, None for a model no longer registered."""
-  return models.specs().get(model)
+  """The registry's entry of `model` (or of a Table 1 column's model), None for a model no longer
+  registered."""
+  return models.specs().get(column_model(model))
+
+
+# A Table 1 column is a model, then the information switches its runs set (`grids.INFORMATION`):
+# "mix", "mix|baseline.behaviours=cur+all", "mscan|mscan.history_context=True".
+COLUMN_SEP = "|"
+
+
+def column_model(column: str) -> str:
+  return column.split(COLUMN_SEP, 1)[0]
+
+
+def column_information(column: str) -> list[grids.Information]:
+  """What the column's switches add to its model's input (empty for a model's default)."""
+  out = []
+  for part in column.split(COLUMN_SEP)[1:]:
+    key, value = part.split("=", 1)
+    out += [info for (k, v), info in grids.INFORMATION.items() if k == key and str(v) == value]
+  return out
 
 
 def is_reference(model: str) -> bool:
@@ -111,6 +130,12 @@ class RunResult:
   @property
   def model(self) -> str:
     return self.overrides["model"]
+
+  @property
+  def column(self) -> str:
+    """Its Table 1 column: the model, then the information switches it sets (`column_model`)."""
+    return self.model + "".join(f"{COLUMN_SEP}{k}={v}" for k, v in self.overrides.items()
+                                if (k, v) in grids.INFORMATION)
 
   @property
   def seed(self) -> int:
@@ -220,9 +245,12 @@ def _only(run: RunResult, keys: Iterable[str]) -> bool:
 
 
 def table1_runs(runs: Sequence[RunResult]) -> list[RunResult]:
-  """Runs of Table 1's models, reference scorers and oracles with default settings."""
+  """Runs of Table 1's models, reference scorers and oracles with default settings, and of Table
+  1's models with an information switch of `grids.INFORMATION` (their own columns)."""
   cols = set(models.names(table="table1")) | {m for m in models.specs() if is_reference(m)}
-  return [r for r in runs if r.model in cols and _only(r, {"single.scenario"})]
+  info_keys = {k for k, _ in grids.INFORMATION}
+  return [r for r in runs if r.model in cols and _only(r, {"single.scenario", *info_keys})
+          and all((k, v) in grids.INFORMATION for k, v in r.overrides.items() if k in info_keys)]
 
 
 def reference_runs(runs: Sequence[RunResult]) -> list[RunResult]:
@@ -301,21 +329,22 @@ def rows_of(runs: Sequence[RunResult], metric: str) -> list[str]:
   return [str(s) for s in sorted(scen)] + ["all"]
 
 
-def cell_stat(runs: Sequence[RunResult], model: str, row: str, metric: str) -> Stat:
-  """Per-seed-pair values of `metric` for `model` in `row` (a scenario id or "all")."""
+def cell_stat(runs: Sequence[RunResult], column: str, row: str, metric: str) -> Stat:
+  """Per-seed-pair values of `metric` for Table 1's `column` (a model, or a model with its
+  information switches: `RunResult.column`) in `row` (a scenario id or "all")."""
   values: dict[RunKey, float] = {}
   for r in runs:
-    if r.model == model and (v := run_value(r, metric, row)) is not None:
+    if r.column == column and (v := run_value(r, metric, row)) is not None:
       values[r.key] = v
   return Stat(values)
 
 
-def run_for(runs: Sequence[RunResult], model: str, row: str, key: RunKey
+def run_for(runs: Sequence[RunResult], column: str, row: str, key: RunKey
             ) -> Optional[RunResult]:
-  """The run of `model` with seed pair `key` whose value is `row`'s."""
+  """The run of Table 1's `column` with seed pair `key` whose value is `row`'s."""
   for r in runs:
-    if r.model == model and r.key == key and (
-        not has_target_scenario(model) or str(r.setting("single.scenario")) == row):
+    if r.column == column and r.key == key and (
+        not has_target_scenario(column) or str(r.setting("single.scenario")) == row):
       return r
   return None
 

@@ -23,9 +23,10 @@ import dataclasses
 import math
 from typing import Optional, Sequence
 
-from experiments import paper_results
-from experiments.report.loading import (METRICS, MSCAN, Folder, ReportError, RunKey, RunResult,
-                                        Stat, cell_stat, format_keys, is_reference, joined_scores,
+from experiments import grids, paper_results
+from experiments.report.loading import (COLUMN_SEP, METRICS, MSCAN, Folder, ReportError, RunKey,
+                                        RunResult, Stat, cell_stat, column_information,
+                                        column_model, format_keys, is_reference, joined_scores,
                                         metric_value, reference_runs, rows_of, run_for, spec,
                                         table1_runs, table2_runs)
 from mscan_jax import models
@@ -65,20 +66,28 @@ def scenario_label(row: str) -> str:
   return "#All" if row == "all" else f"#{row}"
 
 
-def column_title(model: str) -> str:
-  """The registry's title; reference scorers and oracles labelled as such."""
-  s = spec(model)
+def column_title(column: str) -> str:
+  """The registry's title, then what the column's information switches add ("Mix + DIN(H_u)");
+  reference scorers and oracles labelled as such."""
+  s = spec(column)
   if s is not None and s.kind != "model":
     return f"{s.title} [{'ref' if s.kind == 'reference' else 'oracle'}]"
-  return models.title(model)
+  return " ".join([models.title(column_model(column)),
+                   *(i.title for i in column_information(column))])
+
+
+def column_sees(column: str) -> str:
+  """What the column's input holds: the registry's `sees` and what its switches add."""
+  s = spec(column)
+  return ("?" if s is None else s.sees) + "".join(
+      ("" if i.sees.startswith(";") else " ") + i.sees for i in column_information(column))
 
 
 def sees(model_names: Sequence[str]) -> str:
   """"<titles>: <what their input holds>; ..." from each spec's `sees`, grouped."""
   groups: dict[str, list[str]] = {}
   for m in model_names:
-    s = spec(m)
-    groups.setdefault(s.sees if s is not None else "?", []).append(column_title(m))
+    groups.setdefault(column_sees(m), []).append(column_title(m))
   return "; ".join(f"{', '.join(titles)}: {what}" for what, titles in groups.items())
 
 
@@ -160,7 +169,8 @@ class Table1:
   dataset: str
   metric: str
   rows: list[str]                             # every scenario with a value, then "all"
-  models: list[str]                           # Table 1's models present (registry order)
+  models: list[str]                           # Table 1's columns of models present: registry
+                                              # order, each model's information switches after it
   references: list[str]                       # reference scorers and oracles present
   stats: dict[tuple[str, str], Stat]          # (row, column) -> Stat
   relaimpr: dict[tuple[str, str], float]
@@ -183,8 +193,10 @@ def build_table1(folder: Folder, metric: str) -> Optional[Table1]:
   runs = [r for r in table1_runs(folder.runs) if metric in r.results]
   if not runs:
     return None
-  present = {r.model for r in runs}
-  cols = [m for m in models.names(table="table1") if m in present]
+  present = {r.column for r in runs}
+  switches = ["".join(f"{COLUMN_SEP}{k}={v}" for k, v in kv) for kv in
+              [(), *(((k, v),) for k, v in grids.INFORMATION)]]
+  cols = [m + sw for m in models.names(table="table1") for sw in switches if m + sw in present]
   refs = [m for m in models.specs() if is_reference(m) and m in present]
   candidates = rows_of(runs, metric)
   stats = {(row, m): cell_stat(runs, m, row, metric) for row in candidates for m in cols + refs}
@@ -203,7 +215,7 @@ def build_table1(folder: Folder, metric: str) -> Optional[Table1]:
       best[row] = max(row_stats, key=lambda m: row_stats[m].mean)
     if (b := bold_of(row_stats)) is not None:
       bold[row] = b
-    base = {m: st for m, st in row_stats.items() if m != MSCAN}
+    base = {m: st for m, st in row_stats.items() if column_model(m) != MSCAN}
     if MSCAN in row_stats and base:
       b = max(base, key=lambda m: base[m].mean)
       tests[row] = significance_test(runs, row, metric, b, row_stats[MSCAN], base[b])
@@ -266,6 +278,10 @@ def table1_markdown(t: Table1) -> list[str]:
   n = sorted({st.n for st in t.stats.values() if st.n})
   if n:
     notes.append(f"Seed pairs (seed, data seed) per cell: {', '.join(map(str, n))}.")
+  if any(column_information(m) for m in t.models):
+    notes.append("A column whose title adds to a model's (\"+ DIN(H_u)\", \"+ click flags\") "
+                 "is that model given other information: the equal-information rows, whose "
+                 "input is under the table; M-scan's own variants are never the best baseline.")
   targets = [m for m in t.models if spec(m) is not None and spec(m).target_scenario]
   if targets:
     names = " and ".join(models.title(m) for m in targets)

@@ -206,6 +206,38 @@ def test_star_needs_the_paired_ttest(tmp_path):
   assert "\\*" not in "\n".join(report.table1_markdown(t)[:4])
 
 
+def test_equal_information_columns(tmp_path):
+  """Runs of Table 1's models with an information switch (`grids.INFORMATION`) get columns of
+  their own after their model's, titled and described by what they add; M-scan's own variant is
+  never the best baseline, and a switch outside `grids.INFORMATION` is not a Table 1 column."""
+  root = str(tmp_path)
+  for s in SEEDS:
+    _write_run(root, f"mscan-s{s}", {"model": "mscan", "seed": s}, _scenario_block(1, 4, 0))
+    _write_run(root, f"mscan-ctx=True-s{s}", {"model": "mscan", "seed": s,
+                                              "mscan.history_context": True},
+               _scenario_block(1, 10, 0))
+    _write_run(root, f"mix-s{s}", {"model": "mix", "seed": s}, _scenario_block(1, 2, 0))
+    _write_run(root, f"mix-sees=cur+all-s{s}", {"model": "mix", "seed": s,
+                                                "baseline.behaviours": "cur+all"},
+               _scenario_block(1, 6, 0))
+    _write_run(root, f"mix-sees=none-s{s}", {"model": "mix", "seed": s,
+                                             "baseline.behaviours": "none"},
+               _scenario_block(1, 8, 0))
+  t = report.build_table1(report.load_folder(root), "auc")
+  mix_h, mscan_ctx = "mix|baseline.behaviours=cur+all", "mscan|mscan.history_context=True"
+  assert t.models == ["mix", mix_h, "mscan", mscan_ctx]
+  assert t.stats[("1", mix_h)].mean == pytest.approx(0.8)        # 0.5 + 6 / 20
+  assert t.stats[("1", mscan_ctx)].mean == pytest.approx(1.0)
+  assert t.best["1"] == mscan_ctx
+  assert t.tests["1"].baseline == mix_h                          # not M-scan's own variant
+  lines = report.table1_markdown(t)
+  assert lines[0] == "| Scenario | Mix | Mix + DIN(H_u) | M-scan | M-scan + click flags |"
+  text = "\n".join(lines)
+  assert "Mix + DIN(H_u): u, i, s + DIN(S_u) + DIN(H_u);" in text
+  assert "M-scan + click flags: u, i, s + GRU(S_u) + SACA(H_u, S_u); H_u with click flags" in text
+  assert "equal-information rows" in text
+
+
 def test_true_interest_table_and_unfinished(folder):
   t = report.build_table1(folder, "true_interest_auc")
   assert t is not None   # true_like == label here, so the same numbers
