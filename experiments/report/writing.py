@@ -206,6 +206,33 @@ def _definitions(folders: Sequence[Folder]) -> list[str]:
   return L
 
 
+def _convergence(folders: Sequence[Folder]) -> list[str]:
+  """How many trained runs were still improving when their training stopped: their best
+  validation score (results.json `best_step`) at their last step (`steps`), per model."""
+  runs = [r for f in folders for r in f.runs
+          if r.results.get("steps") and r.results.get("best_step") is not None]
+  if not runs:
+    return []
+  late: dict[str, list[int]] = {}
+  for r in runs:
+    n = late.setdefault(r.model, [0, 0])
+    n[0] += int(r.results["best_step"] >= r.results["steps"])
+    n[1] += 1
+  epochs = ", ".join(sorted({str(f.info.get("shared", {}).get("train.num_epochs", "?"))
+                             for f in folders}))
+  order = list(models.specs())
+  per_model = ", ".join(f"{models.title(m)} {late[m][0]}/{late[m][1]}" for m in
+                        sorted(late, key=lambda m: order.index(m) if m in order else len(order)))
+  total = sum(k for k, _ in late.values())
+  if not total:
+    return ["", f"**Training budget.** Every one of the {len(runs)} trained runs had its best "
+            f"validation score before its last step (train.num_epochs = {epochs})."]
+  return ["", f"**Training budget.** {total} of {len(runs)} trained runs had their best "
+          "validation score at their last step, so they were still improving when their epochs "
+          f"(train.num_epochs = {epochs}) ran out ({per_model}). Every comparison in this report "
+          "is at that fixed training budget, not at convergence."]
+
+
 def _markdown(folders, tables, fig5, fig6, out_dir, studies=()) -> str:
   n_runs = sum(len(f.runs) for f in folders)
   seeds = sorted({r.seed for f in folders for r in f.runs})
@@ -219,6 +246,7 @@ def _markdown(folders, tables, fig5, fig6, out_dir, studies=()) -> str:
   unfinished = [f"{f.dataset}: {', '.join(f.unfinished)}" for f in folders if f.unfinished]
   if unfinished:
     L += ["", "Unfinished runs (not used): " + "; ".join(unfinished) + "."]
+  L += _convergence(folders)
   L += [""] + summary.summary_markdown([(st.study, st.tradeoffs, st.spearman) for st in studies])
   L += _definitions(folders)
   # Table 1

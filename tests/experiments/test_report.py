@@ -238,6 +238,25 @@ def test_equal_information_columns(tmp_path):
   assert "equal-information rows" in text
 
 
+def test_report_says_how_many_runs_were_still_improving(tmp_path):
+  """report.md counts, per model, the runs whose best validation step was their last one."""
+  root = str(tmp_path / "grid")
+  os.makedirs(root)
+  with open(os.path.join(root, "grid.json"), "w") as f:
+    json.dump({"dataset": "synthetic-tiny", "size": "tiny",
+               "shared": {"train.num_epochs": 3}, "grids": ["table1"]}, f)
+  auc = {"all": 0.6, "per_scenario": {"1": 0.6}}
+  for s, best in enumerate((30, 20, 30)):
+    _write_run(root, f"mix-s{s}", {"model": "mix", "seed": s}, None,
+               {"auc": auc, "steps": 30, "best_step": best})
+    _write_run(root, f"mscan-s{s}", {"model": "mscan", "seed": s}, None,
+               {"auc": auc, "steps": 30, "best_step": 10})
+  text = open(report.make_report(root)).read()
+  assert ("**Training budget.** 2 of 6 trained runs had their best validation score at their "
+          "last step, so they were still improving when their epochs (train.num_epochs = 3) ran "
+          "out (Mix 2/3, M-scan 0/3).") in text
+
+
 def test_true_interest_table_and_unfinished(folder):
   t = report.build_table1(folder, "true_interest_auc")
   assert t is not None   # true_like == label here, so the same numbers
