@@ -226,7 +226,7 @@ SIZES: dict[str, Overrides] = {
               "mscan.attn_mlp": (64, 32), "baseline.tower": (128, 64),
               "baseline.expert": (64, 32), "train.num_epochs": 3},
     "default": {},
-    # The mechanism study's size (results/mechanisms): the grid of ~1,100 runs on 2 CPU cores in
+    # The mechanism study's size (results/synthetic): the grid of ~1,100 runs on 2 CPU cores in
     # population processes; every architecture kept, the pair FFN of Eq. 15 at 16-8 (most of a
     # step's cost), embeddings and towers at half of "small"; the paper's batch and 3 epochs.
     "study": {"embed_dim": 16, "mscan.mlp": (64, 32), "mscan.scenario_mlp": (16,),

@@ -33,7 +33,8 @@ class ShardError(ValueError):
 # ----------------------------------------------------------------------------- cost model
 
 # The cost of one run, in CPU seconds of a run at size `small` on the default synthetic preset
-# (2-core CPU; mean over the 6-18 runs of each model in results/synthetic/runs.csv, `cpu_s`).
+# (2-core CPU; mean over the 6-18 runs of each model of the size-`small` table grid,
+# `git show 6ff9e90:results/synthetic/runs.csv`, column `cpu_s`).
 # Each figure is a whole run: its stages (the references' longer schedules, `config.reference.*`)
 # and its examples (Single and Finetune train on their target scenario only; a Finetune run's
 # Mix stage is its sibling Mix run, counted there). Only ratios matter for the split; the
