@@ -26,8 +26,9 @@ shown beside ours.
 The rules behind the numbers (mean ± std over seed pairs (seed, data_seed), RelaImpr and where
 it is left out, the `*` and the bold) are in `experiments.report.tables` and printed at the top
 of report.md. Every model list and title comes from the model registry (`mscan_jax.models`):
-Table 1's columns are `models.names(table="table1")`, then the reference scorers and oracles
-present in the folder, labelled as such; a newly registered model appears with no change here.
+Table 1's columns are `models.names(table="table1")`, each followed by its equal-information
+columns present in the folder (`grids.INFORMATION`), then the reference scorers and oracles
+present, labelled as such; a newly registered model appears with no change here.
 
 The c sweep of Figure 5: score = (y_m - c) * sigmoid(y_s) (Eq. 12, `objective.inference_score`)
 recomputed from each run's saved y_m and y_s for every c; per-scenario AUCs do not depend on c,

@@ -1,8 +1,10 @@
 """Table 1 (every scenario and #All), its significance tests, and Table 2 (ablations).
 
 Columns and titles come from the model registry (`mscan_jax.models`): Table 1's models are
-`models.names(table="table1")` in display order, then the reference scorers and oracles present
-in the folder, labelled as such. The rules (also printed in report.md):
+`models.names(table="table1")` in display order, each followed by its runs with an information
+switch of `grids.INFORMATION` present in the folder (the equal-information rows: "Mix + DIN(H_u)",
+"M-scan + click flags"), then the reference scorers and oracles present, labelled as such. The
+rules (also printed in report.md):
 
   * RelaImpr = ((AUC - 0.5) / (AUC_ref - 0.5) - 1) x 100 % of the mean values, against the first
     target-scenario model of Table 1 (Single) per scenario and the first other one (Mix) on #All
