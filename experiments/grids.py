@@ -322,26 +322,29 @@ def _variant(**switches: Any) -> Overrides:
 # claims `drift`, but no switch of the grid removes it, so no contrast carries that check.
 _READS_H_U = ("transfer", "scenario_interest")   # scenario-specific interest shared via H_u
 _READS_BIAS = ("exposure_bias",)                 # the scenario's examination bias (S -> Y)
-_SEES_LABELS = {"cur+all": "H_u", "cur+all+context": "H_u with context"}
 
 
 class Information(NamedTuple):
-  """What a switch's setting adds to a model's input: its column title's suffix and what it adds
-  to the registry's `sees` (Table 1's equal-information columns)."""
+  """What a switch's setting adds to a model's input: its column title's suffix, what it adds
+  to the registry's `sees` (Table 1's equal-information columns), and its short label in the
+  names of the study's contrasts ("H_u for Mix")."""
   title: str
   sees: str
+  label: str = ""
 
 
 # The switch settings that change what a model sees (its information, not its architecture): a
 # folder's runs of Table 1's models with one of them are shown as Table 1 columns of their own,
 # beside the model's default (the equal-information rows of the mechanism study).
 INFORMATION: dict[tuple[str, Any], Information] = {
-    ("baseline.behaviours", "cur+all"): Information("+ DIN(H_u)", "+ DIN(H_u)"),
+    ("baseline.behaviours", "cur+all"): Information("+ DIN(H_u)", "+ DIN(H_u)", "H_u"),
     ("baseline.behaviours", "cur+all+context"): Information(
-        "+ DIN(H_u, flags)", "+ DIN(H_u with click flags and scenario ids)"),
+        "+ DIN(H_u, flags)", "+ DIN(H_u with click flags and scenario ids)", "H_u with context"),
     ("mscan.history_context", True): Information(
         "+ click flags", "; H_u with click flags and scenario ids (not the paper's)"),
 }
+_SEES_LABELS = {v: info.label for (k, v), info in INFORMATION.items()
+                if k == "baseline.behaviours"}
 
 
 def module_contrasts(baselines: Sequence[str]) -> dict[str, Contrast]:

@@ -68,6 +68,12 @@ def spec(model: str) -> Optional[models.ModelSpec]:
 COLUMN_SEP = "|"
 
 
+def column_of(model: str, overrides: dict) -> str:
+  """The Table 1 column of `model` run with `overrides`: the model, then its information switches."""
+  return model + "".join(f"{COLUMN_SEP}{k}={v}" for k, v in overrides.items()
+                         if (k, v) in grids.INFORMATION)
+
+
 def column_model(column: str) -> str:
   return column.split(COLUMN_SEP, 1)[0]
 
@@ -134,8 +140,7 @@ class RunResult:
   @property
   def column(self) -> str:
     """Its Table 1 column: the model, then the information switches it sets (`column_model`)."""
-    return self.model + "".join(f"{COLUMN_SEP}{k}={v}" for k, v in self.overrides.items()
-                                if (k, v) in grids.INFORMATION)
+    return column_of(self.model, self.overrides)
 
   @property
   def seed(self) -> int:

@@ -26,9 +26,9 @@ import math
 from typing import Optional, Sequence
 
 from experiments import grids, paper_results
-from experiments.report.loading import (COLUMN_SEP, METRICS, MSCAN, Folder, ReportError, RunKey,
-                                        RunResult, Stat, cell_stat, column_information,
-                                        column_model, format_keys, is_reference, joined_scores,
+from experiments.report.loading import (METRICS, MSCAN, Folder, ReportError, RunKey, RunResult,
+                                        Stat, cell_stat, column_information, column_model,
+                                        column_of, format_keys, is_reference, joined_scores,
                                         metric_value, reference_runs, rows_of, run_for, spec,
                                         table1_runs, table2_runs)
 from mscan_jax import models
@@ -196,9 +196,9 @@ def build_table1(folder: Folder, metric: str) -> Optional[Table1]:
   if not runs:
     return None
   present = {r.column for r in runs}
-  switches = ["".join(f"{COLUMN_SEP}{k}={v}" for k, v in kv) for kv in
-              [(), *(((k, v),) for k, v in grids.INFORMATION)]]
-  cols = [m + sw for m in models.names(table="table1") for sw in switches if m + sw in present]
+  settings = [{}, *({k: v} for k, v in grids.INFORMATION)]
+  cols = [c for m in models.names(table="table1") for ov in settings
+          if (c := column_of(m, ov)) in present]
   refs = [m for m in models.specs() if is_reference(m) and m in present]
   candidates = rows_of(runs, metric)
   stats = {(row, m): cell_stat(runs, m, row, metric) for row in candidates for m in cols + refs}
