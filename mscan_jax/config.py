@@ -10,19 +10,15 @@ alpha = 0.1, c per dataset.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 from typing import Any, Sequence
 
 import ml_collections
 from ml_collections import config_dict
 
+from mscan_jax.errors import ConfigError, integer_at_least, number_in, widths
+
 DTYPES = ("float32", "bfloat16")
-
-
-class ConfigError(ValueError):
-  """An invalid configuration: the message names the field and what is valid."""
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -47,11 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.eval_scenarios = ()       # restrict evaluation to these scenario ids (() = all)
   c.data.prefetch = 2              # batches prepared ahead of the device
   c.data.seed = 0                  # seed of the synthetic benchmark (the data, not the model)
-  # The synthetic benchmark's dials (mscan_jax.data.synthetic.DIALS: one per causal arrow of
-  # Figure 2, 0 = the mechanism off); < 0 = the preset's value.
-  from mscan_jax.data import synthetic
-  c.data.synthetic = ml_collections.ConfigDict({dial: -1.0 for dial in synthetic.DIALS})
-  # Building a log or a public dataset (`log` on the fly, `python -m mscan_jax.data.prepare`);
+  # The synthetic benchmark's dials (datasets.dials: one per causal arrow of Figure 2, 0 = the
+  # mechanism off); < 0 = the preset's value.
+  from mscan_jax.data import datasets
+  c.data.synthetic = ml_collections.ConfigDict({dial: -1.0 for dial in datasets.dials("synthetic")})
+  # Building a log or a public dataset (`log` on the fly, `python prepare.py`);
   # the synthetic generator has its own per preset. Paper App. A.1.
   c.data.max_cur_len = 20          # Ls: cap of S_u (most recent kept)
   c.data.max_all_len = 40          # Lh: cap of H_u
@@ -188,8 +184,8 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
   for key in ("shard_embeddings", "train.progress", "train.export_predictions", "mscan.use_saca",
               "mscan.use_sbe", "mscan.history_context", "mscan.saca_scenario_aware",
               "mscan.scenario_in_matching", "distributed.auto"):
-    if not isinstance(_get(config, key), bool):
-      raise ConfigError(f"config.{key} must be True or False, got {_get(config, key)!r}")
+    if not isinstance(get_path(config, key), bool):
+      raise ConfigError(f"config.{key} must be True or False, got {get_path(config, key)!r}")
   for key, low in (("seed", 0), ("embed_dim", 1), ("train.batch_size", 1),
                    ("train.eval_batch_size", 1), ("train.num_epochs", 0), ("train.max_steps", 0),
                    ("train.eval_every_steps", 0), ("train.log_every_steps", 0),
@@ -199,13 +195,13 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
                    ("baseline.num_experts", 0), ("baseline.num_specific_experts", 0),
                    ("reference.dim", 1), ("reference.num_epochs", 1), ("single.scenario", 0),
                    ("distributed.num_processes", 0), ("distributed.process_id", -1)):
-    integer_at_least(f"config.{key}", _get(config, key), low)
+    integer_at_least(f"config.{key}", get_path(config, key), low)
   if config.train.num_epochs < 1 and config.train.max_steps < 1:
     raise ConfigError("config.train.num_epochs or config.train.max_steps must be >= 1")
   for key in ("train.learning_rate", "train.clip_norm", "reference.learning_rate"):
-    number_in(f"config.{key}", _get(config, key), low=0, low_open=True)
+    number_in(f"config.{key}", get_path(config, key), low=0, low_open=True)
   for key in ("train.weight_decay", "reference.weight_decay", "mscan.alpha"):
-    number_in(f"config.{key}", _get(config, key), low=0)
+    number_in(f"config.{key}", get_path(config, key), low=0)
   number_in("config.train.divergence_factor", config.train.divergence_factor, low=0,
             what="a finite number: 0 (off) or > 1")
   if 0 < config.train.divergence_factor <= 1:
@@ -219,7 +215,7 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
   for key, empty_ok in (("mscan.mlp", True), ("mscan.scenario_mlp", True),
                         ("mscan.attn_mlp", False), ("baseline.tower", True),
                         ("baseline.expert", True)):
-    widths(f"config.{key}", _get(config, key), empty_ok)
+    widths(f"config.{key}", get_path(config, key), empty_ok)
   from mscan_jax.models.sequence import COATTENTION_BACKWARDS, COATTENTION_IMPLS   # the model owns its valid values
   if config.mscan.coattention not in COATTENTION_IMPLS:
     raise ConfigError(f"config.mscan.coattention={config.mscan.coattention!r}; valid: {', '.join(COATTENTION_IMPLS)}")
@@ -245,7 +241,8 @@ def validate(config: ml_collections.ConfigDict, model_names=None) -> None:
 
 # ----------------------------------------------------------------------------- checks
 
-def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+def get_path(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """config.<dotted> (`"train.learning_rate"`); KeyError on an unknown field."""
   node: Any = config
   for part in dotted.split("."):
     node = node[part]
@@ -267,44 +264,6 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
     raise ConfigError(f"config.{dotted} is not a config field") from None
   except TypeError as e:
     raise ConfigError(f"config.{dotted}={value!r}: {e}") from None
-
-
-def integer_at_least(field: str, value: Any, low: int) -> None:
-  """A ConfigError unless `value` is an integer >= `low`."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-    raise ConfigError(f"{field} must be an integer >= {low}, got {value!r}")
-
-
-def number_in(field: str, value: Any, low: float | None = None, high: float | None = None, *,
-              low_open: bool = False, what: str = "") -> None:
-  """A ConfigError unless `value` is a finite number in the range: [low, high) by default,
-  (low, high) with `low_open`; `what` replaces the range in the message."""
-  ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
-        and math.isfinite(value)
-        and (low is None or (value > low if low_open else value >= low))
-        and (high is None or value < high))
-  if not ok:
-    if not what:
-      parts = []
-      if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
-      if high is not None:
-        parts.append(f"< {high:g}")
-      what = " and ".join(parts)
-      what = f"a finite number {what}".rstrip()
-    elif not what.startswith("a "):
-      what = f"a finite number {what}"
-    raise ConfigError(f"{field} must be {what}, got {value!r}")
-
-
-def widths(field: str, value: Any, empty_ok: bool = True) -> None:
-  """A ConfigError unless `value` is a list of layer widths, each an integer >= 1."""
-  items = list(value) if isinstance(value, (tuple, list)) else None
-  if (items is None or (not items and not empty_ok)
-      or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1 for w in items)):
-    need = "at least one width, " if not empty_ok else ""
-    raise ConfigError(f"{field} must be a list of layer widths ({need}each an integer >= 1, "
-                      f"e.g. 64,32), got {value!r}")
 
 
 def check_override_keys(argv: Sequence[str]) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from mscan_jax.config import ConfigError, integer_at_least, number_in
+from mscan_jax.errors import ConfigError, integer_at_least, number_in
 from mscan_jax.data.schema import ALL_SEQ_MODES, BuiltDataset, DataError, check_name
 
 # (raw path, config.data) -> (EventLog, vocab, loader statistics)
@@ -45,7 +45,7 @@ Loader = Callable[[str, ml_collections.ConfigDict], tuple[Any, dict, dict]]
 
 def _load_log(raw: str, data: ml_collections.ConfigDict):
   from mscan_jax.data import log as log_lib
-  log, vocab = log_lib.load_log(raw, log_lib.columns_from_config(data))
+  log, vocab = log_lib.load_log(raw, log_columns(data))
   return log, vocab, {"source_format": "generic log (CSV/Parquet)"}
 
 
@@ -121,10 +121,14 @@ def _check_recbole(data: ml_collections.ConfigDict) -> None:
               what="a finite number (or unset: labels are 0/1)")
 
 
+def _synthetic_dial_levels() -> dict[str, dict[str, float]]:
+  from mscan_jax.data import synthetic
+  return synthetic.DIAL_LEVELS
+
+
 def _check_log(data: ml_collections.ConfigDict) -> None:
-  from mscan_jax.data import log as log_lib
   try:
-    log_lib.columns_from_config(data)                 # a column mapped twice, ...
+    log_columns(data)                                 # a column mapped twice, ...
   except DataError as e:
     raise ConfigError(f"config.data.columns: {e}") from None
 
@@ -139,6 +143,8 @@ class DatasetSpec:
   all_seq_mode: str = "impressions"   # H_u content when config.data.all_seq_mode is ""
   all_seq_mode_reason: str = ""   # set: the default is the only valid mode, for this reason
   duplicates: str = "drop"        # exact duplicate rows, when config.data.duplicates is ""
+  # A generated dataset's dials (`config.data.<name>.<dial>`): () -> {dial: {level: value}}
+  dial_levels: Callable[[], dict[str, dict[str, float]]] | None = None
 
   @property
   def prepared(self) -> bool:
@@ -148,7 +154,7 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec("the synthetic causal benchmark (generated, knows the truth)",
-                             needs_path=False),
+                             needs_path=False, dial_levels=_synthetic_dial_levels),
     "built": DatasetSpec("any built dataset directory"),
     "log": DatasetSpec("a generic CSV/Parquet log with a column mapping (config.data.columns)",
                        load=_load_log, check=_check_log),
@@ -186,6 +192,20 @@ def get_spec(name: str) -> DatasetSpec:
   if name not in DATASETS:
     raise DataError(f"config.data.name={name!r} is unknown; valid: {', '.join(DATASETS)}")
   return DATASETS[name]
+
+
+def dial_levels(name: str) -> dict[str, dict[str, float]]:
+  """The dials of the generated dataset `name` (one per mechanism of its generator, set as
+  `config.data.<name>.<dial>`), each with its placebo / moderate / strong value; {} for a
+  dataset that is read, not generated. The grids, the report and the population trainer know
+  the dials from here."""
+  spec = get_spec(name)
+  return spec.dial_levels() if spec.dial_levels is not None else {}
+
+
+def dials(name: str) -> tuple[str, ...]:
+  """The dial names of `name` (`dial_levels`), in the generator's order; () if none."""
+  return tuple(dial_levels(name))
 
 
 def default_c(data: ml_collections.ConfigDict) -> float:
@@ -254,6 +274,23 @@ def normalize_columns(data: ml_collections.ConfigDict) -> dict[str, Any]:
       raise ConfigError(f"{field} is required (the column holding the {key})")
     out[key] = value.strip() or None
   return out
+
+
+def log_columns(data: ml_collections.ConfigDict) -> Any:
+  """The `log.LogColumns` of `config.data` (`data.columns.{user, item, ...}`), lists
+  normalised by `normalize_columns` ("" = no such column).
+
+  Every key of the mapping that names a `LogColumns` field is passed on; a key `LogColumns`
+  does not know must be left "" (a ConfigError names it otherwise).
+  """
+  from mscan_jax.data import log as log_lib
+  given = normalize_columns(data)
+  known = {f.name for f in dataclasses.fields(log_lib.LogColumns)}
+  for key, value in given.items():
+    if value and key not in known:
+      raise ConfigError(f"config.data.columns.{key}={value!r}: this version's log loader reads "
+                        f"no such column (it reads {', '.join(sorted(known))})")
+  return log_lib.LogColumns(**{k: v for k, v in given.items() if k in known})
 
 
 def build_options(data: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -364,8 +401,7 @@ def label(data: ml_collections.ConfigDict) -> str:
       return check_name(str(stored), f"{schema}: dataset name")  # it names run folders
     return name
   if name == "log":
-    from mscan_jax.data import log as log_lib
-    return log_label(data.path, log_lib.columns_from_config(data))
+    return log_label(data.path, log_columns(data))
   return name
 
 
@@ -390,8 +426,7 @@ def built_path(data: ml_collections.ConfigDict) -> str:
   if not os.path.exists(path):
     raise DataError(f"config.data.path={path!r} does not exist")
   if name == "log" and os.path.isfile(path):
-    from mscan_jax.data import log as log_lib
-    return log_lib.ensure_built(path, data)
+    return _ensure_log_built(path, data)
   if name == "log" and not os.path.exists(os.path.join(path, "schema.json")):
     from mscan_jax.data import log as log_lib
     raise DataError(f"config.data.path={path!r} is a directory, but config.data.name='log' "
@@ -402,6 +437,26 @@ def built_path(data: ml_collections.ConfigDict) -> str:
     raise DataError(f"config.data.path={path!r} is not a built dataset (no schema.json); build it "
                     f"with `python -m mscan_jax.data.prepare --dataset={name} --raw=RAW --out=DIR`")
   return path
+
+
+def _ensure_log_built(path: str, data: ml_collections.ConfigDict) -> str:
+  """Built dataset of the log file `path`, built once into `data.cache_dir`.
+
+  The cache key covers the file (absolute path, size, modification time), the column mapping
+  and the build options (`build_options`: caps, history content, split fractions, user
+  filter), so a changed file, mapping or option builds anew. The dataset is named `log_label`.
+  """
+  from mscan_jax.data import log as log_lib
+  columns = log_columns(data)
+  options = build_options(data)
+  st = os.stat(path)
+  key = json.dumps({"file": os.path.abspath(path), "size": st.st_size, "mtime": st.st_mtime_ns,
+                    "columns": dataclasses.asdict(columns), **options}, sort_keys=True)
+  stem = os.path.basename(path).split(".")[0] or "log"
+  out = os.path.join(data.cache_dir, f"log-{stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
+  log_lib.build_atomically(out, lambda tmp: log_lib.build_from_log(
+      path, tmp, columns, **options, name=log_label(path, columns)))
+  return out
 
 
 def open_dataset(data: ml_collections.ConfigDict) -> BuiltDataset:

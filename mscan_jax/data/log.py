@@ -46,8 +46,6 @@ error (so row k is always file line k + 2).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -101,24 +99,6 @@ class LogColumns:
     cols += [c for c in (self.time, self.true_like, self.true_prob, self.true_exam,
                          self.is_sample) if c]
     return cols
-
-
-def columns_from_config(cfg: Any) -> LogColumns:
-  """`LogColumns` from `config.data` (`cfg.columns.{user, item, ...}`), lists normalised by
-  `datasets.normalize_columns` ("" = no such column).
-
-  Every key of the mapping that names a `LogColumns` field is passed on; a key `LogColumns`
-  does not know must be left "" (a ConfigError names it otherwise).
-  """
-  from mscan_jax.config import ConfigError
-  from mscan_jax.data import datasets
-  given = datasets.normalize_columns(cfg)
-  known = {f.name for f in dataclasses.fields(LogColumns)}
-  for key, value in given.items():
-    if value and key not in known:
-      raise ConfigError(f"config.data.columns.{key}={value!r}: this version's log loader reads "
-                        f"no such column (it reads {', '.join(sorted(known))})")
-  return LogColumns(**{k: v for k, v in given.items() if k in known})
 
 
 def load_log(path: str, columns: LogColumns, *,
@@ -178,41 +158,18 @@ def build_from_log(path: str, out_dir: str, columns: LogColumns, *, max_cur_len:
                    max_all_len: int, all_seq_mode: str = "impressions",
                    test_fraction: float = 0.4, valid_fraction: float = 0.1,
                    min_scenarios_per_user: int = 2, duplicates: str = "drop",
-                   name: str | None = None, extra_stats: dict | None = None,
+                   name: str, extra_stats: dict | None = None,
                    source_name: str | None = None) -> dict:
-  """Loads a log file and writes it as a built dataset into `out_dir` (with its vocab).
-
-  The built dataset is named `datasets.log_label(path, columns)` unless `name` is given: the
-  name results.json and run folders give the same log.
+  """Loads a log file and writes it as a built dataset named `name` into `out_dir` (with its
+  vocab); the registry names a log `datasets.log_label(path, columns)`, the name results.json
+  and run folders give it.
   """
-  from mscan_jax.data import datasets
   log, vocab = load_log(path, columns, source_name=source_name)
   return builder.build_dataset(
       out_dir, log, max_cur_len=max_cur_len, max_all_len=max_all_len,
       all_seq_mode=all_seq_mode, test_fraction=test_fraction, valid_fraction=valid_fraction,
       min_scenarios_per_user=min_scenarios_per_user, duplicates=duplicates,
-      name=name or datasets.log_label(path, columns), extra_stats=extra_stats, vocab=vocab)
-
-
-def ensure_built(path: str, data: Any) -> str:
-  """Built dataset of the log file `path`, built once into `data.cache_dir` (`config.data`).
-
-  The cache key covers the file (absolute path, size, modification time), the column mapping
-  and the build options (`datasets.build_options`: caps, history content, split fractions,
-  user filter), so a changed file, mapping or option builds anew. The dataset is named
-  `datasets.label(data)`.
-  """
-  from mscan_jax.data import datasets
-  columns = columns_from_config(data)
-  options = datasets.build_options(data)
-  st = os.stat(path)
-  key = json.dumps({"file": os.path.abspath(path), "size": st.st_size, "mtime": st.st_mtime_ns,
-                    "columns": dataclasses.asdict(columns), **options}, sort_keys=True)
-  stem = os.path.basename(path).split(".")[0] or "log"
-  out = os.path.join(data.cache_dir, f"log-{stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
-  build_atomically(out, lambda tmp: build_from_log(path, tmp, columns, **options,
-                                                   name=datasets.log_label(path, columns)))
-  return out
+      name=name, extra_stats=extra_stats, vocab=vocab)
 
 
 def build_atomically(path: str, build: Callable[[str], Any]) -> bool:

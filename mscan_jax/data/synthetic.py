@@ -4,6 +4,8 @@ with one named dial per causal arrow.
     python -m mscan_jax.data.synthetic --preset=default --out=DIR [--seed=N] [--exposure_bias=X]
         [--scenario_interest=X] [--transfer=X] [--drift=X]
 
+(The reference scorers' check of a preset: `python -m mscan_jax.training.references`.)
+
 Paper §2.2 / Figure 2: U -> M <- I (users and items make the interest M), S -> M (the scenario
 changes the interest), M -> Y (interest drives clicks) and S -> Y (the scenario decides whether
 an item is seen at all). Real logs only record Y. This generator also records the liked outcome
@@ -809,16 +811,10 @@ def _define_flags():
   flags.DEFINE_float("drift", None, "Dial: interest drift over the timeline (0 = placebo).")
   for name in _SIZE_FLAGS:
     flags.DEFINE_integer(name, None, f"Override: {name}.")
-  flags.DEFINE_bool("references", False, "Also train the reference scorers (popularity, bias "
-                    "LR, MF) and score the oracles over --model_seeds x --data_seeds through the "
-                    "training loop, and check the benchmark's targets (a few minutes).")
-  flags.DEFINE_integer("model_seeds", 3, "Model seeds of --references.", lower_bound=1)
-  flags.DEFINE_integer("data_seeds", 2, "Data seeds of --references.", lower_bound=1)
-  flags.DEFINE_string("cache_dir", "data_cache", "Where --references builds the data seeds.")
 
 
 def main(argv):
-  from absl import app, flags
+  from absl import flags
   del argv
   f = flags.FLAGS
   overrides = {k: getattr(f, k) for k in DIALS + _SIZE_FLAGS if getattr(f, k) is not None}
@@ -836,22 +832,6 @@ def main(argv):
   print(f"built dataset: {f.out}")
   print(f"generic log:   {os.path.join(f.out, LOG_FILE)}")
   print(f"generated and built in {seconds:.1f} s")
-  if f.references:
-    sizes = [k for k in _SIZE_FLAGS if getattr(f, k) is not None]
-    if sizes:
-      raise app.UsageError(f"--references runs on a preset and its dials; drop --{sizes[0]}")
-    from absl import logging
-    logging.set_verbosity(logging.WARNING)   # Orbax logs every file it writes at INFO
-    from mscan_jax.training import references
-    dials = {k: getattr(f, k) for k in DIALS if getattr(f, k) is not None}
-    start = time.perf_counter()
-    print(f"reference scorers: {f.model_seeds} model seeds x {f.data_seeds} data seeds")
-    table = references.run_references(
-        references.base_config(f.preset, f.cache_dir, **dials),
-        os.path.join(f.out, "references"), model_seeds=range(f.model_seeds),
-        data_seeds=range(f.data_seeds))
-    print(references.format_table(table))
-    print(f"references in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

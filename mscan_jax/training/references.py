@@ -1,8 +1,10 @@
 """The reference scorers of a dataset, over model seeds x data seeds: how learnable it is.
 
-    python -m mscan_jax.data.synthetic --preset=default --out=DIR --references
+    python -m mscan_jax.training.references --preset=default --out=DIR [--model_seeds=3]
+        [--data_seeds=2] [--cache_dir=data_cache] [--exposure_bias=X] [--transfer=X] ...
 
-trains every reference scorer of the registry (popularity, bias-only LR, MF; `kind="reference"`)
+on the synthetic benchmark (`--preset` and one flag per dial, `datasets.dials("synthetic")`;
+its data seeds built into `--cache_dir`, the runs into `--out`) trains every reference scorer of the registry (popularity, bias-only LR, MF; `kind="reference"`)
 and scores the oracles (`kind="oracle"`) through the same loop as every model, and prints, per
 scenario, each one's test AUC (mean ± std over seeds) and the checks a measuring instrument needs
 (the targets of the benchmark, fixed before any model is trained on it):
@@ -26,6 +28,7 @@ import numpy as np
 
 from mscan_jax import config as config_lib
 from mscan_jax import models
+from mscan_jax.data import datasets
 from mscan_jax.training import train
 
 TARGETS = {"oracle_minus_popularity": 0.15, "mf_minus_popularity": 0.05,
@@ -171,3 +174,51 @@ def base_config(preset: str, cache_dir: str, **dials: float) -> ml_collections.C
   for k, v in dials.items():
     c.data.synthetic[k] = float(v)
   return c
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def _define_flags() -> None:
+  from absl import flags
+  flags.DEFINE_string("preset", "default", "Preset of the synthetic benchmark.")
+  flags.DEFINE_string("out", None, "Folder of the runs (resumed where finished).", required=True)
+  for dial in datasets.dials("synthetic"):
+    flags.DEFINE_float(dial, None, f"Dial {dial} of the synthetic benchmark (unset: the preset's; "
+                       "python -m mscan_jax.data.synthetic --help).")
+  flags.DEFINE_integer("model_seeds", 3, "Model seeds.", lower_bound=1)
+  flags.DEFINE_integer("data_seeds", 2, "Data seeds.", lower_bound=1)
+  flags.DEFINE_string("cache_dir", "data_cache", "Where the data seeds are built.")
+
+
+def main(argv) -> None:
+  import sys
+  import time
+  from absl import flags, logging
+  from mscan_jax.data.schema import DataError
+  from mscan_jax.errors import ConfigError
+  if len(argv) > 1:
+    print(f"error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+    sys.exit(2)
+  logging.set_verbosity(logging.WARNING)   # Orbax logs every file it writes at INFO
+  f = flags.FLAGS
+  dials = {k: getattr(f, k) for k in datasets.dials("synthetic") if getattr(f, k) is not None}
+  base = base_config(f.preset, f.cache_dir, **dials)
+  try:
+    config_lib.validate(base, models.model_names())
+    start = time.perf_counter()
+    print(f"reference scorers: {f.model_seeds} model seeds x {f.data_seeds} data seeds")
+    table = run_references(base, f.out, model_seeds=range(f.model_seeds),
+                           data_seeds=range(f.data_seeds))
+  except (ConfigError, DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(format_table(table))
+  print(f"references in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+  from absl import app
+  _define_flags()
+  app.run(main)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from mscan_jax import config as config_lib
-from mscan_jax.config import ConfigError
 from mscan_jax.data import datasets
 from mscan_jax.data import log as log_lib
 from mscan_jax.data.schema import BuiltDataset
+from mscan_jax.errors import ConfigError
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(config_lib.__file__)), "config.py")
 
@@ -36,7 +36,7 @@ def test_a_column_list_from_the_command_line_is_a_list(monkeypatch, text):
                        "--config.data.name=log", "--config.data.path=x.csv")
   config_lib.validate(config)
   assert config.data.columns.user_extra == ("age", "gender")
-  assert log_lib.columns_from_config(config.data).user_extra == ("age", "gender")
+  assert datasets.log_columns(config.data).user_extra == ("age", "gender")
 
 
 @pytest.mark.parametrize("text", ["()", "", "[]"])
@@ -111,13 +111,13 @@ def test_true_exam_is_read_where_the_log_loader_knows_it(tmp_path):
   path = write_truth_log(tmp_path / "sim.csv", exam=True)
   config = truth_config(path, tmp_path, true_like="like", true_prob="p", true_exam="e")
   if "true_exam" in {f.name for f in dataclasses.fields(log_lib.LogColumns)}:
-    assert log_lib.columns_from_config(config.data).true_exam == "e"
+    assert datasets.log_columns(config.data).true_exam == "e"
     assert "true_exam" in datasets.open_dataset(config.data).log
   else:
     with pytest.raises(ConfigError, match=r"config.data.columns.true_exam='e': .* no such column"):
-      log_lib.columns_from_config(config.data)
+      datasets.log_columns(config.data)
   config.data.columns.true_exam = ""                  # "" = absent, on any version
-  assert log_lib.columns_from_config(config.data).true_like == "like"
+  assert datasets.log_columns(config.data).true_like == "like"
 
 
 def test_label_of_a_log_follows_its_file_and_mapping_and_names_the_built_dataset(tmp_path):

@@ -202,13 +202,13 @@ def test_a_column_mapped_twice_is_an_error():
     log_lib.LogColumns(user="u", item="i", scenario="s", label="y", time=None, user_extra=("i",))
 
 
-def test_columns_from_config():
+def test_log_columns_of_the_config():
   cfg = config_lib.get_config()
-  assert log_lib.columns_from_config(cfg.data) == log_lib.LogColumns(
+  assert datasets.log_columns(cfg.data) == log_lib.LogColumns(
       user="user_id", item="item_id", scenario="scenario_id", label="label", time="timestamp")
   cfg.data.columns.time = ""
   cfg.data.columns.item_extra = ("category",)
-  cols = log_lib.columns_from_config(cfg.data)
+  cols = datasets.log_columns(cfg.data)
   assert cols.time is None and cols.item_extra == ("category",)
 
 
@@ -223,31 +223,34 @@ def test_build_from_log_writes_a_dataset_with_its_vocab(tmp_path):
   path = os.path.join(tmp_path, "mylog.parquet")
   pq.write_table(table, path)
   out = os.path.join(tmp_path, "built")
-  log_lib.build_from_log(path, out, COLS, max_cur_len=3, max_all_len=4)
+  log_lib.build_from_log(path, out, COLS, max_cur_len=3, max_all_len=4, name="mylog")
   ds = BuiltDataset(out)
   assert [f.name for f in ds.schema.item_fields] == ["iid", "cat"]
-  assert ds.schema.name == datasets.log_label(path, COLS) and not ds.schema.has_truth
-  assert ds.schema.name.startswith("log-mylog-")
+  assert ds.schema.name == "mylog" and not ds.schema.has_truth
   assert list(np.load(os.path.join(out, "vocab", "uid.npy"))) == ["", "u3", "u7"]
   # Every stored row maps back to a raw value of the file.
   users = np.load(os.path.join(out, "vocab", "uid.npy"))[np.asarray(ds.log["user"][:, 0])]
   assert set(users) == {"u3", "u7"}
 
 
-def test_ensure_built_builds_once(tmp_path):
+def test_a_log_file_is_built_once(tmp_path):
+  """The registry builds a log file into the cache once (datasets.built_path), named by
+  `datasets.log_label`; new settings build anew."""
   path = write(tmp_path, "user_id,item_id,scenario_id,label,timestamp\n" + "".join(
       f"{u},{i},{s},{(u + i) % 2},{t}\n"
       for t, (u, i, s) in enumerate((u, i, s) for i in range(5) for u in range(4) for s in (1, 2))))
   cfg = config_lib.get_config()
   cfg.data.cache_dir = os.path.join(tmp_path, "cache")
   cfg.data.max_cur_len, cfg.data.max_all_len = 2, 3
-  out = log_lib.ensure_built(path, cfg.data)
+  cfg.data.name, cfg.data.path = "log", path
+  out = datasets.built_path(cfg.data)
+  assert BuiltDataset(out).schema.name == datasets.log_label(path, datasets.log_columns(cfg.data))
   stamp = os.path.getmtime(os.path.join(out, "schema.json"))
-  assert log_lib.ensure_built(path, cfg.data) == out
+  assert datasets.built_path(cfg.data) == out
   assert os.path.getmtime(os.path.join(out, "schema.json")) == stamp
   assert os.listdir(cfg.data.cache_dir) == [os.path.basename(out)]   # no temporary left
   cfg.data.max_all_len = 4                                            # new settings: new build
-  assert log_lib.ensure_built(path, cfg.data) != out
+  assert datasets.built_path(cfg.data) != out
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`python -m mscan_jax.data.prepare`: raw files -> built dataset, for each dataset format.
+"""`python prepare.py` (its library: mscan_jax/data/prepare.py): raw files -> built dataset, for
+each dataset format.
 
 Checks that the built datasets open, that the loaders' counts are saved with the statistics,
 the sequences of the Cloud Theme fixture (negatives never in a history, a click never seen by
@@ -16,16 +17,16 @@ import numpy as np
 import pytest
 
 from mscan_jax import config as config_lib
-from mscan_jax.config import ConfigError
 from mscan_jax.data import datasets, prepare
-from mscan_jax.data import log as log_lib
 from mscan_jax.data.schema import BuiltDataset, DataError
+from mscan_jax.errors import ConfigError
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared",
                                        "data", "ali-ccp"))
 needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED),
                                   reason=f"shared Ali-CCP samples not found at {SHARED}")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PREPARE = os.path.join(ROOT, "prepare.py")      # the command line
 
 # User 7 clicks in themes 5 and 40 (kept by the >= 2 scenarios filter); user 30's only other
 # theme click has clk_cnt 0, so user 30 is filtered out. One item per pool besides the click,
@@ -137,14 +138,15 @@ def test_recbole_toy_builds_and_drops_a_scenario_left_without_users(tmp_path):
 def test_single_scenario_samples_are_refused_with_the_reason(tmp_path):
   with pytest.raises(DataError, match=r"no user has samples in at least 2 scenarios.*1 scenario "
                                       r"value\(s\) in field '301': 1 \(.*single-scenario"):
-    prepare.prepare("aliccp_csv", os.path.join(SHARED, "torch-rechub"), str(tmp_path / "o"))
+    prepare.prepare("aliccp_csv", os.path.join(SHARED, "torch-rechub"), str(tmp_path / "o"),
+                    data_config())
 
 
 @needs_shared
 def test_cli_builds_the_scenario_wise_rec_samples(tmp_path):
   out = str(tmp_path / "built")
   res = subprocess.run(
-      [sys.executable, "-m", "mscan_jax.data.prepare", "--dataset=aliccp_csv",
+      [sys.executable, PREPARE, "--dataset=aliccp_csv",
        f"--raw={os.path.join(SHARED, 'scenario-wise-rec')}", f"--out={out}",
        "--config.data.max_cur_len=5", "--config.data.max_all_len=8"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -158,7 +160,7 @@ def test_cli_builds_the_scenario_wise_rec_samples(tmp_path):
     assert ds.split_size(split) > 0
   # A bad option is a clear error, not a traceback.
   res = subprocess.run(
-      [sys.executable, "-m", "mscan_jax.data.prepare", "--dataset=aliccp_csv",
+      [sys.executable, PREPARE, "--dataset=aliccp_csv",
        f"--raw={os.path.join(SHARED, 'torch-rechub')}", f"--out={tmp_path / 'o2'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert res.returncode == 2 and res.stderr.startswith("error:"), res.stderr
@@ -266,23 +268,21 @@ def test_two_logs_with_the_same_stem_get_different_labels(tmp_path):
   assert label_a.startswith("log-log-") and label_b.startswith("log-log-") and label_a != label_b
   # The same file read with another mapping is another dataset too.
   assert datasets.label(log_data(raw_a, **{"columns.item_extra": ()})) != label_a
-  # ... and the built datasets store those names.
+  # ... and the datasets built from them (once, into the cache) store those names.
   for raw, label in ((raw_a, label_a), (raw_b, label_b)):
-    out = os.path.join(os.path.dirname(raw), "built")
-    log_lib.build_from_log(raw, out, log_lib.columns_from_config(log_data(raw)), max_cur_len=2,
-                           max_all_len=2)
-    assert BuiltDataset(out).schema.name == label
+    data = log_data(raw, cache_dir=os.path.join(os.path.dirname(raw), "cache"))
+    assert datasets.open_dataset(data).schema.name == label
 
 
 def test_dataset_list_is_the_registry():
   assert prepare.datasets.prepared_names() == tuple(
       name for name, spec in datasets.DATASETS.items() if spec.prepared)
   assert set(datasets.prepared_names()) == {"log", "aliccp", "aliccp_csv", "cloudtheme", "recbole"}
-  res = subprocess.run([sys.executable, "-m", "mscan_jax.data.prepare", "--helpshort"], cwd=ROOT,
+  res = subprocess.run([sys.executable, PREPARE, "--helpshort"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
   assert f"<{'|'.join(datasets.prepared_names())}>" in res.stdout + res.stderr
   with pytest.raises(ConfigError, match=r"--dataset='synthetic' is unknown; valid: log, aliccp"):
-    prepare.prepare("synthetic", "x", "y")
+    prepare.prepare("synthetic", "x", "y", data_config())
 
 
 def test_loader_defaults_are_the_config_defaults():
@@ -302,7 +302,7 @@ def test_loader_defaults_are_the_config_defaults():
 
 
 def run_prepare(*args, timeout=120):
-  return subprocess.run([sys.executable, "-m", "mscan_jax.data.prepare", *args], cwd=ROOT,
+  return subprocess.run([sys.executable, PREPARE, *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=timeout)
 
 
