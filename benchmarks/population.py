@@ -51,7 +51,7 @@ def bench(model: str, size: str, members: int, args) -> dict:
     p = train._init_params(net, dataset.schema, m)
     states.append(train.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)))
   state = population._stack(states)
-  hp = {name: jnp.full((members,), float(config_lib._get(config, key)), jnp.float32)
+  hp = {name: jnp.full((members,), float(config_lib.get_path(config, key)), jnp.float32)
         for name, key in population.HYPER.items()}
   rng = jnp.stack([jax.random.PRNGKey(m) for m in range(members)])
   active = jnp.ones((members,), bool)

@@ -48,7 +48,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 from mscan_jax import config as config_lib
 from mscan_jax import models
-from mscan_jax.data import synthetic
+from mscan_jax.data import datasets
 
 Overrides = dict[str, Any]
 Grid = list[Overrides]
@@ -66,7 +66,7 @@ GRID_NAMES = ("table1", "table2", "alpha", "c", "references", "mechanisms", "all
 AXIS_KEYS = ("model", "seed", "data.seed", "single.scenario", "mscan.use_saca", "mscan.use_sbe",
              "mscan.alpha", "mscan.history_context", "mscan.saca_scenario_aware",
              "mscan.scenario_in_matching", "mscan.fusion", "baseline.behaviours",
-             *(f"data.synthetic.{d}" for d in synthetic.DIALS))
+             *(f"data.synthetic.{d}" for d in datasets.dials("synthetic")))
 
 
 def proposed() -> str:
@@ -79,7 +79,8 @@ ALIASES = {"mscan.use_saca": "saca", "mscan.use_sbe": "sbe", "mscan.alpha": "alp
            "mscan.c": "c", "single.scenario": "scenario", "data.seed": "data",
            "mscan.history_context": "ctx", "mscan.saca_scenario_aware": "aware",
            "mscan.scenario_in_matching": "s_in_m", "mscan.fusion": "fusion",
-           "baseline.behaviours": "sees", **{f"data.synthetic.{d}": d for d in synthetic.DIALS}}
+           "baseline.behaviours": "sees",
+           **{f"data.synthetic.{d}": d for d in datasets.dials("synthetic")}}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -397,7 +398,7 @@ def mechanism_levels() -> Grid:
     """One data override per (dial, level): placebo and strong of each dial, and the default
     preset (every dial moderate) once."""
     levels: Grid = [{}]
-    for dial, values in synthetic.DIAL_LEVELS.items():
+    for dial, values in datasets.dial_levels("synthetic").items():
       for level in ("placebo", "strong"):
         levels.append({f"data.synthetic.{dial}": values[level]})
     return levels

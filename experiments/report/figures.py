@@ -9,26 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from experiments.report.loading import (FIGURE_METRICS, METRICS, Folder, ReportError, RunKey,
-                                        RunResult, Stat, alpha_runs, default_mscan_runs,
-                                        metric_value)
-from mscan_jax.evaluation import metrics as metrics_lib
-
-
-def c_scores(run: RunResult, c: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """The run's predictions and Eq. (12)'s score at `c`, from its saved y_m and y_s."""
-  from mscan_jax.training import objective
-  pred = run.predictions()
-  if "y_s" not in pred or "y_m" not in pred:
-    raise ReportError(f"run {run.name}: predictions.parquet has no y_m / y_s (the SBE is off?)")
-  return pred, np.asarray(objective.inference_score({"y_m": pred["y_m"], "y_s": pred["y_s"]}, c))
-
-
-def auc_at_c(run: RunResult, c: float, label_key: str) -> float:
-  """#All AUC of `label_key` against Eq. (12)'s score at `c` (recorded: `from_predictions`)."""
-  def compute():
-    pred, score = c_scores(run, c)
-    return float(metrics_lib.auc(pred[label_key], score))
-  return run.from_predictions(f"auc[{label_key}] at c={float(c)!r}", compute)
+                                        RunResult, Stat, alpha_runs, auc_at_c,
+                                        default_mscan_runs, metric_value)
 
 
 def sweep_c(run: RunResult, c_values: Sequence[float], label_key: str) -> dict[float, float]:
@@ -132,8 +114,7 @@ def plot_dose_response(study, module: str, path: str) -> bool:
   """One module's gain against each dial's level (placebo, moderate = the default, strong): one
   column per dial, one row per measure, the mean gain with its 95 % CI as bars and band; a flagged
   placebo gain in red. False (nothing written) without a dial level."""
-  from experiments.report.mechanisms import LEVELS, MEASURES, dial_levels
-  from mscan_jax.data import synthetic
+  from experiments.report.mechanisms import DIAL_VALUES, LEVELS, MEASURES, dial_levels
   if not study.dials or module not in study.contrasts:
     return False
   plt = _pyplot()
@@ -159,7 +140,7 @@ def plot_dose_response(study, module: str, path: str) -> bool:
                     label="placebo flag")
         if any(g.flagged for _, g in gains):
           ax.legend(fontsize=7)
-      ax.set_xticks(range(3), [f"{n}\n{synthetic.DIAL_LEVELS[dial][n]:g}" for n in LEVELS],
+      ax.set_xticks(range(3), [f"{n}\n{DIAL_VALUES[dial][n]:g}" for n in LEVELS],
                     fontsize=8)
       ax.set_xlim(-0.3, 2.3)
       ax.grid(alpha=0.3)
@@ -179,9 +160,8 @@ def plot_sbe_c(rows: Sequence[dict], path: str) -> bool:
   """The SBE's c trade-off per dial level: one column per dial (placebo, default, strong as three
   lines), one row per metric (#All observed-click AUC, per-user true-interest AUC); band: 95 % CI
   over seed pairs; dotted: the runs' c."""
-  from experiments.report.mechanisms import LEVELS, dial_levels
-  from mscan_jax.data import synthetic
-  dials = [d for d in synthetic.DIALS if any(r["dial"] == d for r in rows)]
+  from experiments.report.mechanisms import DIAL_VALUES, LEVELS, dial_levels
+  dials = [d for d in DIAL_VALUES if any(r["dial"] == d for r in rows)]
   if not dials:
     return False
   metrics = [m for m in METRICS if any(r["metric"] == m for r in rows)]
@@ -202,7 +182,7 @@ def plot_sbe_c(rows: Sequence[dict], path: str) -> bool:
         hi = np.array([r["ci_hi"] for r in sel])
         name = LEVELS[k]
         ax.plot(x, m, marker="o", ms=3, color=f"C{k}",
-                label=f"{name} {synthetic.DIAL_LEVELS[dial][name]:g} "
+                label=f"{name} {DIAL_VALUES[dial][name]:g} "
                       f"(n={max(r['n_seeds'] for r in sel)})")
         if np.isfinite(lo).any():
           ax.fill_between(x, lo, hi, color=f"C{k}", alpha=0.15)

@@ -19,6 +19,7 @@ import numpy as np
 
 from experiments import grids
 from mscan_jax import models
+from mscan_jax.evaluation import metrics as metrics_lib
 
 RunKey = tuple[int, int]   # (seed, data_seed)
 
@@ -199,6 +200,23 @@ class RunResult:
     while len(_PRED_CACHE) > _CACHE_SIZE:
       _PRED_CACHE.popitem(last=False)
     return pred
+
+
+def c_scores(run: RunResult, c: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """The run's predictions and Eq. (12)'s score at `c`, from its saved y_m and y_s."""
+  from mscan_jax.training import objective
+  pred = run.predictions()
+  if "y_s" not in pred or "y_m" not in pred:
+    raise ReportError(f"run {run.name}: predictions.parquet has no y_m / y_s (the SBE is off?)")
+  return pred, np.asarray(objective.inference_score({"y_m": pred["y_m"], "y_s": pred["y_s"]}, c))
+
+
+def auc_at_c(run: RunResult, c: float, label_key: str) -> float:
+  """#All AUC of `label_key` against Eq. (12)'s score at `c` (recorded: `from_predictions`)."""
+  def compute():
+    pred, score = c_scores(run, c)
+    return float(metrics_lib.auc(pred[label_key], score))
+  return run.from_predictions(f"auc[{label_key}] at c={float(c)!r}", compute)
 
 
 @dataclasses.dataclass

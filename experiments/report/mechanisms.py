@@ -1,7 +1,7 @@
 """What each module buys, measured: the contrasts of `grids.MODULE_CONTRASTS` at each dial level
 of the synthetic benchmark, the SBE's c trade-off per level, and whether y_s learns the bias.
 
-A run's data level is its override `data.synthetic.<dial>` (`synthetic.DIAL_LEVELS` names the
+A run's data level is its override `data.synthetic.<dial>` (`DIAL_VALUES` names the
 value: placebo or strong); a run with no dial override (or the moderate value) is on the default
 preset, every dial moderate, which is each dial's moderate level. A run moving two dials, or a
 dial to a value that is not a named level, is not used here.
@@ -27,11 +27,10 @@ import numpy as np
 import scipy.stats
 
 from experiments import grids
-from experiments.report import figures
 from experiments.report.loading import (METRICS, MSCAN, Folder, ReportError, RunKey, RunResult,
-                                        format_keys)
+                                        auc_at_c, c_scores, format_keys)
 from mscan_jax import models
-from mscan_jax.data import synthetic
+from mscan_jax.data import datasets
 from mscan_jax.evaluation import metrics as metrics_lib
 
 CONFIDENCE = 0.95
@@ -39,6 +38,8 @@ LEVELS = ("placebo", "moderate", "strong")        # the x axis of a dose-respons
 Level = tuple[str, str]                           # (dial, "placebo" | "strong"), or DEFAULT
 DEFAULT: Level = ("", "moderate")                 # the default preset: every dial moderate
 _DIAL_KEY = "data.synthetic."
+# dial -> {level: value} of the synthetic benchmark (the dataset registry's)
+DIAL_VALUES = datasets.dial_levels("synthetic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +115,7 @@ def level_label(level: Level) -> str:
   if level == DEFAULT:
     return "default (every dial moderate)"
   dial, name = level
-  return f"{dial} {name} ({synthetic.DIAL_LEVELS[dial][name]:g})"
+  return f"{dial} {name} ({DIAL_VALUES[dial][name]:g})"
 
 
 def dial_levels(dial: str) -> list[Level]:
@@ -125,11 +126,11 @@ def dial_levels(dial: str) -> list[Level]:
 def run_level(overrides: dict) -> Optional[Level]:
   """The data level of a run's overrides; None for two dials moved or an unnamed value."""
   moved = []
-  for dial in synthetic.DIALS:
+  for dial in DIAL_VALUES:
     v = overrides.get(_DIAL_KEY + dial)
     if v is None or float(v) < 0:                 # < 0: the preset's value (the config default)
       continue
-    names = [n for n, x in synthetic.DIAL_LEVELS[dial].items() if math.isclose(x, float(v))]
+    names = [n for n, x in DIAL_VALUES[dial].items() if math.isclose(x, float(v))]
     if not names:
       return None
     if names[0] != "moderate":
@@ -164,7 +165,7 @@ def _index(runs: Sequence[RunResult]) -> dict[tuple[frozenset, Level], list[RunR
 def _level_order(level: Level) -> tuple:
   if level == DEFAULT:
     return (-1, 0)
-  return (synthetic.DIALS.index(level[0]), LEVELS.index(level[1]))
+  return (tuple(DIAL_VALUES).index(level[0]), LEVELS.index(level[1]))
 
 
 def slug(text: str) -> str:
@@ -260,7 +261,7 @@ def build_study(folder: Folder, contrasts: Optional[dict[str, grids.Contrast]] =
               float(np.mean([t_vals[k] for k in pairs])),
               float(np.mean([c_vals[k] for k in pairs])), check)
   present = [m for m in contrasts if any(k[0] == m for k in gains)]
-  dials = [d for d in synthetic.DIALS if any(lv[0] == d for (_, lv, _) in gains)]
+  dials = [d for d in DIAL_VALUES if any(lv[0] == d for (_, lv, _) in gains)]
   measures = [m for m in MEASURES if any(k[2] == m for k in gains)]
   return Study(folder.dataset, {m: contrasts[m] for m in present}, gains, dials, measures,
                prefix)
@@ -311,7 +312,7 @@ def module_table_markdown(study: Study, module: str) -> list[str]:
   for dial in study.dials:
     for level in dial_levels(dial):
       name = level[1]
-      label = f"{name} ({synthetic.DIAL_LEVELS[dial][name]:g})"
+      label = f"{name} ({DIAL_VALUES[dial][name]:g})"
       if name == "placebo" and dial in claims:
         label += " (check)"
       if level == DEFAULT:
@@ -336,7 +337,7 @@ def gains_csv_rows(study: Study) -> list[dict]:
                                            list(MEASURES).index(kv[0][2]))):
     dial, name = level
     out.append({"dataset": study.dataset, "module": module, "dial": dial, "level": name,
-                "value": synthetic.DIAL_LEVELS[dial][name] if dial else "",
+                "value": DIAL_VALUES[dial][name] if dial else "",
                 "measure": measure, "n_pairs": g.n, "mean_gain": g.mean, "ci_lo": g.lo,
                 "ci_hi": g.hi, "treatment_mean": g.treatment_mean,
                 "control_mean": g.control_mean, "seeds": format_keys(g.diffs),
@@ -358,13 +359,13 @@ def sweep_c_metrics(run: RunResult, c_values: Sequence[float]) -> dict[str, dict
   """Eq. (12)'s score for each c, from the run's saved y_m and y_s: #All observed-click AUC and
   (with true_like and user_id saved) the per-user pooled true-interest AUC."""
   def user_auc(c: float) -> Optional[float]:
-    pred, score = figures.c_scores(run, c)
+    pred, score = c_scores(run, c)
     if "true_like" not in pred or "user_id" not in pred:
       return None
     return float(metrics_lib.user_pooled_auc(pred["true_like"], score, pred["user_id"]))
   out: dict[str, dict[float, float]] = {m: {} for m in C_METRICS}
   for c in map(float, c_values):
-    out["auc"][c] = figures.auc_at_c(run, c, "label")
+    out["auc"][c] = auc_at_c(run, c, "label")
     v = run.from_predictions(f"user_auc[true_like] at c={c!r}", lambda: user_auc(c))
     if v is not None:
       out["true_interest_user_auc"][c] = v

@@ -45,14 +45,14 @@ import numpy as np
 from mscan_jax import config as config_lib
 from mscan_jax import models
 from mscan_jax.data import pipeline
-from mscan_jax.data.synthetic import DIALS
+from mscan_jax.data import datasets
 from mscan_jax.evaluation import metrics as metrics_lib
 from mscan_jax.training import train
 
 # Config keys in which the members of one population may differ (traced values, or data of one
 # schema). Everything else must be equal: it fixes the shapes of the compiled program.
 MEMBER_KEYS = ("seed", "train.learning_rate", "train.weight_decay", "mscan.alpha", "mscan.c",
-               "train.init_from", "data.seed", *(f"data.synthetic.{d}" for d in DIALS))
+               "train.init_from", "data.seed", *(f"data.synthetic.{d}" for d in datasets.dials("synthetic")))
 # Traced per-member hyper-parameters of the step: name -> config key.
 HYPER = {"learning_rate": "train.learning_rate", "weight_decay": "train.weight_decay",
          "alpha": "mscan.alpha"}
@@ -205,7 +205,7 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
       lambda s, b, h, r, a: population_step(s, b, h, r, a, model=model,
                                             clip_norm=float(config.train.clip_norm)),
       donate_argnums=0)
-  hp = {name: jnp.asarray([float(config_lib._get(st.config, key)) for st in members], jnp.float32)
+  hp = {name: jnp.asarray([float(config_lib.get_path(st.config, key)) for st in members], jnp.float32)
         for name, key in HYPER.items()}
   base_rng = jnp.stack([jax.random.PRNGKey(st.config.seed + 2) for st in members])
   state = _stack([st.state for st in members])

@@ -4,9 +4,10 @@
         [--data_seeds=2] [--cache_dir=data_cache] [--exposure_bias=X] [--transfer=X] ...
 
 on the synthetic benchmark (`--preset` and one flag per dial, `datasets.dials("synthetic")`;
-its data seeds built into `--cache_dir`, the runs into `--out`) trains every reference scorer of the registry (popularity, bias-only LR, MF; `kind="reference"`)
-and scores the oracles (`kind="oracle"`) through the same loop as every model, and prints, per
-scenario, each one's test AUC (mean ± std over seeds) and the checks a measuring instrument needs
+its data seeds built into `--cache_dir`, the runs into `--out`) trains every reference scorer
+of the registry (popularity, bias-only LR, MF; `kind="reference"`) and scores the oracles
+(`kind="oracle"`) through the same loop as every model, and prints, per scenario, each one's
+test AUC (mean ± std over seeds) and the checks a measuring instrument needs
 (the targets of the benchmark, fixed before any model is trained on it):
 
   oracle - popularity >= 0.15 AUC in every scenario   (there is signal to find)

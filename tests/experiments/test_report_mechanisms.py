@@ -276,7 +276,7 @@ def test_module_contrasts_are_trained_by_the_mechanisms_grid():
   for name, c in contrasts.items():
     assert mech.setting_of(c.treatment) in trained, name
     assert mech.setting_of(c.control) in trained, name
-    assert set(c.claims) <= set(grids.synthetic.DIALS)
+    assert set(c.claims) <= set(datasets.dials("synthetic"))
   mscan_sides = {mech.setting_of(side) for c in contrasts.values()
                  for side in (c.treatment, c.control)}
   for v in grids.MECHANISM_VARIANTS:                        # every variant is compared
