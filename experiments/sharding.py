@@ -13,7 +13,7 @@ others:
   balance   greedy longest-processing-time: units sorted by (cost descending, name), each given
             to the task with the smallest total cost so far (ties: the lower task index). The
             most loaded task then exceeds the least loaded by at most one unit's cost.
-  cost      `run_cost`: the cost model below, the one place that says what a run costs.
+  cost      `run_cost`: each model's cost in the model registry (`ModelSpec.cost`).
 
 Task index and count default to the array's environment (`task_from_env`):
 SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT, and SLURM_ARRAY_TASK_MIN / SLURM_ARRAY_TASK_STEP
@@ -25,6 +25,9 @@ from __future__ import annotations
 import math
 from typing import Mapping, Optional, Sequence
 
+from experiments import grids
+from mscan_jax import models
+
 
 class ShardError(ValueError):
   """A task index or count that names no share of the grid."""
@@ -32,31 +35,11 @@ class ShardError(ValueError):
 
 # ----------------------------------------------------------------------------- cost model
 
-# The cost of one run, in CPU seconds of a run at size `small` on the default synthetic preset
-# (2-core CPU; mean over the 6-18 runs of each model of the size-`small` table grid,
-# `git show 6ff9e90:results/synthetic/runs.csv`, column `cpu_s`).
-# Each figure is a whole run: its stages (the references' longer schedules, `config.reference.*`)
-# and its examples (Single and Finetune train on their target scenario only; a Finetune run's
-# Mix stage is its sibling Mix run, counted there). Only ratios matter for the split; the
-# ratios hold roughly at other sizes and on other data, where every run reads the same examples.
-MODEL_COST: dict[str, float] = {
-    "mscan": 80.0, "ple": 71.0, "mmoe": 56.5, "m2m": 56.5, "aesm2": 52.1, "star": 49.6,
-    "mf": 46.8, "shared_bottom": 42.2, "popularity": 41.6, "mix": 32.8, "logreg": 31.2,
-    "finetune": 23.9, "single": 23.4, "oracle_click": 2.8, "oracle_like": 2.7,
-}
-# M-scan without SACA has no co-attention: 33 CPU seconds instead of 80 (same file).
-MSCAN_WITHOUT_SACA = 33.0 / 80.0
-# A model not in the table (newly registered): costed like the MLP baseline Mix.
-DEFAULT_COST = MODEL_COST["mix"]
-
-
 def run_cost(overrides: Mapping[str, object]) -> float:
-  """The expected cost of one run from its overrides (`model`, `mscan.use_saca`)."""
-  model = str(overrides.get("model", "mscan"))
-  cost = MODEL_COST.get(model, DEFAULT_COST)
-  if model == "mscan" and overrides.get("mscan.use_saca") is False:
-    cost *= MSCAN_WITHOUT_SACA
-  return cost
+  """The expected cost of one run from its overrides: its model's (`models.run_cost`, the
+  registry's measured cost per model and variant; the default config's model where `model` is
+  not overridden)."""
+  return models.run_cost(str(overrides.get("model", grids.default_value("model"))), overrides)
 
 
 # ----------------------------------------------------------------------------- assignment

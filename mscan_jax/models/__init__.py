@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import flax.linen as nn
-import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
+from mscan_jax.models.common import target_scenario
 
 ModelFactory = Callable[[ml_collections.ConfigDict, Schema], nn.Module]
 # stages(config) -> [(subdir, stage_config), ...]; "" = the run's own workdir. The last stage is
@@ -54,6 +54,9 @@ class ModelSpec:
                     of M-scan, shown beside every table); "oracle" (reads the recorded truth).
   trainable:        False: scored with its initial (empty) parameters, no training loop.
   needs_truth:      reads `true_*` batch keys (only datasets that record the truth have them).
+  cost:             what one run costs, for sharing a grid among a job array's tasks
+                    (`run_cost`; only ratios matter); None: not measured, costed like Mix.
+  cost_scale:       overrides -> factor on `cost` for a variant that costs otherwise (None: 1).
   """
   factory: ModelFactory
   title: str
@@ -65,6 +68,8 @@ class ModelSpec:
   kind: str = "model"
   trainable: bool = True
   needs_truth: bool = False
+  cost: Optional[float] = None
+  cost_scale: Optional[Callable[[Mapping[str, object]], float]] = None
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -77,6 +82,21 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
+# The cost of one run (`ModelSpec.cost`), in CPU seconds of a run at grid size `small` on the
+# default synthetic preset (2-core CPU; mean over the 6-18 runs of each model of the size-`small`
+# table grid, `git show 6ff9e90:results/synthetic/runs.csv`, column `cpu_s`). Each figure is a
+# whole run: its stages (the references' longer schedules, `config.reference.*`) and its examples
+# (Single and Finetune train on their target scenario only; a Finetune run's Mix stage is its
+# sibling Mix run, counted there). Only ratios matter; they hold roughly at other sizes and on
+# other data, where every run reads the same examples.
+UNMEASURED_COST_LIKE = "mix"     # a model with no measured cost is costed like the MLP baseline
+
+
+def _mscan_cost_scale(overrides: Mapping[str, object]) -> float:
+  """M-scan without SACA has no co-attention: 33 CPU seconds instead of 80 (same file)."""
+  return 33.0 / 80.0 if overrides.get("mscan.use_saca") is False else 1.0
+
+
 def _builtin() -> dict[str, ModelSpec]:
   from mscan_jax.models import (aesm2, m2m, mix, mmoe, mscan, ple, references, shared_bottom,
                                 star)
@@ -86,41 +106,47 @@ def _builtin() -> dict[str, ModelSpec]:
       # Baselines (Appendix A.2): same batch, same objective, only "y_m".
       "single": ModelSpec(mix.from_config, "Single", din + "; target scenario only",
                           "3-layer MLP trained on config.single.scenario only",
-                          stages=mix.single_stages, target_scenario=True, tables=t1),
+                          stages=mix.single_stages, target_scenario=True, tables=t1, cost=23.4),
       "mix": ModelSpec(mix.from_config, "Mix", din, "3-layer MLP trained on all scenarios",
-                       tables=t1),
+                       tables=t1, cost=32.8),
       "shared_bottom": ModelSpec(shared_bottom.from_config, "Shared bottom", din,
-                                 "shared embeddings, one tower per scenario", tables=t1),
+                                 "shared embeddings, one tower per scenario", tables=t1,
+                                 cost=42.2),
       "finetune": ModelSpec(mix.from_config, "Finetune", din + "; Mix, then target scenario",
                             "mix, then trained on config.single.scenario from its checkpoint",
-                            stages=mix.finetune_stages, target_scenario=True, tables=t1),
-      "mmoe": ModelSpec(mmoe.from_config, "MMOE", din, "MMoE (Ma et al., KDD 2018)", tables=t1),
-      "ple": ModelSpec(ple.from_config, "PLE", din, "PLE (Tang et al., RecSys 2020)", tables=t1),
+                            stages=mix.finetune_stages, target_scenario=True, tables=t1,
+                            cost=23.9),
+      "mmoe": ModelSpec(mmoe.from_config, "MMOE", din, "MMoE (Ma et al., KDD 2018)", tables=t1,
+                        cost=56.5),
+      "ple": ModelSpec(ple.from_config, "PLE", din, "PLE (Tang et al., RecSys 2020)", tables=t1,
+                       cost=71.0),
       "aesm2": ModelSpec(aesm2.from_config, "AESM2", din, "AESM2 (Zou et al., SIGIR 2022)",
-                         tables=t1),
-      "m2m": ModelSpec(m2m.from_config, "M2M", din, "M2M (Zhang et al., WSDM 2022)", tables=t1),
+                         tables=t1, cost=52.1),
+      "m2m": ModelSpec(m2m.from_config, "M2M", din, "M2M (Zhang et al., WSDM 2022)", tables=t1,
+                       cost=56.5),
       "star": ModelSpec(star.from_config, "STAR", din, "STAR (Sheng et al., CIKM 2021)",
-                        tables=t1),
+                        tables=t1, cost=49.6),
       "mscan": ModelSpec(mscan.from_config, "M-scan", "u, i, s + GRU(S_u) + SACA(H_u, S_u)",
-                         "M-scan (this paper)", tables=("table1", "table2")),
+                         "M-scan (this paper)", tables=("table1", "table2"), cost=80.0,
+                         cost_scale=_mscan_cost_scale),
       # Reference scorers: no sequence features, nothing of M-scan (references.py).
       "popularity": ModelSpec(references.popularity, "Popularity", "i (item bias only)",
                               "logistic regression on the item id alone", stages=references.stages,
-                              kind="reference"),
+                              kind="reference", cost=41.6),
       "logreg": ModelSpec(references.logreg, "Bias LR", "u, i, s biases",
                           "logistic regression on user + item + scenario biases",
-                          stages=references.stages, kind="reference"),
+                          stages=references.stages, kind="reference", cost=31.2),
       "mf": ModelSpec(references.mf, "MF", "u, i, s biases + <p_u, q_i>",
                       "matrix factorisation with biases", stages=references.stages,
-                      kind="reference"),
+                      kind="reference", cost=46.8),
       "oracle_click": ModelSpec(references.oracle_click, "Oracle (exam x like)",
                                 "the recorded truth: true_exam * true_prob",
                                 "the true click probability", kind="oracle", trainable=False,
-                                needs_truth=True),
+                                needs_truth=True, cost=2.8),
       "oracle_like": ModelSpec(references.oracle_like, "Oracle (like)",
                                "the recorded truth: true_prob",
                                "the true like probability (interest)", kind="oracle",
-                               trainable=False, needs_truth=True),
+                               trainable=False, needs_truth=True, cost=2.7),
   }
 
 
@@ -183,6 +209,16 @@ def title(name: str) -> str:
   return spec.title if spec is not None else name
 
 
+def run_cost(name: str, overrides: Mapping[str, object]) -> float:
+  """The expected cost of one run of model `name` with its config `overrides` (dotted keys):
+  its spec's `cost` times `cost_scale(overrides)`; a model with no measured cost (or not
+  registered) is costed like `UNMEASURED_COST_LIKE`."""
+  spec = _specs().get(name)
+  if spec is None or spec.cost is None:
+    return float(get_spec(UNMEASURED_COST_LIKE).cost)
+  return spec.cost * (spec.cost_scale(overrides) if spec.cost_scale is not None else 1.0)
+
+
 def build_model(config: ml_collections.ConfigDict, schema: Schema) -> nn.Module:
   spec = get_spec(config.model)
   if spec.needs_truth and not schema.has_truth:
@@ -210,19 +246,3 @@ def stages(config: ml_collections.ConfigDict) -> list:
     last.train.init_from = config.train.init_from
     return [(subdir, last)]
   return out
-
-
-def target_scenario(config: ml_collections.ConfigDict, schema: Schema | None = None) -> int:
-  """`config.single.scenario`, checked: required (>= 1) for models with a target scenario."""
-  s = int(config.single.scenario)
-  if s < 1:
-    raise ValueError(f"config.model={config.model!r} needs a target scenario: set "
-                     f"--config.single.scenario=ID (a scenario id >= 1), got {s}")
-  if schema is not None and s > schema.num_scenarios:
-    raise ValueError(f"config.single.scenario={s} does not exist: the dataset has scenario ids "
-                     f"1..{schema.num_scenarios}")
-  return s
-
-
-def activation_dtype(config: ml_collections.ConfigDict):
-  return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32

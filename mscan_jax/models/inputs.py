@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from mscan_jax.data.schema import Schema
-from mscan_jax.models import activation_dtype
+from mscan_jax.models.common import activation_dtype
 from mscan_jax.models.layers import Embedders, length_mask
 
 Dtype = Any

@@ -23,6 +23,7 @@ import ml_collections
 
 from mscan_jax.data.schema import Schema
 from mscan_jax.models import inputs
+from mscan_jax.models.common import target_scenario
 from mscan_jax.models.layers import MLP
 
 Dtype = Any
@@ -66,14 +67,12 @@ def _restrict(config: ml_collections.ConfigDict, s: int) -> ml_collections.Confi
 
 def single_stages(config: ml_collections.ConfigDict) -> list:
   """[("", config trained and evaluated on the target scenario only)]."""
-  from mscan_jax.models import target_scenario
   s = target_scenario(config)
   return [("", _restrict(_copy(config), s))]
 
 
 def finetune_stages(config: ml_collections.ConfigDict) -> list:
   """[("mix", the Mix run on all scenarios), ("", the target scenario from the mix checkpoint)]."""
-  from mscan_jax.models import target_scenario
   s = target_scenario(config)
   mix = _copy(config)
   mix.model = "mix"

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
-from mscan_jax.models import activation_dtype
+from mscan_jax.models.common import activation_dtype
 from mscan_jax.models.layers import MLP, Embedders, length_mask
 from mscan_jax.models.sequence import COATTENTION_IMPLS, CoAttention, MaskedGRU
 

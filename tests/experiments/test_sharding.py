@@ -82,9 +82,15 @@ def test_cost_model():
   assert sharding.run_cost({"model": "mscan"}) > sharding.run_cost({"model": "mix"})
   assert sharding.run_cost({"model": "mscan", "mscan.use_saca": False}) == pytest.approx(33.0)
   assert sharding.run_cost({"model": "oracle_like"}) < sharding.run_cost({"model": "single"})
-  assert sharding.run_cost({"model": "a_new_model"}) == sharding.DEFAULT_COST
+  assert sharding.run_cost({}) == sharding.run_cost({"model": "mscan"})   # the default model
   from mscan_jax import models
-  assert set(sharding.MODEL_COST) == set(models.model_names())   # the table covers the registry
+  like = models.UNMEASURED_COST_LIKE
+  assert sharding.run_cost({"model": "a_new_model"}) == sharding.run_cost({"model": like})
+  with models.registered("a_new_model", models.ModelSpec(models.get_spec("mix").factory, "New",
+                                                         "u, i, s")):   # no cost measured
+    assert sharding.run_cost({"model": "a_new_model"}) == models.get_spec(like).cost
+  # Every built-in model has a measured cost.
+  assert all(models.get_spec(n).cost for n in models.model_names())
 
 
 @pytest.mark.parametrize("environ, expected", [
