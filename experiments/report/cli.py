@@ -16,9 +16,9 @@ from absl import flags
 
 from experiments import grids
 from experiments.report.loading import ReportError, load_folder
-from mscan_jax.config import ConfigError
-from mscan_jax.data.schema import DataError
 from experiments.report.writing import copy_run_files, write_record, write_report
+from mscan_jax.data.schema import DataError
+from mscan_jax.errors import ConfigError
 
 PROG = "python -m experiments.report"
 

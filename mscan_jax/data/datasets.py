@@ -11,9 +11,9 @@ the grid and `prepare` know no dataset name.
   built       any built dataset directory (`config.data.path`)
   log         a generic CSV/Parquet log (`config.data.path` = the file, `config.data.columns`
               the column mapping), built once into `config.data.cache_dir`; or a directory
-              built from one by `python -m mscan_jax.data.prepare --dataset=log`
+              built from one by `python prepare.py --dataset=log`
   aliccp, aliccp_csv, cloudtheme, recbole
-              a directory built by `python -m mscan_jax.data.prepare` (`config.data.path`)
+              a directory built by `python prepare.py` (`config.data.path`)
 
 Every dataset with a loader (`DatasetSpec.load`) can be built by `prepare`; the loader reads
 the raw files with the options of its own sub-dict of `config.data` (`config.data.aliccp`,
@@ -148,7 +148,7 @@ class DatasetSpec:
 
   @property
   def prepared(self) -> bool:
-    """Built by `python -m mscan_jax.data.prepare --dataset=NAME` from raw files."""
+    """Built by `python prepare.py --dataset=NAME` from raw files."""
     return self.load is not None
 
 
@@ -326,7 +326,7 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
                       f"valid: {', '.join(PRESETS)}")
   if spec.needs_path and not data.path:
     raise ConfigError(f"config.data.path is required for config.data.name={data.name!r} "
-                      "(a built dataset directory, see `python -m mscan_jax.data.prepare`)")
+                      "(a built dataset directory, see `python prepare.py`)")
   if data.max_cur_len < 1 or data.max_all_len < 1:
     raise ConfigError("config.data.max_cur_len and config.data.max_all_len must be >= 1, got "
                       f"{data.max_cur_len} and {data.max_all_len}")
@@ -422,7 +422,7 @@ def built_path(data: ml_collections.ConfigDict) -> str:
   path = data.path
   if not path:
     raise DataError(f"config.data.path is required for config.data.name={name!r} (a built "
-                    "dataset directory, see `python -m mscan_jax.data.prepare`)")
+                    "dataset directory, see `python prepare.py`)")
   if not os.path.exists(path):
     raise DataError(f"config.data.path={path!r} does not exist")
   if name == "log" and os.path.isfile(path):
@@ -432,10 +432,10 @@ def built_path(data: ml_collections.ConfigDict) -> str:
     raise DataError(f"config.data.path={path!r} is a directory, but config.data.name='log' "
                     "reads a log file (" + ", ".join(log_lib.CSV_SUFFIXES + log_lib.PARQUET_SUFFIXES)
                     + "): give the file itself, or a dataset directory built from it by "
-                    "`python -m mscan_jax.data.prepare --dataset=log` (it holds schema.json)")
+                    "`python prepare.py --dataset=log` (it holds schema.json)")
   if not os.path.exists(os.path.join(path, "schema.json")):
     raise DataError(f"config.data.path={path!r} is not a built dataset (no schema.json); build it "
-                    f"with `python -m mscan_jax.data.prepare --dataset={name} --raw=RAW --out=DIR`")
+                    f"with `python prepare.py --dataset={name} --raw=RAW --out=DIR`")
   return path
 
 

@@ -204,7 +204,7 @@ class BuiltDataset:
     if not os.path.exists(schema_path):
       raise DataError(f"{path}: not a built dataset (no schema.json). Build one with "
                       "`python -m mscan_jax.data.synthetic --out=DIR` or "
-                      "`python -m mscan_jax.data.prepare ... --out=DIR`")
+                      "`python prepare.py ... --out=DIR`")
     self.path = path
     with open(schema_path) as f:
       self.schema = Schema.from_dict(json.load(f))
