@@ -67,13 +67,21 @@ def _define_flags() -> None:
       "for launch.py (column mapping, caps, fractions, each loader's sub-dict).")
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with an unknown `--config.KEY` named (`config.check_override_keys`; and its
-  valid neighbours) and any bad flag reported as one `error:` line, exit code 2."""
+def check_config_overrides(argv: list[str]) -> None:
+  """Refuses a `--config.KEY` that the config does not have, naming it and the valid keys at
+  that level (`config.check_override_keys`; ml_collections would raise a traceback when the
+  config flag is defined)."""
   try:
     config_lib.check_override_keys(argv)
+  except ConfigError as e:
+    _fail(str(e))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, any bad flag reported as one `error:` line, exit code 2."""
+  try:
     return flags.FLAGS(argv)
-  except (flags.Error, ConfigError) as e:
+  except flags.Error as e:
     _fail(str(e))
   return []
 
@@ -94,5 +102,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  check_config_overrides(sys.argv)
   _define_flags()
   app.run(main, flags_parser=_parse_flags)
