@@ -31,6 +31,7 @@ import pytest
 from experiments import grids, report
 from experiments.report import mechanisms as mech
 from experiments.report import summary
+from mscan_jax.data import datasets
 from mscan_jax.evaluation import metrics as metrics_lib
 
 KEYS = [(0, 0), (1, 0), (0, 1)]
