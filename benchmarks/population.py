@@ -48,7 +48,7 @@ def bench(model: str, size: str, members: int, args) -> dict:
   tx = train.make_optimizer(config)
   states = []
   for m in range(members):
-    p = train._init_params(net, dataset.schema, m)
+    p = train.init_params(net, dataset.schema, m)
     states.append(train.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)))
   state = population._stack(states)
   hp = {name: jnp.full((members,), float(config_lib.get_path(config, key)), jnp.float32)

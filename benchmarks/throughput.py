@@ -279,7 +279,7 @@ class Setup:
     mesh = sharding.make_mesh()
     if batch_size % mesh.size:
       raise SystemExit(f"--batch={batch_size} must be divisible by the {mesh.size} devices")
-    params = jax.device_get(train._init_params(model, schema, 0))
+    params = jax.device_get(train.init_params(model, schema, 0))
     new_state = lambda p: train.TrainState(step=jnp.zeros((), jnp.int32), params=p,  # noqa: E731
                                            opt_state=tx.init(p))
     state_sharding = sharding.state_shardings(jax.eval_shape(new_state, params), mesh)

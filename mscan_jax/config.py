@@ -101,7 +101,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every_steps = 0     # 0 = once per epoch
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 0  # 0 = at every evaluation
-  c.train.patience = 2             # evaluations without validation-AUC gain before stopping
+  # Early stopping: this many evaluations in a row without a gain of the validation metric stop
+  # the run (0 acts as 1: the first evaluation without a gain stops it; mscan_jax/training/loop.py).
+  c.train.patience = 2
   # Validation metric of early stopping and the best checkpoint (metrics.SELECT_METRICS): the
   # mean per-scenario AUC (what the paper reports); auc_all mostly measures scenario base rates.
   c.train.select_metric = "mean_scenario_auc"

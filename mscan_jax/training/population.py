@@ -11,13 +11,15 @@ and hyper-parameters, so one compiled program advances all of them, as PureJaxRL
     batch  (P, B, ...) each member's own batch, from its own shuffled order (its seed, its data)
     hp     (P,)       learning_rate, weight_decay, alpha
 
-Each member is a run of its own in every other respect (`train._set_up` sets it up, including a
-resume from its checkpoint): it evaluates on its own validation split on its own schedule, stops
-early on its own (a stopped member keeps its best parameters and its state stops changing: the
-update is masked with `jnp.where(active, new, old)`), saves its own checkpoints and writes a
-normal run folder (`train._test_and_write`): config.json, metrics.jsonl, predictions.parquet,
-results.json. A member that diverges fails alone (its folder gets no results.json); the others
-go on. Members may start at different steps (resumed at different checkpoints).
+Each member is a run of its own in every other respect: a `loop.Run`, set up by `loop.set_up`
+(including a resume from its checkpoint) and driven by the same rules as a run alone (the
+`loop.Run` methods; only how a step is applied differs). It evaluates on its own validation split
+on its own schedule, stops early on its own (a stopped member keeps its best parameters and its
+state stops changing: the update is masked with `jnp.where(active, new, old)`), saves its own
+checkpoints and writes a normal run folder (`loop.Run.finish`): config.json, metrics.jsonl,
+predictions.parquet, results.json (with its own `stop_reason`). A member that diverges fails
+alone (its folder gets no results.json); the others go on. Members may start at different steps
+(resumed at different checkpoints).
 
 Exactness: a member computes what the same run computes alone (`launch.py`), up to the float
 rounding of batched matrix products (tests/training/test_population.py compares them).
@@ -46,13 +48,13 @@ from mscan_jax import config as config_lib
 from mscan_jax import models
 from mscan_jax.data import pipeline
 from mscan_jax.data import datasets
-from mscan_jax.evaluation import metrics as metrics_lib
-from mscan_jax.training import train
+from mscan_jax.training import loop, train
 
 # Config keys in which the members of one population may differ (traced values, or data of one
 # schema). Everything else must be equal: it fixes the shapes of the compiled program.
 MEMBER_KEYS = ("seed", "train.learning_rate", "train.weight_decay", "mscan.alpha", "mscan.c",
-               "train.init_from", "data.seed", *(f"data.synthetic.{d}" for d in datasets.dials("synthetic")))
+               "train.init_from", "data.seed",
+               *(f"data.synthetic.{d}" for d in datasets.dials("synthetic")))
 # Traced per-member hyper-parameters of the step: name -> config key.
 HYPER = {"learning_rate": "train.learning_rate", "weight_decay": "train.weight_decay",
          "alpha": "mscan.alpha"}
@@ -136,7 +138,7 @@ def _put(stacked: Any, tree: Any, i: jax.Array) -> Any:
 
 # ----------------------------------------------------------------------------- input
 
-def _stacked_batches(members: list[train._Stage], live: list[bool], prefetch: int
+def _stacked_batches(members: list[loop.Run], live: list[bool], prefetch: int
                      ) -> Iterator[dict[str, np.ndarray]]:
   """Batches (P, B, ...): member i's next training batch while `live[i]`, else its last one (its
   update is masked out). Each member reads its own order (`pipeline.train_batches` with its
@@ -182,12 +184,12 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   check_members(configs)
   with contextlib.ExitStack() as locks:
     for w in workdirs:
-      locks.enter_context(train._hold(w))
+      locks.enter_context(loop.hold(w))
     return _train_population(configs, workdirs)
 
 
 def _train_population(configs, workdirs) -> list[dict | BaseException]:
-  members = [train._set_up(c, w) for c, w in zip(configs, workdirs)]
+  members = [loop.set_up(c, w) for c, w in zip(configs, workdirs)]
   schema = members[0].dataset.schema.to_dict()
   for i, st in enumerate(members[1:], 1):
     other = st.dataset.schema.to_dict()
@@ -214,7 +216,7 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
     st.state = st.best_params = None
 
   results: list[dict | BaseException | None] = [None] * len(members)
-  live = [not (st.meta["done"] or st.step >= st.total_steps) for st in members]
+  live = [not st.should_stop for st in members]
   n = len(members)
   batch_size = config.train.batch_size
   bar = None
@@ -227,7 +229,7 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
   t_log = [time.perf_counter()] * n
   since_log = [0] * n
   # Steady-state speed: the loop's wall time after the first step (which compiles), less
-  # validation and checkpoints (as `train._train` measures a run).
+  # validation and checkpoints (as the single-run driver measures a run).
   timing = {"start": None, "eval_s": 0.0, "steps": 0, "member_steps": 0}
   own = [0] * n                 # each member's timed steps
   batches = _stacked_batches(members, live, config.data.prefetch)
@@ -245,9 +247,8 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
         st.step += 1
         since_log[i] += 1
         pending[i].append(m)
-        do_eval = st.step % st.eval_every == 0 or st.step >= st.total_steps
-        if st.step % st.log_every == 0 or do_eval:
-          due.append((i, do_eval))
+        if st.log_due(st.step):
+          due.append((i, st.eval_due(st.step)))
       if due or first:
         jax.block_until_ready(m)
       if first:
@@ -259,7 +260,8 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
       for i, do_eval in due:
         st = members[i]
         try:
-          _log_train(st, i, pending[i], since_log[i], time.perf_counter() - t_log[i])
+          host = [{k: float(v[i]) for k, v in h.items()} for h in jax.device_get(pending[i])]
+          st.log_train(host, since_log[i], time.perf_counter() - t_log[i])
         except train.DivergenceError as e:
           results[i], live[i] = e, False
           print(f"error: population member {i} ({st.workdir}): {e}", file=sys.stderr)
@@ -269,9 +271,11 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
         pending[i], since_log[i] = [], 0
         if do_eval:
           t_eval = time.perf_counter()
-          state, best = _evaluate(st, i, state, best)
+          if st.validate(_take(state.params, i)):
+            best = _put(best, state.params, i)
+          st.save_checkpoint(_take(state, i), _take(best, i))
           timing["eval_s"] += time.perf_counter() - t_eval
-          if st.meta["done"] or st.step >= st.total_steps:
+          if st.should_stop:
             live[i] = False
         t_log[i] = time.perf_counter()
   finally:
@@ -291,40 +295,9 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
     st.timing = {"train_examples_per_s": own[i] * batch_size / max(train_s, 1e-9),
                  "train_steps_timed": own[i], "train_seconds": train_s,
                  "eval_seconds": timing["eval_s"]}
-    results[i] = train._test_and_write(st, {"population": {
+    results[i] = st.finish({"population": {
         "size": n, "member": i, "member_examples_per_s": round(member_ex_s, 1)}})
   return results
-
-
-def _log_train(st: train._Stage, i: int, pending: list[dict], steps: int, dt: float) -> None:
-  """Member i's train record (the mean of its logged steps), after the divergence check."""
-  host = [{k: float(v[i]) for k, v in h.items()} for h in jax.device_get(pending)]
-  train.check_divergence(host, st.step, st.meta, st.config.train.divergence_factor,
-                         f"The last good checkpoint ({st.ckpt.latest_step()}) in "
-                         f"{st.ckpt.directory} is kept.")
-  st.log({"step": st.step, "split": "train",
-          **{k: float(np.mean([h[k] for h in host])) for k in host[0]},
-          "examples_per_s": steps * st.config.train.batch_size / max(dt, 1e-9)})
-
-
-def _evaluate(st: train._Stage, i: int, state, best):
-  """Member i's validation, early stopping and checkpoint, as `train._train` does for a run."""
-  meta, config = st.meta, st.config
-  select_metric = config.train.select_metric
-  params = _take(state.params, i)
-  val = train.compute_metrics(train.predict(params, st.dataset, st.rows["valid"],
-                                            **st.eval_kwargs))
-  auc = metrics_lib.select_value(val, select_metric)
-  if bool(np.isfinite(auc) and auc > meta["best_valid_auc"]):
-    best = _put(best, state.params, i)
-    meta.update(best_valid_auc=float(auc), best_step=st.step, bad_evals=0)
-  else:
-    meta["bad_evals"] += 1
-  meta["done"] = bool(meta["bad_evals"] > config.train.patience)
-  st.log({"step": st.step, "split": "valid", select_metric: auc, "auc": val["auc"]["all"],
-          "gauc": val["gauc"], "logloss": val["logloss"], "best_valid_auc": meta["best_valid_auc"]})
-  st.ckpt.save(st.step, _take(state, i), _take(best, i), meta)
-  return state, best
 
 
 # ----------------------------------------------------------------------------- command line

@@ -3,6 +3,12 @@
 mesh -> data -> model -> train state -> (resume) -> loop of jitted `train_step` with validation
 and early stopping -> best parameters on the test split -> `predictions.parquet`, `results.json`.
 
+This module holds the steps (`train_step`, `eval_step`, `predict`, the divergence guard) and the
+single-run driver, which applies one jitted step at a time. The loop's rules (setting a run up
+and resuming it, the validation schedule, early stopping and the best checkpoint, why a run
+stopped, testing and writing `results.json`) live in `mscan_jax.training.loop`, shared with the
+population driver (`mscan_jax.training.population`).
+
 The run folder's rules (`mscan_jax.training.rundir`): the trainer holds `<workdir>/.lock` for the
 whole run and resumes a folder only with the config that started it (up to the keys of
 `rundir.RESUMABLE_KEYS`); every output is written to a temporary name and renamed into place;
@@ -17,10 +23,7 @@ Model selection (early stopping, best checkpoint) uses the validation split only
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
-import json
 import os
 import queue
 import threading
@@ -38,12 +41,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mscan_jax import config as config_lib
 from mscan_jax import models
-from mscan_jax.data import datasets, pipeline
-from mscan_jax.data.schema import BuiltDataset, DataError, dummy_batch, save_json
+from mscan_jax.data import pipeline
+from mscan_jax.data.schema import BuiltDataset, DataError, dummy_batch
 from mscan_jax.evaluation import metrics as metrics_lib
-from mscan_jax.training import objective, rundir
-from mscan_jax.training import sharding as sharding_lib
-from mscan_jax.training.checkpoint import Checkpointer, restore_best_params
+# loop imports this module too (its steps); both only use each other's names at call time.
+from mscan_jax.training import loop, objective, rundir
 
 
 @flax.struct.dataclass
@@ -189,7 +191,8 @@ def _sync_every(config) -> int:
   return max(every, 0)
 
 
-def _init_params(model, schema, seed: int):
+def init_params(model, schema, seed: int):
+  """The model's initial parameters (one jitted `init`); {} for a model without any."""
   batch = dummy_batch(schema, 2)
   init = jax.jit(functools.partial(model.init, train=False))   # one compilation, not op by op
   variables = init({"params": jax.random.PRNGKey(seed), "dropout": jax.random.PRNGKey(seed + 1)}, batch)
@@ -305,159 +308,39 @@ def check_divergence(host: list[dict], step: int, meta: dict, factor: float, kep
           "or set config.train.divergence_factor=0 to check for non-finite values only.")
 
 
-def _hold(workdir: str):
-  """The run folder's lock (`rundir.WorkdirLock`), held by process 0 (the one that writes)."""
-  os.makedirs(workdir, exist_ok=True)
-  return rundir.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains one stage in `workdir` (resuming if it holds a checkpoint) and returns its results.
 
   Holds the folder's lock throughout: a second trainer on the same folder gets a RunDirError.
   """
   config_lib.validate(config, models.model_names())
-  with _hold(workdir):
-    return _train_and_evaluate(config, workdir)
+  with loop.hold(workdir):
+    run = loop.set_up(config, workdir)
+    _train(run)
+    return run.finish()
 
 
-@dataclasses.dataclass
-class _Stage:
-  """What one stage's loop needs, made by `_set_up` (data, shardings, model, state, steps)."""
-  config: ml_collections.ConfigDict
-  workdir: str
-  is_main: bool
-  dataset: BuiltDataset
-  rows: dict[str, np.ndarray]           # "train", "valid", "test" -> row numbers
-  total_steps: int
-  eval_every: int
-  log_every: int
-  data_sharding: NamedSharding
-  state: TrainState
-  best_params: Any
-  meta: dict
-  ckpt: Checkpointer
-  copy_params: Any                      # jitted: a copy of the parameters, never an alias
-  train_step: Any                       # jitted, donating the state
-  eval_kwargs: dict                     # `predict`'s keyword arguments
-  c: float
-  metrics_path: str
-  step: int = 0
-  timing: dict = dataclasses.field(default_factory=dict)   # `_train`'s speed, for results.json
+def _train(run: loop.Run) -> None:
+  """The single-run driver: one jitted step at a time; logs, validation, early stopping and
+  checkpoints by the rules of `loop.Run` (updates `run`).
 
-  def log(self, record: dict) -> None:
-    if self.is_main:
-      with open(self.metrics_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  stage = _set_up(config, workdir)
-  _train(stage)
-  return _test_and_write(stage)
-
-
-def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Stage:
-  """Data, mesh, model, train state (resumed from the folder's checkpoint) and jitted steps."""
-  is_main = jax.process_index() == 0
-  # A folder holding another run's config.json is refused (rundir.RESUMABLE_KEYS may differ).
-  rundir.check_resume(workdir, json.loads(config_lib.to_json(config)),
-                      defaults=json.loads(config_lib.to_json(config_lib.get_config())))
-  if is_main and os.path.exists(os.path.join(workdir, rundir.RESULTS)):
-    os.remove(os.path.join(workdir, rundir.RESULTS))    # not finished until written again
-
-  # Data.
-  dataset = datasets.open_dataset(config.data)
-  schema = dataset.schema
-  rows = {"train": pipeline.split_rows(dataset, "train", config.data.train_scenarios),
-          "valid": pipeline.split_rows(dataset, "valid", config.data.train_scenarios),
-          "test": pipeline.split_rows(dataset, "test", config.data.eval_scenarios)}
-  n_per_epoch = pipeline.steps_per_epoch(len(rows["train"]), config.train.batch_size)
-  total_steps = config.train.max_steps or config.train.num_epochs * n_per_epoch
-  if not models.get_spec(config.model).trainable:
-    total_steps = 0            # scored as initialised (oracles): no training loop
-  eval_every = config.train.eval_every_steps or n_per_epoch
-  log_every = max(1, min(config.train.log_every_steps, eval_every))
-
-  # Mesh: the batch is sharded on its first axis; parameters are replicated, or with
-  # config.shard_embeddings the embedding tables (and their Adam moments) are row-sharded
-  # (mscan_jax.training.sharding).
-  mesh = sharding_lib.make_mesh()
-  for key in ("batch_size", "eval_batch_size"):
-    if config.train[key] % jax.device_count():
-      raise config_lib.ConfigError(f"config.train.{key}={config.train[key]} must be divisible by "
-                                   f"the {jax.device_count()} devices")
-  data_sharding = sharding_lib.data_sharding(mesh)
-  replicated = sharding_lib.replicated(mesh)
-
-  # Model and state.
-  model = models.build_model(config, schema)
-  tx = make_optimizer(config)
-  params = _init_params(model, schema, config.seed)
-  if config.shard_embeddings:   # tables padded with zero rows to a multiple of the device count
-    model = sharding_lib.RowPadded(model, sharding_lib.embedding_rows(params))
-    params = sharding_lib.pad_embeddings(params, mesh.size)
-  if config.train.init_from:   # relative to the run folder (a stage's or a sibling run's)
-    params = restore_best_params(os.path.join(os.path.abspath(workdir), config.train.init_from),
-                                 params)
-  params = jax.device_get(params)   # host values, the same in every process; placed just below
-  new_state = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))  # noqa: E731
-  state_sharding = sharding_lib.state_shardings(jax.eval_shape(new_state, params), mesh,
-                                                config.shard_embeddings)
-  state = jax.jit(new_state, out_shardings=state_sharding)(params)
-  # A copy, never an alias of state.params: the train step donates (deletes) the state's buffers.
-  copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_sharding.params)
-  best_params = copy_params(state.params)
-  meta = {"best_valid_auc": -1.0, "best_step": 0, "bad_evals": 0, "done": False}
-
-  # Resume.
-  ckpt = Checkpointer(workdir)
-  if ckpt.latest_step() is not None:
-    state, best_params, meta = ckpt.restore(state, best_params)
-    if is_main:
-      print(f"Resumed from {ckpt.directory} at step {int(state.step)}")
-
-  # Jitted steps.
-  base_rng = jax.random.PRNGKey(config.seed + 2)
-  c = datasets.resolve_c(config)
-  p_train_step = jax.jit(functools.partial(train_step, model=model, tx=tx,
-                                           alpha=float(config.mscan.alpha), base_rng=base_rng),
-                         donate_argnums=0, out_shardings=(state_sharding, replicated))
-  p_eval_step = jax.jit(functools.partial(eval_step, model=model),
-                        out_shardings=data_sharding)
-  eval_kwargs = dict(eval_fn=p_eval_step, c=c, batch_size=config.train.eval_batch_size,
-                     sharding=data_sharding, prefetch=config.data.prefetch)
-
-  metrics_path = os.path.join(workdir, rundir.METRICS)
-  if is_main:
-    rundir.write_text_atomic(os.path.join(workdir, rundir.CONFIG), config_lib.to_json(config))
-    rundir.truncate_metrics(metrics_path, int(state.step))   # replayed steps are logged anew
-  return _Stage(config, workdir, is_main, dataset, rows, total_steps, eval_every, log_every,
-                data_sharding, state, best_params, meta, ckpt, copy_params, p_train_step,
-                eval_kwargs, c, metrics_path, step=int(state.step))
-
-
-def _train(st: _Stage) -> None:
-  """The loop: jitted steps, logs, validation with early stopping, checkpoints (updates `st`).
-
-  `st.timing` gets the loop's steady-state training speed (for results.json): examples/s over
+  `run.timing` gets the loop's steady-state training speed (for results.json): examples/s over
   the log windows after the first (compilation), evaluation and checkpoints excluded; None when
   the run had fewer than two log windows."""
-  config, meta = st.config, st.meta
+  config = run.config
   batch_size = config.train.batch_size
-  select_metric = config.train.select_metric   # validation metric of early stopping
   sync_every = _sync_every(config)
-  if meta["done"] or st.step >= st.total_steps:
+  if run.should_stop:
     return
   bar = None
-  if st.is_main and config.train.progress:
+  if run.is_main and config.train.progress:
     from tqdm import tqdm
-    bar = tqdm(total=st.total_steps * batch_size, initial=st.step * batch_size, unit="ex",
+    bar = tqdm(total=run.total_steps * batch_size, initial=run.step * batch_size, unit="ex",
                unit_scale=True, desc=f"train {config.model}", dynamic_ncols=True)
 
   batches = pipeline.train_batches(
-      st.dataset, st.rows["train"], batch_size=batch_size, seed=config.seed, start_step=st.step,
-      process_index=jax.process_index(), process_count=jax.process_count(),
+      run.dataset, run.rows["train"], batch_size=batch_size, seed=config.seed,
+      start_step=run.step, process_index=jax.process_index(), process_count=jax.process_count(),
       prefetch=config.data.prefetch)
   pending: list[dict] = []
   t_log = time.perf_counter()
@@ -466,26 +349,19 @@ def _train(st: _Stage) -> None:
   # a window never holds evaluation or checkpoint time (t_log restarts after them).
   windows, timed_steps, timed_s, eval_s = 0, 0, 0.0, 0.0
   try:
-    for batch in _device_prefetch(batches, st.data_sharding, config.data.prefetch):
-      st.state, m = st.train_step(st.state, batch)
-      st.step += 1
-      step = st.step
+    for batch in _device_prefetch(batches, run.data_sharding, config.data.prefetch):
+      run.state, m = run.train_step(run.state, batch)
+      run.step += 1
+      step = run.step
       steps_since_log += 1
       pending.append(m)
       if sync_every and step % sync_every == 0:
         jax.block_until_ready(m)
-      do_eval = step % st.eval_every == 0 or step >= st.total_steps
-      if step % st.log_every == 0 or do_eval:
+      if run.log_due(step):
         host = jax.device_get(pending)
         pending = []
-        check_divergence(host, step, meta, config.train.divergence_factor,
-                         f"The last good checkpoint ({st.ckpt.latest_step()}) in "
-                         f"{st.ckpt.directory} is kept.")
         dt = time.perf_counter() - t_log
-        record = {"step": step, "split": "train",
-                  **{k: float(np.mean([h[k] for h in host])) for k in host[0]},
-                  "examples_per_s": steps_since_log * batch_size / max(dt, 1e-9)}
-        st.log(record)
+        record = run.log_train(host, steps_since_log, dt)
         windows += 1
         if windows > 1:
           timed_steps, timed_s = timed_steps + steps_since_log, timed_s + dt
@@ -493,69 +369,32 @@ def _train(st: _Stage) -> None:
         if bar is not None:
           bar.update(len(host) * batch_size)
           bar.set_postfix(loss=f"{record['loss']:.4f}")
-      if do_eval:
+      if run.eval_due(step):
         t_eval = time.perf_counter()
-        pred = predict(st.state.params, st.dataset, st.rows["valid"], **st.eval_kwargs)
-        val = compute_metrics(pred)
-        auc = metrics_lib.select_value(val, select_metric)
-        improved = bool(np.isfinite(auc) and auc > meta["best_valid_auc"])
-        if improved:
-          st.best_params = st.copy_params(st.state.params)
-          meta.update(best_valid_auc=float(auc), best_step=step, bad_evals=0)
-        else:
-          meta["bad_evals"] += 1
-        meta["done"] = bool(meta["bad_evals"] > config.train.patience)   # early stopped
-        st.log({"step": step, "split": "valid", select_metric: auc, "auc": val["auc"]["all"],
-                "gauc": val["gauc"], "logloss": val["logloss"],
-                "best_valid_auc": meta["best_valid_auc"]})
+        if run.validate(run.state.params):
+          run.best_params = run.copy_params(run.state.params)
         if bar is not None:
-          bar.set_postfix(loss=f"{record['loss']:.4f}", val_auc=f"{auc:.4f}")
-        st.ckpt.save(step, st.state, st.best_params, meta)
+          bar.set_postfix(loss=f"{record['loss']:.4f}",
+                          val=f"{run.last_valid[config.train.select_metric]:.4f}")
+        run.save_checkpoint(run.state, run.best_params)
         t_log = time.perf_counter()
         eval_s += t_log - t_eval
-        if meta["done"] or step >= st.total_steps:
+        if run.should_stop:
           break
   finally:
     if bar is not None:
       bar.close()
-    st.timing = {"train_examples_per_s": (timed_steps * batch_size / timed_s if timed_s > 0
-                                          else None),
-                 "train_steps_timed": timed_steps, "train_seconds": timed_s,
-                 "eval_seconds": eval_s}
-
-
-def _test_and_write(st: _Stage, extra: dict | None = None) -> dict:
-  """Test with the best-validation parameters; predictions, then results.json (last), with
-  `extra` entries added (a population member's)."""
-  config = st.config
-  pred = predict(st.best_params, st.dataset, st.rows["test"], **st.eval_kwargs)
-  results = {"model": config.model, "dataset": datasets.label(config.data), "seed": config.seed,
-             "data_seed": int(config.data.seed), "c": st.c,
-             "select_metric": config.train.select_metric, "best_step": st.meta["best_step"],
-             "best_valid_auc": st.meta["best_valid_auc"],
-             "steps": st.step, **compute_metrics(pred), **st.timing}
-  refs = st.dataset.stats.get("reference", {}).get("test_auc")
-  if refs and not config.data.eval_scenarios:
-    # Model-free reference rows on the same test split, computed when the data was built
-    # (the synthetic benchmark): the training split's item click rate and the oracles.
-    results["reference_auc"] = refs
-  results.update(extra or {})
-  results["outputs"] = [rundir.CONFIG] + ([rundir.PREDICTIONS] if config.train.export_predictions
-                                           else [])
-  if st.is_main:   # results.json last: the run's only completion marker
-    if config.train.export_predictions:
-      write_predictions(os.path.join(st.workdir, rundir.PREDICTIONS), pred)
-    rundir.write_atomic(os.path.join(st.workdir, rundir.RESULTS),
-                        lambda tmp: save_json(tmp, results))
-  st.ckpt.close()
-  return results
+    run.timing = {"train_examples_per_s": (timed_steps * batch_size / timed_s if timed_s > 0
+                                           else None),
+                  "train_steps_timed": timed_steps, "train_seconds": timed_s,
+                  "eval_seconds": eval_s}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage of the configured model (e.g. `finetune` = `mix`, then one scenario)."""
   config_lib.validate(config, models.model_names())
   results = None
-  with _hold(workdir):
+  with loop.hold(workdir):
     for subdir, stage_config in models.stages(config):
       results = _run_stage(workdir, subdir, stage_config)
   return results

@@ -135,7 +135,7 @@ ds = BuiltDataset({path!r})
 cfg = config_lib.get_tiny_config()
 model = models.build_model(cfg, ds.schema)
 tx = train.make_optimizer(cfg)
-params0 = jax.device_get(train._init_params(model, ds.schema, 0))
+params0 = jax.device_get(train.init_params(model, ds.schema, 0))
 rows = np.asarray(ds.splits["train"])
 batches = [ds.gather(rows[i * 64:(i + 1) * 64]) for i in range(6)]
 

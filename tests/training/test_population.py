@@ -45,6 +45,9 @@ def test_members_equal_their_runs_alone(tmp_path):
   for i, (c, res) in enumerate(zip(members, together)):
     alone = train.train_and_evaluate(c, str(tmp_path / f"alone{i}"))
     _close(res, alone, 2e-4)
+    # Stopped by the same rule at the same step (loop.Run), for the same reason (here member 0
+    # runs out of steps, members 1 and 2 stop early).
+    assert (res["stop_reason"], res["best_epoch"]) == (alone["stop_reason"], alone["best_epoch"])
     assert res["population"]["size"] == 3 and res["population"]["member"] == i
     assert res["train_steps_timed"] == res["steps"] - 1     # all but the compiling step
     # The member's folder is a normal run folder: same files, same predictions (to rounding).

@@ -31,7 +31,7 @@ def test_bfloat16_activations_float32_parameters_and_loss():
   config.train.learning_rate = 1e-2                   # fit one batch in a few steps
   config.mscan.dropout = 0.0
   model = build_model(config, SCHEMA)
-  params = train._init_params(model, SCHEMA, seed=0)
+  params = train.init_params(model, SCHEMA, seed=0)
   batch = {k: jnp.asarray(v) for k, v in dummy_batch(SCHEMA, 32, seed=1).items()}
 
   # The matrix products run in bfloat16 (the model really is in mixed precision) ...

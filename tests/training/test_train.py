@@ -92,7 +92,7 @@ def test_predict_gives_every_row_once_in_order_whatever_the_batch_size(tmp_path)
   c = _tiny(tmp_path)
   dataset = datasets.open_dataset(c.data)
   model = models.build_model(c, dataset.schema)
-  params = train._init_params(model, dataset.schema, 0)
+  params = train.init_params(model, dataset.schema, 0)
   sharding = sharding_lib.data_sharding(sharding_lib.make_mesh())
   eval_fn = jax.jit(functools.partial(train.eval_step, model=model), out_shardings=sharding)
   rows = np.asarray(pipeline.split_rows(dataset, "test", ()))[:37]
@@ -406,3 +406,58 @@ def test_launch_exits_with_an_error_line_when_training_diverges(tmp_path):
   assert len(errors) == 1 and "the run diverged" in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "run" / "results.json").exists()
+
+
+# ----------------------------------------------------------------------------- stopping
+
+def _scripted_validation(monkeypatch, values):
+  """The validation metric of each evaluation in turn is the next of `values` (the rest of the
+  evaluation runs as usual): early stopping sees a known sequence."""
+  from mscan_jax.training import loop
+  it = iter(values)
+  monkeypatch.setattr(loop.metrics_lib, "select_value", lambda metrics, name: next(it))
+
+
+@pytest.mark.parametrize("patience, evals", [(0, 3), (1, 3), (3, 5)])
+def test_patience_stops_after_exactly_that_many_evaluations_without_a_gain(
+    tmp_path, monkeypatch, patience, evals):
+  """Gains at the first two evaluations, then none (an equal value is no gain): patience N stops
+  at the N-th evaluation without a gain (0 acts as 1); results.json says why, and where the best
+  one was. A second start of the finished folder, with a larger budget, trains no further and
+  keeps the reason."""
+  _scripted_validation(monkeypatch, [0.6, 0.7, 0.7, 0.65, 0.69, 0.5, 0.5])
+  c = _cheap(tmp_path, max_steps=1000, eval_every_steps=2, log_every_steps=2, patience=patience)
+  workdir = str(tmp_path / "run")
+  res = train.train_and_evaluate(c, workdir)
+  valid = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))
+           if json.loads(l)["split"] == "valid"]
+  assert [r["step"] for r in valid] == [2 * (k + 1) for k in range(evals)]
+  assert res["stop_reason"] == "early_stopping" and res["steps"] == 2 * evals
+  assert res["best_step"] == 4 and res["best_valid_auc"] == 0.7
+  assert res["best_epoch"] == 4 / res["steps_per_epoch"] and res["steps_per_epoch"] > 4
+  c.train.max_steps = 2000
+  again = train.train_and_evaluate(c, workdir)
+  assert again["stop_reason"] == "early_stopping" and again["steps"] == 2 * evals
+
+
+def test_a_run_whose_budget_runs_out_stops_for_max_steps_and_goes_on_under_a_larger_one(
+    tmp_path, monkeypatch):
+  """Every evaluation a gain: the budget stops the run (`max_steps`); resumed with a larger budget
+  it trains on, and stops again for its budget or its patience."""
+  _scripted_validation(monkeypatch, [0.5, 0.6, 0.7, 0.7])
+  c = _cheap(tmp_path, max_steps=6, eval_every_steps=2, log_every_steps=2, patience=1)
+  workdir = str(tmp_path / "run")
+  res = train.train_and_evaluate(c, workdir)
+  assert res["stop_reason"] == "max_steps" and res["steps"] == 6 and res["best_step"] == 6
+  assert json.load(open(os.path.join(workdir, "results.json")))["stop_reason"] == "max_steps"
+  c.train.max_steps = 20
+  more = train.train_and_evaluate(c, workdir)    # evaluation 4 at step 8: no gain, patience 1
+  assert more["stop_reason"] == "early_stopping" and more["steps"] == 8
+  assert more["best_step"] == 6
+
+
+def test_an_oracle_is_scored_as_initialised_and_says_so(tmp_path):
+  c = _cheap(tmp_path)
+  c.model = "oracle_like"
+  res = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert res["stop_reason"] == "not_trainable" and res["steps"] == 0 and res["best_epoch"] == 0
