@@ -171,6 +171,22 @@ class GroupedMLP(nn.Module):
     return x
 
 
+class ScenarioTower(GroupedMLP):
+  """The per-scenario head of the multi-scenario baselines: y = Tower_s(h), s = the sample's
+  scenario (Shared Bottom, MMoE and PLE: paper Appendix A.2).
+
+  A `GroupedMLP` (hidden layers GroupedDense -> ReLU -> Dropout, then a linear output of width
+  `out_dim` = 1) whose group is the scenario row `sid` (`scenario_index`), so each sample runs
+  only its own scenario's tower: `__call__(h (B, in), sid (B,), *, train) -> (B,)` float32 logit.
+  Its parameters are GroupedMLP's (`GroupedDense_l/group_kernel` (P, in, out), ...).
+  """
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray, sid: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    y = super().__call__(h, sid, train=train)                            # (B, 1)
+    return y[:, 0].astype(jnp.float32)                                   # (B,)
+
+
 class StackedDense(nn.Module):
   """`num` independent Dense layers applied together (shared experts, every sample).
 

@@ -5,7 +5,7 @@
     y_m = Tower_s(Σ_k g_k e_k)                                                  (B,)
 
 with x = [u ⊕ i ⊕ s ⊕ DIN(i, S_u)]. Gates and towers are stacked per-scenario parameters
-(`experts.GroupedDense` / `GroupedMLP`); every expert runs for every sample, as in MMoE.
+(`experts.GroupedDense` / `ScenarioTower`); every expert runs for every sample, as in MMoE.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ class MMoE(nn.Module):
     gate = experts.GroupedDense(p, self.num_experts, impl=self.grouped_matmul, dtype=dt,
                                 name="gates")(x, sid)                    # (B, K)
     h = experts.mix(gate, e)                                             # (B, d)
-    y = experts.GroupedMLP(p, self.tower, 1, dropout=self.dropout, impl=self.grouped_matmul,
-                           dtype=dt, name="towers")(h, sid, train=train)  # (B, 1)
-    return {"y_m": y[:, 0].astype(jnp.float32)}
+    y = experts.ScenarioTower(p, self.tower, dropout=self.dropout, impl=self.grouped_matmul,
+                              dtype=dt, name="towers")(h, sid, train=train)   # (B,)
+    return {"y_m": y}
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> MMoE:

@@ -75,9 +75,9 @@ class PLE(nn.Module):
         gate_shared = nn.Dense(n_all, dtype=dt, name=f"shared_gate_{level}")(h_shared)
         h_shared = experts.mix(gate_shared, e_all)                       # (B, w)
       h_own = experts.mix(gate_own, e_all)                               # (B, w)
-    y = experts.GroupedMLP(p, self.tower, 1, dropout=self.dropout, impl=self.grouped_matmul,
-                           dtype=dt, name="towers")(h_own, sid, train=train)  # (B, 1)
-    return {"y_m": y[:, 0].astype(jnp.float32)}
+    y = experts.ScenarioTower(p, self.tower, dropout=self.dropout, impl=self.grouped_matmul,
+                              dtype=dt, name="towers")(h_own, sid, train=train)   # (B,)
+    return {"y_m": y}
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> PLE:

@@ -3,7 +3,7 @@ scenario has its own 3-layer tower on top of it.
 
     y_m = Tower_{s}([u ⊕ i ⊕ s ⊕ DIN(i, S_u)])               s = the sample's scenario
 
-The P towers are stacked parameters (`experts.GroupedMLP`); a sample runs only its own tower.
+The P towers are stacked parameters (`experts.ScenarioTower`); a sample runs only its own tower.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ class SharedBottom(nn.Module):
     x = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=self.dtype,
                            name="inputs")(batch)["x"]                    # (B, F)
     sid = experts.scenario_index(batch, p)                               # (B,)
-    y = experts.GroupedMLP(p, self.tower, 1, dropout=self.dropout, impl=self.grouped_matmul,
-                           dtype=self.dtype, name="towers")(x, sid, train=train)   # (B, 1)
-    return {"y_m": y[:, 0].astype(jnp.float32)}
+    y = experts.ScenarioTower(p, self.tower, dropout=self.dropout, impl=self.grouped_matmul,
+                              dtype=self.dtype, name="towers")(x, sid, train=train)   # (B,)
+    return {"y_m": y}
 
 
 def from_config(config: ml_collections.ConfigDict, schema: Schema) -> SharedBottom:

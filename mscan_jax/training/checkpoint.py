@@ -6,15 +6,16 @@ the loop's history). Starting again in the same workdir restores the latest step
 the multi-host way: every process calls `save`, each writes its own shards, process 0 the metadata.
 
 A checkpoint that does not restore (its files truncated or lost, e.g. by a full disk) is not the
-end of a run: a warning names its step and the first line of the cause, and the previous one is
-tried; once an older one restored, the damaged ones are moved aside to
-`<workdir>/damaged_checkpoints/<step>-<time>` (so that their steps can be saved again). Only
-when no checkpoint restores does the restore fail (`CheckpointError`), with one message listing
-each step and its cause; then nothing is moved.
+end of a run: the previous one is tried; once an older one restored, the damaged ones are moved
+aside to `<workdir>/damaged_checkpoints/<step>-<time>` (so that their steps can be saved again),
+each with one warning line (its step, the first line of the cause, where it went, the step
+restored). Only when no checkpoint restores does the restore fail (`CheckpointError`), with one
+message listing each step and its cause; then nothing is moved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -100,27 +101,52 @@ _DAMAGED = (ValueError, OSError, KeyError, TypeError, RuntimeError, EOFError)
 
 def _latest_that_restores(ckpt: Checkpointer, restore_step: Callable[[int], Any], *,
                           move_aside: bool) -> Any:
-  """restore_step(step) of the latest step that restores, newest first. A damaged step gets a
-  warning (step, first line of the cause); with `move_aside`, once an older step restored, the
-  damaged newer ones are moved aside (none is moved when nothing restores)."""
+  """restore_step(step) of the latest step that restores, newest first. Each damaged step newer
+  than the one restored gets one warning line (step, first line of the cause, and with
+  `move_aside` the folder it was moved to: none is moved when nothing restores)."""
   failures: list[tuple[int, str]] = []
-  for step in sorted(ckpt.manager.all_steps(), reverse=True):
-    try:
-      restored = restore_step(step)
-    except _DAMAGED as e:
-      cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-      failures.append((step, f"{type(e).__name__}: {cause}"))
-      print(f"warning: checkpoint {step} in {ckpt.directory} does not restore ({failures[-1][1]}); "
-            "trying the previous one", file=sys.stderr)
-      continue
-    if move_aside:
-      for bad, _ in failures:
-        print(f"warning: damaged checkpoint {bad} moved to {ckpt._move_aside(bad)}; resuming from "
-              f"step {step}", file=sys.stderr)
-    return restored
+  with _quiet_closed_loop_callbacks():
+    for step in sorted(ckpt.manager.all_steps(), reverse=True):
+      try:
+        restored = restore_step(step)
+      except _DAMAGED as e:
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        failures.append((step, f"{type(e).__name__}: {cause}"))
+        continue
+      for bad, cause in failures:
+        where = f"moved to {ckpt._move_aside(bad)}; " if move_aside else ""
+        print(f"warning: checkpoint {bad} in {ckpt.directory} does not restore ({cause}); "
+              f"{where}restored step {step}", file=sys.stderr)
+      return restored
   raise CheckpointError(f"{ckpt.directory}: no checkpoint restores ("
                         + "; ".join(f"step {s}: {c}" for s, c in failures)
                         + "). Move the folder away to start afresh")
+
+
+@contextlib.contextmanager
+def _quiet_closed_loop_callbacks():
+  """Drops the "Event loop is closed" tracebacks of a failed restore's leftover reads.
+
+  Orbax runs a restore's reads on a fresh event loop and closes it as soon as the first read
+  fails (`asyncio_utils.run_sync`), with the other reads still in flight. When one of those
+  completes, tensorstore's callback calls `loop.call_soon_threadsafe` on the closed loop, and
+  tensorstore reports the RuntimeError through `sys.unraisablehook` (no object, no message: a
+  bare traceback on stderr), one per leftover read. This hook drops exactly those while the
+  steps are tried (the leftover reads of a step finish while the previous step is read) and passes
+  every other unraisable exception to the hook it replaces.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
 
 
 def _abstract(tree: Any) -> Any:

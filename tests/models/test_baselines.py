@@ -220,6 +220,25 @@ def test_grouped_matmul_matches_a_per_sample_product(monkeypatch):
     experts.resolve_impl("loop", 3, 1, 1)
 
 
+def test_scenario_tower_gives_each_sample_its_own_scenarios_tower():
+  # Tower k (k = 0, 1, 2) on h (B, 2), all entries positive: hidden layer (k + 1) * I, output
+  # weights [1, 1] and bias 100 k, so Tower_k(h) = (k + 1) (h_0 + h_1) + 100 k.
+  p = 3
+  ks = np.arange(p, dtype=np.float32)
+  params = {"GroupedDense_0": {"group_kernel": (ks + 1)[:, None, None] * np.eye(2, dtype=np.float32),
+                               "group_bias": np.zeros((p, 2), np.float32)},
+            "GroupedDense_1": {"group_kernel": np.ones((p, 2, 1), np.float32),
+                               "group_bias": 100 * ks[:, None]}}
+  h = np.random.default_rng(0).uniform(0.5, 1.5, size=(7, 2)).astype(np.float32)
+  sid = np.array([2, 0, 1, 1, 0, 2, 2])
+  want = (sid + 1) * h.sum(-1) + 100 * sid
+  for impl in ("gather", "ragged"):
+    tower = experts.ScenarioTower(p, (2,), impl=impl)
+    with jax.default_matmul_precision("highest"):                      # no TF32 on a GPU
+      got = tower.apply({"params": params}, h, sid, train=False)
+    assert got.shape == (7,) and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+
 def test_aesm2_selects_experts_by_kl_distance():
   # 3 scenarios, 4 experts; q[:, k] = expert k's distribution over the scenarios.
   q = np.array([[0.8, 0.1, 1 / 3, 0.2],
