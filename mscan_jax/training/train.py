@@ -459,6 +459,7 @@ def _train(st: _Stage) -> None:
       st.dataset, st.rows["train"], batch_size=batch_size, seed=config.seed, start_step=st.step,
       process_index=jax.process_index(), process_count=jax.process_count(),
       prefetch=config.data.prefetch)
+  st.ckpt.restore_data_iter(st.step, batches)   # the saved grain state, if the checkpoint has one
   pending: list[dict] = []
   t_log = time.perf_counter()
   steps_since_log = 0
@@ -510,7 +511,7 @@ def _train(st: _Stage) -> None:
                 "best_valid_auc": meta["best_valid_auc"]})
         if bar is not None:
           bar.set_postfix(loss=f"{record['loss']:.4f}", val_auc=f"{auc:.4f}")
-        st.ckpt.save(step, st.state, st.best_params, meta)
+        st.ckpt.save(step, st.state, st.best_params, meta, data_iter=batches.at(step))
         t_log = time.perf_counter()
         eval_s += t_log - t_eval
         if meta["done"] or step >= st.total_steps:
