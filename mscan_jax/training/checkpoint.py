@@ -79,12 +79,20 @@ class Checkpointer:
     return _latest_that_restores(self, one, move_aside=True)
 
   def restore_data_iter(self, step: int, data_iter: grain.DatasetIterator) -> bool:
-    """Sets `data_iter` to the grain state saved at `step`; False (the iterator untouched) when
-    that step has none: no checkpoint of `step`, or one saved without it (older runs)."""
-    if not os.path.isdir(os.path.join(self.directory, str(step), DATA_ITER)):
+    """Sets `data_iter` to the grain state saved at `step`. False, the iterator untouched (the
+    caller started it at the step), when this process has none there: no checkpoint of `step`,
+    one saved without it (older runs) or by another number of processes (grain keeps one file
+    per process, `process_<i>-of-<n>.json`), or a damaged one (with a warning)."""
+    own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not os.path.isfile(os.path.join(self.directory, str(step), DATA_ITER, own)):
       return False
-    self.manager.restore(step, args=ocp.args.Composite(
-        **{DATA_ITER: grain.checkpoint.CheckpointRestore(data_iter)}))
+    try:
+      self.manager.restore(step, args=ocp.args.Composite(
+          **{DATA_ITER: grain.checkpoint.CheckpointRestore(data_iter)}))
+    except _DAMAGED as e:
+      print(f"warning: the input pipeline state of checkpoint {step} in {self.directory} does "
+            f"not restore ({type(e).__name__}); the input starts at step {step}", file=sys.stderr)
+      return False
     return True
 
   def _move_aside(self, step: int) -> str:
