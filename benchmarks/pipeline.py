@@ -1,17 +1,17 @@
-"""Host input pipeline throughput at the Ali-CCP shape: gather alone, the old pipeline, the new one.
+"""Host input pipeline throughput at the Ali-CCP shape: the gathers, the loaders before, grain's.
 
     .venv/bin/python -m benchmarks.pipeline                          # ~1.2M samples, batch 1024
     .venv/bin/python -m benchmarks.pipeline --events=200000 --seconds=3   # quicker
     .venv/bin/python -m benchmarks.pipeline --end_to_end --out=benchmarks/results/pipeline_cpu_2core.txt
 
-Issue #14, item 2 ("input that keeps up"). The data: a built dataset at the Ali-CCP shape of
-`benchmarks/throughput.py` (9 user fields, 4 item fields, 1 scenario field: 14 fields, 3
-scenarios, Ls 20, Lh 40, full vocabulary sizes), written by the project's own builder
-(`mscan_jax.data.builder.build_dataset`: the paper's protocol, so the layout, the sequences and
-the split are the real ones) from `--events` random events of `--users` users (each event's
-ids drawn uniformly; a user's events are spread over the whole log, so the rows a sequence
-points at are scattered as in a real log). Built once into `--cache_dir` (a temporary name
-renamed into place) and reused.
+Issue #14, item 2 ("input that keeps up"), and issue #21, item 5 (grain as the pipeline). The
+data: a built dataset at the Ali-CCP shape of `benchmarks/throughput.py` (9 user fields, 4 item
+fields, 1 scenario field: 14 fields, 3 scenarios, Ls 20, Lh 40, full vocabulary sizes), written
+by the project's own builder (`mscan_jax.data.builder.build_dataset`: the paper's protocol, so the
+layout, the sequences and the split are the real ones) from `--events` random events of `--users`
+users (each event's ids drawn uniformly; a user's events are spread over the whole log, so the
+rows a sequence points at are scattered as in a real log). Built once into `--cache_dir` (a
+temporary name renamed into place) and reused.
 
 Rows measured, each in examples/s on batches of `--batch` (default 1024) training rows, for
 `--seconds` after a warm-up, median of `--repeats`:
@@ -19,9 +19,18 @@ Rows measured, each in examples/s on batches of `--batch` (default 1024) trainin
   gather (old)      `legacy_gather`: the gather before issue #14 (one argsort per gathered table)
   gather (new)      `BuiltDataset.gather` of one batch of random training rows, on this thread
   pipeline (old)    the grain pipeline before issue #14 (`legacy_train_batches`: MapDataset
-                    range -> shuffle -> batch -> map(gather), 2 threads, prefetch 2)
-  pipeline (new)    `mscan_jax.data.pipeline.train_batches` (numpy epoch permutation, gathers
-                    on `--workers` background threads, `--prefetch` batches ahead)
+                    range -> shuffle -> batch -> map(gather), one record per element, 2 threads,
+                    prefetch 2)
+  threaded (#14)    the hand-written loader of issues #14 to #21 (`threaded_train_batches`: the
+                    same order, gathers on a thread pool, `--prefetch` batches ahead)
+  pipeline (new)    `mscan_jax.data.pipeline.train_batches`: grain over batches (a step per
+                    element, one gather per batch, grain's read threads), with its ratio to the
+                    row above it
+
+The last two rows come in pairs, one pair per thread count (1 and `--workers`), on the same
+rows, batch and prefetch; their timings alternate (threaded, grain, threaded, ...) so that a
+change of the machine's load falls on both. Issue #21's bar: grain at >= 0.9 of the threaded
+loader.
 
 Nothing consumes the batches but the loop that counts them: these are the rates at which the
 host can feed a training step, not training rates.
@@ -146,6 +155,53 @@ def legacy_train_batches(ds: BuiltDataset, rows: np.ndarray, *, batch_size: int,
     read = grain.ReadOptions(num_threads=max(1, prefetch), prefetch_buffer_size=max(1, prefetch))
     yield from d.to_iter_dataset(read)
     epoch += 1
+
+
+# ----------------------------------------------------------------------------- the code before #21
+
+def threaded_train_batches(ds: BuiltDataset, rows: np.ndarray, *, batch_size: int, seed: int,
+                           prefetch: int = 2, workers: int = pipeline.DEFAULT_WORKERS):
+  """The training loader of issues #14 to #21 (one process, from step 0): the order of
+  `pipeline.batch_rows` (each epoch's permutation computed once), `BuiltDataset.gather` on
+  `workers` threads at most max(prefetch, workers) batches ahead."""
+  rows = np.asarray(rows, np.int64)
+  n_steps = pipeline.steps_per_epoch(len(rows), batch_size)
+
+  def plan():                                   # row numbers of each step, (B,)
+    step, epoch, perm = 0, None, None
+    while True:
+      e, k = divmod(step, n_steps)
+      if e != epoch:
+        epoch, perm = e, pipeline.epoch_permutation(len(rows), seed, e)        # (N,)
+      yield rows[perm[k * batch_size:(k + 1) * batch_size]]
+      step += 1
+
+  return _ordered_map(ds.gather, plan(), prefetch=prefetch, workers=workers)
+
+
+def _ordered_map(fn, items, *, prefetch: int, workers: int):
+  """fn(item) for each item, in order, computed on `workers` threads at most max(prefetch,
+  workers) items ahead of the consumer. Closing the generator cancels what has not started and
+  joins the threads; an exception in `fn` is raised at its item."""
+  import collections
+  import concurrent.futures
+  if prefetch <= 0 or workers <= 0:
+    yield from map(fn, items)
+    return
+  depth = max(prefetch, workers)
+  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="threaded")
+  pending: collections.deque = collections.deque()
+  try:
+    for item in items:
+      pending.append(pool.submit(fn, item))
+      if len(pending) >= depth:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:
+    for future in pending:
+      future.cancel()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -298,7 +354,7 @@ def main(argv=None) -> None:
   parser.add_argument("--repeats", type=int, default=3, help="timings per row (median shown)")
   parser.add_argument("--workers", type=int, default=pipeline.DEFAULT_WORKERS)
   parser.add_argument("--prefetch", type=int, default=2)
-  parser.add_argument("--skip_old", action="store_true", help="skip the pre-#14 rows (no grain)")
+  parser.add_argument("--skip_old", action="store_true", help="skip the pre-#14 rows")
   parser.add_argument("--end_to_end", action="store_true",
                       help="also run launch.py and benchmarks/throughput.py at both shapes")
   parser.add_argument("--aliccp_steps", type=int, default=12,
@@ -333,21 +389,33 @@ def main(argv=None) -> None:
   cases.append(("gather (new)", "this thread",
                 lambda: rate_of_calls(ds.gather, rows, a.batch, a.seconds, 0)))
   if not a.skip_old:
-    cases.append(("pipeline (old)", "grain, 2 threads",
+    cases.append(("pipeline (old)", "grain per record, 2 threads",
                   lambda: rate_of_iterator(lambda: legacy_train_batches(
                       ds, rows, batch_size=a.batch, seed=0), a.batch, a.seconds)))
-  for workers in sorted({1, a.workers}):
-    cases.append((f"pipeline (new)", f"{workers} thread{'s' * (workers > 1)}, prefetch {a.prefetch}",
-                  lambda w=workers: rate_of_iterator(lambda: pipeline.train_batches(
-                      ds, rows, batch_size=a.batch, seed=0, prefetch=a.prefetch, workers=w),
-                      a.batch, a.seconds)))
-  table = [f"{'what':<16} {'how':<24} {'examples/s':>11}  {'(min..max)':>21}"]
+  table = [f"{'what':<16} {'how':<28} {'examples/s':>11}  {'(min..max)':>21}"]
   print(table[0], flush=True)
-  for name, how, run in cases:
-    rates = sorted(run() for _ in range(a.repeats))
-    table.append(f"{name:<16} {how:<24} {np.median(rates):11,.0f}  "
-                 f"({rates[0]:,.0f}..{rates[-1]:,.0f})")
+
+  def row(name: str, how: str, rates: list[float], extra: str = "") -> float:
+    rates = sorted(rates)
+    table.append(f"{name:<16} {how:<28} {np.median(rates):11,.0f}  "
+                 f"({rates[0]:,.0f}..{rates[-1]:,.0f}){extra}")
     print(table[-1], flush=True)
+    return float(np.median(rates))
+
+  for name, how, run in cases:
+    row(name, how, [run() for _ in range(a.repeats)])
+  for workers in sorted({1, a.workers}):       # the threaded loader and grain, alternated
+    how = f"{workers} thread{'s' * (workers > 1)}, prefetch {a.prefetch}"
+    kw = dict(batch_size=a.batch, seed=0, prefetch=a.prefetch, workers=workers)
+    threaded, grained = [], []
+    for _ in range(a.repeats):
+      threaded.append(rate_of_iterator(lambda: threaded_train_batches(ds, rows, **kw),
+                                       a.batch, a.seconds))
+      grained.append(rate_of_iterator(lambda: pipeline.train_batches(ds, rows, **kw),
+                                      a.batch, a.seconds))
+    base = row("threaded (#14)", how, threaded)
+    row("pipeline (new)", "grain, " + how, grained,
+        f"  {np.median(grained) / base:.2f} of threaded")
   table.append(f"1-min load average {os.getloadavg()[0]:.1f}")
   print(table[-1])
   if a.end_to_end:

@@ -1,25 +1,30 @@
-"""Input pipeline: shuffled training batches and padded evaluation batches, gathered on threads.
+"""Input pipeline: shuffled training batches and padded evaluation batches, read with grain.
 
-Batches are gathered whole (one `np.take` per stored array, `BuiltDataset.gather`), not record
-by record: the pipeline draws a batch of *row numbers* and the gather turns it into the batch
-layout of `mscan_jax.data.schema`. Gathers run on `workers` background threads (numpy's `take`
-releases the GIL) at most `prefetch` batches ahead, so the host prepares the next batches while
-the device computes. Nothing blocks when the consumer stops: closing the generator (early
-stopping, or the generator being dropped) cancels the batches not yet started and joins the
-threads (a running gather takes milliseconds).
+The pipeline is a grain dataset over *batches*, not records: `grain.MapDataset.range` of step
+numbers, mapped to the row numbers of each step's batch, mapped to the batch itself, gathered
+whole by `BuiltDataset.gather` (one `np.take` per stored array) in the batch layout of
+`mscan_jax.data.schema`. Per-record mapping costs a Python call per example (~26k examples/s at
+the Ali-CCP shape, benchmarks/pipeline.py); a batch per element leaves grain one call per batch.
+grain's read threads (`grain.ReadOptions`: `workers` threads, `max(prefetch, workers)` batches
+ahead) run the gathers in the background (numpy's `take` releases the GIL) while the device
+computes. Closing the iterator (early stopping) cancels the batches not yet started and joins
+the threads (a running gather takes milliseconds).
 
 Training order is a pure function of (seed, epoch, step): epoch e is the permutation
 `np.random.default_rng(_epoch_seed(seed, e)).permutation(N)` of the N training rows, and step k
 of the epoch reads its positions [k B, (k + 1) B) (the last partial batch of an epoch is
-dropped). The data position of a run is therefore its step, and a resumed run reads exactly the
-batches an uninterrupted one would have read (`batch_rows` gives the rows of any step).
+dropped). The grain dataset is indexed by the global step, so grain's iterator state (its next
+index) *is* the data position: the checkpoint saves it beside the train state
+(`Checkpointer.save(data_iter=Batches.at(step))`), and a resumed run reads exactly the batches an
+uninterrupted one would have read, whether it restores that state or, from a checkpoint without
+it, starts at the step (`batch_rows` gives the rows of any step).
 With several processes (multi-host), every process draws the same global batch of row numbers and
 gathers only its own contiguous slice of it (sharding by process), so the global batch, and the
 trained model, do not depend on the number of processes.
 
-(Until issue #14 the permutation was grain's `MapDataset.shuffle`; numpy's is a different order,
-with the same properties: a run started before the change and resumed after it reads another
-order from the resumed step on.)
+(Until issue #14 the permutation was grain's `MapDataset.shuffle` over records; numpy's is a
+different order, with the same properties: a run started before that change and resumed after it
+reads another order from the resumed step on.)
 
 Evaluation keeps every sample exactly once: the last partial batch is padded (mask 0), so shapes
 stay static and nothing is recompiled.
@@ -28,18 +33,21 @@ stay static and nothing is recompiled.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+import sys
+import threading
+from typing import Any, Sequence
 
+import grain
 import numpy as np
 
 from mscan_jax.data.schema import BuiltDataset, DataError
 
-T = TypeVar("T")
-# Gather threads. One thread gathers 150k-500k examples/s at the Ali-CCP shape on the 2-core CPU
-# (benchmarks/pipeline.py; the figure depends on the load), an H200's training step consumes
+# grain read threads. One thread gathers 150k-500k examples/s at the Ali-CCP shape on the 2-core
+# CPU (benchmarks/pipeline.py; the figure depends on the load), an H200's training step consumes
 # ~170k: a second thread keeps a margin where the host has cores to spare.
 DEFAULT_WORKERS = 2
+# Training never ends by itself: its grain dataset has this many steps (the caller stops).
+_ENDLESS = sys.maxsize
 
 
 def split_rows(dataset: BuiltDataset, split: str, scenarios: Sequence[int] = ()) -> np.ndarray:
@@ -95,42 +103,139 @@ def batch_rows(rows: np.ndarray, *, batch_size: int, seed: int, step: int, proce
   `steps_per_epoch(len(rows), batch_size)`; the global batch is that epoch's permutation of
   `rows` at positions [(step % S) B, (step % S + 1) B), and this process gets its contiguous part.
   """
-  part = _process_slice(batch_size, process_index, process_count)
-  epoch, k = divmod(int(step), steps_per_epoch(len(rows), batch_size))
-  glob = epoch_permutation(len(rows), seed, epoch)[k * batch_size:(k + 1) * batch_size]  # (B,)
-  return np.asarray(rows)[glob[part]]
+  return _StepRows(rows, batch_size, seed, process_index, process_count)(step)
+
+
+class _StepRows:
+  """step -> this process's row numbers of that step (`batch_rows`), with each epoch's
+  permutation computed once (the last two are kept: grain's threads may straddle an epoch's end).
+  Called from grain's read threads."""
+
+  def __init__(self, rows: np.ndarray, batch_size: int, seed: int, process_index: int,
+               process_count: int):
+    self.part = _process_slice(batch_size, process_index, process_count)
+    self.rows = np.asarray(rows, np.int64)
+    self.batch_size, self.seed = batch_size, seed
+    self.n_steps = steps_per_epoch(len(self.rows), batch_size)
+    self.perms: dict[int, np.ndarray] = {}
+    self.lock = threading.Lock()
+
+  def __call__(self, step: int) -> np.ndarray:                                   # (B/P,)
+    epoch, k = divmod(int(step), self.n_steps)
+    with self.lock:
+      perm = self.perms.get(epoch)
+      if perm is None:
+        perm = self.perms[epoch] = epoch_permutation(len(self.rows), self.seed, epoch)  # (N,)
+        for old in sorted(self.perms)[:-2]:
+          del self.perms[old]
+    return self.rows[perm[k * self.batch_size:(k + 1) * self.batch_size][self.part]]
+
+
+class Batches(grain.DatasetIterator):
+  """The batches of a grain dataset indexed by step, read on grain's threads; a grain
+  `DatasetIterator` (its state is grain's, `get_state`/`set_state`).
+
+  `close()` stops grain's threads and waits for them (grain's own close does not wait). An
+  exception in a gather is raised at its batch and closes the iterator. `at(step)` is the state
+  before step `step` for a checkpoint: a training loop's consumer reads ahead of the step it
+  trains (its own prefetch), so the live state is ahead of the checkpointed step; the states of
+  the last `_KEEP` batches handed out are kept for that."""
+
+  _KEEP = 4096
+
+  def __init__(self, data: grain.MapDataset, *, start: int, prefetch: int, workers: int):
+    super().__init__()
+    threads = workers if prefetch > 0 and workers > 0 else 0
+    self._it = data.to_iter_dataset(grain.ReadOptions(
+        num_threads=threads, prefetch_buffer_size=max(prefetch, workers) if threads else 0)
+    ).__iter__()
+    self._lock = threading.Lock()
+    self._states: collections.deque = collections.deque(maxlen=self._KEEP)   # (step, state)
+    self.set_state({**self._it.get_state(), "next_index": int(start)})
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    try:
+      batch = next(self._it)
+    except BaseException:       # the end (evaluation), or a failed gather: threads stop
+      self.close()
+      raise
+    state = self._it.get_state()
+    with self._lock:
+      self._states.append((state["next_index"], state))
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """grain's state after the batches handed out so far."""
+    with self._lock:
+      return dict(self._states[-1][1])
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Continues at grain state `state` (e.g. restored from a checkpoint)."""
+    self._it.set_state(dict(state))
+    state = self._it.get_state()
+    with self._lock:
+      self._states.clear()
+      self._states.append((state["next_index"], state))
+
+  def at(self, step: int) -> grain.DatasetIterator:
+    """A grain iterator holding the state before step `step` (one of the last `_KEEP` batches
+    handed out, or the next one), to save in a checkpoint of step `step`."""
+    with self._lock:
+      found = [s for n, s in self._states if n == step]
+      known = (self._states[0][0], self._states[-1][0])
+    if not found:
+      raise ValueError(f"the input pipeline has no state of step {step} (it knows steps "
+                       f"{known[0]}..{known[1]})")
+    return _Position(found[-1])
+
+  def start_prefetch(self) -> None:
+    self._it.start_prefetch()
+
+  def close(self) -> None:
+    if self._closed:
+      return
+    super().close()
+    self._it.close()
+    executor = getattr(self._it, "_executor", None)   # grain 0.2.18: its read threads' pool
+    if executor is not None:
+      executor.shutdown(wait=True)
+
+
+class _Position(grain.DatasetIterator):
+  """A grain iterator state to save (`Batches.at`): no batches, only `get_state`."""
+
+  def __init__(self, state: dict[str, Any]):
+    super().__init__()
+    self._state = dict(state)
+
+  def __next__(self):
+    raise TypeError("a saved pipeline position is not iterable")
+
+  def get_state(self) -> dict[str, Any]:
+    return dict(self._state)
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._state = dict(state)
 
 
 def train_batches(dataset: BuiltDataset, rows: np.ndarray, *, batch_size: int, seed: int,
                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                  prefetch: int = 2, workers: int = DEFAULT_WORKERS
-                  ) -> Iterator[dict[str, np.ndarray]]:
+                  prefetch: int = 2, workers: int = DEFAULT_WORKERS) -> Batches:
   """Endless training batches from global step `start_step` on (the order of `batch_rows`).
 
   `batch_size` is the global batch; this process yields its slice of batch_size / process_count
   samples. Each epoch is a fresh permutation of `rows` seeded by (seed, epoch), computed once per
-  epoch. `prefetch` <= 0 or `workers` <= 0 gathers on the consumer's thread.
+  epoch. The grain dataset's index is the global step. `prefetch` <= 0 or `workers` <= 0 gathers
+  on the consumer's thread.
   """
-  part = _process_slice(batch_size, process_index, process_count)
-  rows = np.asarray(rows, np.int64)
-  n_steps = steps_per_epoch(len(rows), batch_size)
-
-  def plan() -> Iterator[np.ndarray]:          # this process's row numbers of each step, (B/P,)
-    step, epoch, perm = int(start_step), None, None
-    while True:
-      e, k = divmod(step, n_steps)
-      if e != epoch:
-        epoch, perm = e, epoch_permutation(len(rows), seed, e)                  # (N,)
-      yield rows[perm[k * batch_size:(k + 1) * batch_size][part]]
-      step += 1
-
-  return _ordered_map(dataset.gather, plan(), prefetch=prefetch, workers=workers)
+  step_rows = _StepRows(rows, batch_size, seed, process_index, process_count)
+  data = grain.MapDataset.range(_ENDLESS).map(step_rows).map(dataset.gather)
+  return Batches(data, start=start_step, prefetch=prefetch, workers=workers)
 
 
 def eval_batches(dataset: BuiltDataset, rows: np.ndarray, *, batch_size: int,
                  process_index: int = 0, process_count: int = 1,
-                 prefetch: int = 2, workers: int = DEFAULT_WORKERS
-                 ) -> Iterator[dict[str, np.ndarray]]:
+                 prefetch: int = 2, workers: int = DEFAULT_WORKERS) -> Batches:
   """Every row exactly once, in order; the last batch is padded with mask 0 (static shapes)."""
   part = _process_slice(batch_size, process_index, process_count, "eval batch size")
   rows = np.asarray(rows, np.int64)
@@ -144,28 +249,5 @@ def eval_batches(dataset: BuiltDataset, rows: np.ndarray, *, batch_size: int,
     batch["mask"] = real.astype(np.float32)
     return batch
 
-  return _ordered_map(make, range(n_batches), prefetch=prefetch, workers=workers)
-
-
-def _ordered_map(fn: Callable[..., T], items: Iterable, *, prefetch: int,
-                 workers: int) -> Iterator[T]:
-  """fn(item) for each item, in order, computed on `workers` threads at most max(prefetch,
-  workers) items ahead of the consumer. Closing the generator cancels what has not started and
-  joins the threads; an exception in `fn` is raised at its item."""
-  if prefetch <= 0 or workers <= 0:
-    yield from map(fn, items)
-    return
-  depth = max(prefetch, workers)
-  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="pipeline")
-  pending: collections.deque = collections.deque()
-  try:
-    for item in items:
-      pending.append(pool.submit(fn, item))
-      if len(pending) >= depth:
-        yield pending.popleft().result()
-    while pending:
-      yield pending.popleft().result()
-  finally:
-    for future in pending:
-      future.cancel()
-    pool.shutdown(wait=True, cancel_futures=True)
+  data = grain.MapDataset.range(n_batches).map(make)
+  return Batches(data, start=0, prefetch=prefetch, workers=workers)

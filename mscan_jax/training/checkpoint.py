@@ -2,8 +2,12 @@
 
 Each checkpoint holds the train state (parameters, optimizer state, step), the best-validation
 parameters, and a JSON `meta` (data position = step, best validation AUC, evaluations without gain,
-the loop's history). Starting again in the same workdir restores the latest step. Orbax writes in
-the multi-host way: every process calls `save`, each writes its own shards, process 0 the metadata.
+the loop's history), and, when the caller passes it, the input pipeline's grain iterator state
+(`data_iter`, grain's own Orbax handler: one JSON file per process). Starting again in the same
+workdir restores the latest step; the input pipeline continues from the saved grain state, or, in
+a checkpoint without one (older runs), from the step (the same batch: the grain dataset is indexed
+by the step, `mscan_jax.data.pipeline`). Orbax writes in the multi-host way: every process calls
+`save`, each writes its own shards, process 0 the metadata.
 
 A checkpoint that does not restore (its files truncated or lost, e.g. by a full disk) is not the
 end of a run: the previous one is tried; once an older one restored, the damaged ones are moved
@@ -21,6 +25,8 @@ import sys
 import time
 from typing import Any, Callable
 
+import grain
+import grain.checkpoint  # noqa: F401  (registers grain's Orbax handler: CheckpointSave/Restore)
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -28,6 +34,10 @@ from jax.experimental import multihost_utils
 
 class CheckpointError(RuntimeError):
   """No checkpoint of a folder restores; the message lists each step and its cause."""
+
+
+# The checkpoint item of the input pipeline's grain state.
+DATA_ITER = "data_iter"
 
 
 class Checkpointer:
@@ -41,25 +51,50 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, best_params: Any, meta: dict) -> None:
+  def save(self, step: int, state: Any, best_params: Any, meta: dict,
+           data_iter: grain.DatasetIterator | None = None) -> None:
+    """Saves step `step`; `data_iter`: the input pipeline's grain iterator at that step (its
+    `get_state()` is saved; `pipeline.Batches.at(step)`, since the loop reads ahead)."""
+    items = {} if data_iter is None else {DATA_ITER: grain.checkpoint.CheckpointSave(data_iter)}
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         best=ocp.args.StandardSave(best_params),
-        meta=ocp.args.JsonSave(meta)))
+        meta=ocp.args.JsonSave(meta), **items))
     self.manager.wait_until_finished()
 
-  def restore(self, state_like: Any, params_like: Any, step: int | None = None):
+  def restore(self, state_like: Any, params_like: Any, step: int | None = None,
+              data_iter: grain.DatasetIterator | None = None):
     """Restores (state, best_params, meta) into the structure (and shardings) of the targets:
-    of `step`, or of the latest step that restores (a damaged one is moved aside)."""
+    of `step`, or of the latest step that restores (a damaged one is moved aside). A given
+    `data_iter` gets that step's grain state (`restore_data_iter`)."""
     def one(s: int):
       restored = self.manager.restore(s, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(_abstract(state_like)),
           best=ocp.args.StandardRestore(_abstract(params_like)),
           meta=ocp.args.JsonRestore()))
+      if data_iter is not None:
+        self.restore_data_iter(s, data_iter)
       return restored["state"], restored["best"], restored["meta"]
     if step is not None:
       return one(step)
     return _latest_that_restores(self, one, move_aside=True)
+
+  def restore_data_iter(self, step: int, data_iter: grain.DatasetIterator) -> bool:
+    """Sets `data_iter` to the grain state saved at `step`. False, the iterator untouched (the
+    caller started it at the step), when this process has none there: no checkpoint of `step`,
+    one saved without it (older runs) or by another number of processes (grain keeps one file
+    per process, `process_<i>-of-<n>.json`), or a damaged one (with a warning)."""
+    own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not os.path.isfile(os.path.join(self.directory, str(step), DATA_ITER, own)):
+      return False
+    try:
+      self.manager.restore(step, args=ocp.args.Composite(
+          **{DATA_ITER: grain.checkpoint.CheckpointRestore(data_iter)}))
+    except _DAMAGED as e:
+      print(f"warning: the input pipeline state of checkpoint {step} in {self.directory} does "
+            f"not restore ({type(e).__name__}); the input starts at step {step}", file=sys.stderr)
+      return False
+    return True
 
   def _move_aside(self, step: int) -> str:
     """Moves a damaged step out of the manager's folder (process 0; every process waits)."""

@@ -155,9 +155,11 @@ class Run:
     self.log(self.last_valid)
     return improved
 
-  def save_checkpoint(self, state, best_params) -> None:
-    """The checkpoint of this step: the state, the best parameters and `meta`."""
-    self.ckpt.save(self.step, state, best_params, self.meta)
+  def save_checkpoint(self, state, best_params, data_iter=None) -> None:
+    """The checkpoint of this step: the state, the best parameters, `meta` and, where given, the
+    input pipeline's state before the next step (`pipeline.Batches.at`), so that a resumed run
+    reads exactly the next batch."""
+    self.ckpt.save(self.step, state, best_params, self.meta, data_iter=data_iter)
 
   def finish(self, extra: dict | None = None) -> dict:
     """Tests the best parameters (`best_params`); predictions, then results.json (last), with

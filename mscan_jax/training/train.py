@@ -342,6 +342,7 @@ def _train(run: loop.Run) -> None:
       run.dataset, run.rows["train"], batch_size=batch_size, seed=config.seed,
       start_step=run.step, process_index=jax.process_index(), process_count=jax.process_count(),
       prefetch=config.data.prefetch)
+  run.ckpt.restore_data_iter(run.step, batches)   # the saved grain state, if the checkpoint has one
   pending: list[dict] = []
   t_log = time.perf_counter()
   steps_since_log = 0
@@ -376,7 +377,7 @@ def _train(run: loop.Run) -> None:
         if bar is not None:
           bar.set_postfix(loss=f"{record['loss']:.4f}",
                           val=f"{run.last_valid[config.train.select_metric]:.4f}")
-        run.save_checkpoint(run.state, run.best_params)
+        run.save_checkpoint(run.state, run.best_params, data_iter=batches.at(step))
         t_log = time.perf_counter()
         eval_s += t_log - t_eval
         if run.should_stop:

@@ -125,7 +125,7 @@ def test_process_slices_partition_the_global_batch(tmp_path):
 
 def _pipeline_threads() -> list:
   import threading
-  return [t for t in threading.enumerate() if t.name.startswith("pipeline")]
+  return [t for t in threading.enumerate() if t.name.startswith("grain-prefetch")]  # grain's
 
 
 def test_closing_the_generator_stops_its_threads(tmp_path):

@@ -222,6 +222,8 @@ def test_two_processes_with_sharded_embeddings_train_like_one(built, reference_r
   assert "#All" in outs[0] and "#All" not in outs[1]     # only process 0 prints and writes
   _assert_same_run(reference_run, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(MAX_STEPS)]
+  data_iter = os.path.join(workdir, "checkpoints", str(MAX_STEPS), "data_iter")
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_iter))  # grain's
 
 
 

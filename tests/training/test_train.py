@@ -247,6 +247,37 @@ def test_metrics_hold_each_step_once_after_resume(tmp_path):
   assert sorted(k for k in keys if k[1] == "valid") == [(10, "valid"), (20, "valid")]
 
 
+def test_a_stopped_and_resumed_run_trains_on_the_batches_of_an_uninterrupted_one(tmp_path,
+                                                                                monkeypatch):
+  """The batches the loop trains on (recorded where it takes them) across a stop after
+  checkpoint 10 and a resume: the uninterrupted run's, with the input pipeline's grain state
+  restored from the checkpoint (`data_iter`)."""
+  from mscan_jax.training import checkpoint
+  seen, restored = [], []
+  device_prefetch, restore_data_iter = train._device_prefetch, checkpoint.Checkpointer.restore_data_iter
+
+  def recording(*args, **kwargs):
+    for batch in device_prefetch(*args, **kwargs):
+      seen.append(np.asarray(batch["sample_id"]))
+      yield batch
+
+  def spy(self, step, data_iter):
+    restored.append(restore_data_iter(self, step, data_iter))
+    return restored[-1]
+
+  monkeypatch.setattr(train, "_device_prefetch", recording)
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore_data_iter", spy)
+  train.train_and_evaluate(_cheap(tmp_path), str(tmp_path / "ref"))            # 20 steps
+  ref, seen[:] = np.stack(seen), []
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_cheap(tmp_path, max_steps=10), workdir)   # stops after checkpoint 10
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "10", checkpoint.DATA_ITER))
+  train.train_and_evaluate(_cheap(tmp_path), workdir)                 # resumes at step 10
+  assert restored == [False, False, True]            # fresh, fresh, then the saved grain state
+  assert ref.shape[0] == 20
+  np.testing.assert_array_equal(np.stack(seen), ref)
+
+
 def test_second_launch_on_a_locked_workdir_refuses(tmp_path):
   """The trainer holds an flock on <workdir>/.lock for the whole run; a second launch.py on the
   same folder stops at once with one error line and exit code 2."""
