@@ -40,14 +40,14 @@ def main(argv):
   config = _CONFIG.value
   from mscan_jax.training import distributed
   distributed.retain_host_memory()   # before any JAX computation: XLA:CPU step buffers are reused
-  from mscan_jax.training import checkpoint, train
+  from mscan_jax.training import checkpoint, steps, train
   try:
     distributed.initialize(config)
     workdir = _WORKDIR.value or default_workdir(config)
     results = train.run(config, workdir)
   except (ConfigError, DataError, rundir.RunDirError) as e:   # the user's to fix: no traceback
     _fail(str(e))
-  except (checkpoint.CheckpointError, train.DivergenceError) as e:   # the run cannot go on
+  except (checkpoint.CheckpointError, steps.DivergenceError) as e:   # the run cannot go on
     _fail(str(e), code=1)
   import jax
   if jax.process_index() == 0:

@@ -16,7 +16,7 @@ The model: M-scan with the default config (embedding 32, towers [512, 256], atte
 [200, 80], training batch 1024, evaluation batch 4096). One child process runs `launch.py` with
 `--config.train.max_steps=20 --config.train.eval_every_steps=20` (20 steps, one validation,
 then the test split with the best parameters, predictions.parquet written). The child wraps
-`train.predict` to read the process's peak RSS (VmHWM, /proc/self/status) when each evaluation
+`steps.predict` to read the process's peak RSS (VmHWM, /proc/self/status) when each evaluation
 starts and ends, so one run gives:
 
   training     the peak before the first evaluation (data, model, compilation, 20 steps)
@@ -46,14 +46,14 @@ GIB = 1 << 30
 _CHILD = r"""
 import json, os, runpy, sys, time
 marks_path, launch = sys.argv[1], sys.argv[2]
-from mscan_jax.training import train     # imports jax; starts no computation
+from mscan_jax.training import steps     # imports jax; starts no computation
 
 def peak():
   with open("/proc/self/status") as f:
     return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
 
 marks, t0 = [], time.perf_counter()
-_predict = train.predict
+_predict = steps.predict
 
 def predict(params, dataset, rows, **kw):
   marks.append({"event": "start", "rows": int(len(rows)), "peak": peak(),
@@ -63,7 +63,7 @@ def predict(params, dataset, rows, **kw):
                 "t": time.perf_counter() - t0})
   return out
 
-train.predict = predict
+steps.predict = predict
 sys.argv = [launch] + sys.argv[3:]
 try:
   runpy.run_path(launch, run_name="__main__")

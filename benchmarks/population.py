@@ -27,7 +27,7 @@ from experiments import grids
 from mscan_jax import config as config_lib
 from mscan_jax import models
 from mscan_jax.data import datasets, pipeline
-from mscan_jax.training import population, train
+from mscan_jax.training import population, steps
 
 
 def make_config(model: str, size: str, preset: str):
@@ -45,11 +45,11 @@ def bench(model: str, size: str, members: int, args) -> dict:
   it = pipeline.train_batches(dataset, rows, batch_size=config.train.batch_size, seed=0)
   one = [next(it) for _ in range(members)]
   batch = jax.device_put({k: np.stack([b[k] for b in one]) for k in one[0]})
-  tx = train.make_optimizer(config)
+  tx = steps.make_optimizer(config)
   states = []
   for m in range(members):
-    p = train.init_params(net, dataset.schema, m)
-    states.append(train.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)))
+    p = steps.init_params(net, dataset.schema, m)
+    states.append(steps.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)))
   state = population._stack(states)
   hp = {name: jnp.full((members,), float(config_lib.get_path(config, key)), jnp.float32)
         for name, key in population.HYPER.items()}

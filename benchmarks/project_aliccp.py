@@ -27,8 +27,8 @@ upper bound. Scenario shares (--scenario_shares, default equal) only split Singl
 Finetune's examples between their runs: the three runs of one seed together see every example.
 
 Rates, examples/s:
-  step       each network's jitted training step (`train.train_step` + `train.make_optimizer`,
-             state donated) and inference step (`train.eval_step`), as in
+  step       each network's jitted training step (`steps.train_step` + `steps.make_optimizer`,
+             state donated) and inference step (`steps.eval_step`), as in
              `benchmarks/throughput.py` (its `Setup`), at the Ali-CCP shape of
              `throughput.make_schema("aliccp")`, batch --batch; median of --repeats timings of
              --steps steps. Single and Finetune are Mix's network; Table 2's ablations are

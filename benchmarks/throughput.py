@@ -7,7 +7,7 @@
     .venv/bin/python benchmarks/throughput.py --dtypes=float32,bfloat16 --json_out=tp.json
 
 Runs on whatever backend JAX finds (CPU, GPU), with the batch split over every device. It
-measures the real trainer: `train.train_step` / `train.eval_step` with `train.make_optimizer`,
+measures the real trainer: `steps.train_step` / `steps.eval_step` with `steps.make_optimizer`,
 jitted with the trainer's shardings and the state donated, on batches of
 `mscan_jax.data.schema.dummy_batch` already on the devices (the input pipeline is not timed).
 
@@ -90,7 +90,7 @@ from mscan_jax import models  # noqa: E402
 from mscan_jax.data import datasets  # noqa: E402
 from mscan_jax.models import sequence  # noqa: E402
 from mscan_jax.data.schema import Field, Schema, dummy_batch  # noqa: E402
-from mscan_jax.training import sharding, train  # noqa: E402
+from mscan_jax.training import objective, sharding, steps  # noqa: E402
 
 SMALL_VOCAB = 10_000
 
@@ -275,27 +275,27 @@ class Setup:
   @classmethod
   def build(cls, schema: Schema, config, batch_size: int) -> "Setup":
     model = models.build_model(config, schema)
-    tx = train.make_optimizer(config)
+    tx = steps.make_optimizer(config)
     mesh = sharding.make_mesh()
     if batch_size % mesh.size:
       raise SystemExit(f"--batch={batch_size} must be divisible by the {mesh.size} devices")
-    params = jax.device_get(train.init_params(model, schema, 0))
-    new_state = lambda p: train.TrainState(step=jnp.zeros((), jnp.int32), params=p,  # noqa: E731
+    params = jax.device_get(steps.init_params(model, schema, 0))
+    new_state = lambda p: steps.TrainState(step=jnp.zeros((), jnp.int32), params=p,  # noqa: E731
                                            opt_state=tx.init(p))
     state_sharding = sharding.state_shardings(jax.eval_shape(new_state, params), mesh)
     state = jax.jit(new_state, out_shardings=state_sharding)(params)
-    batch = train._to_global(dummy_batch(schema, batch_size, seed=1), sharding.data_sharding(mesh))
+    batch = steps.to_global(dummy_batch(schema, batch_size, seed=1), sharding.data_sharding(mesh))
     return cls(schema, model, tx, state, batch, mesh, state_sharding)
 
   def train_fn(self, config):
-    return jax.jit(functools.partial(train.train_step, model=self.model, tx=self.tx,
+    return jax.jit(functools.partial(steps.train_step, model=self.model, tx=self.tx,
                                      alpha=float(config.mscan.alpha),
                                      base_rng=jax.random.PRNGKey(2)),
                    donate_argnums=0,
                    out_shardings=(self.state_sharding, sharding.replicated(self.mesh)))
 
   def eval_fn(self):
-    return jax.jit(functools.partial(train.eval_step, model=self.model),
+    return jax.jit(functools.partial(steps.eval_step, model=self.model),
                    out_shardings=sharding.data_sharding(self.mesh))
 
 
@@ -403,7 +403,7 @@ def breakdown(shape: str, dtype: str, args) -> list[dict]:
 
       def loss_of(params, batch):
         out = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
-        return train.objective.loss_fn(out, batch["label"], batch["mask"], alpha)[0]
+        return objective.loss_fn(out, batch["label"], batch["mask"], alpha)[0]
       timed("forward (train mode, loss)", jax.jit(loss_of), s.state.params, s.batch)
       timed("forward + backward (no optimizer)", jax.jit(jax.grad(loss_of)), s.state.params,
             s.batch)

@@ -27,12 +27,12 @@ Same work on both sides:
              (--authors_vocab=ours, the default), so both Adam updates touch the same number
              of rows; --authors_vocab=theirs uses their data config's 5,732,623 rows instead.
   optimizer  Adam lr 1e-3, L2 weight decay 1e-4 added to the gradient, clip at global norm 5:
-             ours is `train.make_optimizer` (the same chain), theirs torch.optim.Adam(
+             ours is `steps.make_optimizer` (the same chain), theirs torch.optim.Adam(
              weight_decay=1e-4) + clip_grad_norm_(max_norm=5), as their trainer builds them.
-  train step ours: `train.train_step` jitted with the state donated (`throughput.Setup`);
+  train step ours: `steps.train_step` jitted with the state donated (`throughput.Setup`);
              theirs: the body of their trainer's `_train_epoch` for loss_type 'll' (zero_grad,
              lengths from the id columns, forward, BCELoss, .item(), backward, clip, step).
-  inference  ours: `train.eval_step`; theirs: `model.eval()` forward under torch.no_grad(), as
+  inference  ours: `steps.eval_step`; theirs: `model.eval()` forward under torch.no_grad(), as
              their `evaluate`.
   threads    --threads=N (default: the CPUs this process may use). Before JAX or torch start,
              the process is pinned to N CPUs (os.sched_setaffinity): XLA:CPU sizes its thread

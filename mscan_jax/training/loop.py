@@ -6,7 +6,7 @@ only difference; everything else goes through one `Run` per run (a population me
 
     run = set_up(config, workdir)          # data, model, state, resume, run folder
     ... each step: run.step += 1
-    if run.log_due(step):   run.log_train(host_metrics, steps, seconds)   # divergence guard
+    if run.log_due(step):   run.log_train(host_metrics, n_steps, seconds)   # divergence guard
     if run.eval_due(step):
       if run.validate(params): <copy params into the best>              # early stopping
       run.save_checkpoint(state, best)
@@ -51,7 +51,7 @@ from mscan_jax import models
 from mscan_jax.data import datasets, pipeline
 from mscan_jax.data.schema import BuiltDataset, save_json
 from mscan_jax.evaluation import metrics as metrics_lib
-from mscan_jax.training import rundir, train
+from mscan_jax.training import rundir, steps
 from mscan_jax.training import sharding as sharding_lib
 from mscan_jax.training.checkpoint import Checkpointer, restore_best_params
 
@@ -85,13 +85,13 @@ class Run:
   eval_every: int
   log_every: int
   data_sharding: NamedSharding
-  state: train.TrainState
+  state: steps.TrainState
   best_params: Any
   meta: dict                            # saved with each checkpoint (see the module docstring)
   ckpt: Checkpointer
   copy_params: Any                      # jitted: a copy of the parameters, never an alias
   train_step: Any                       # jitted, donating the state (the single-run driver's)
-  eval_kwargs: dict                     # `train.predict`'s keyword arguments
+  eval_kwargs: dict                     # `steps.predict`'s keyword arguments
   c: float
   metrics_path: str
   step: int = 0
@@ -119,16 +119,16 @@ class Run:
 
   # --------------------------------------------------------------------------- rules
 
-  def log_train(self, host: list[dict], steps: int, seconds: float) -> dict:
+  def log_train(self, host: list[dict], n_steps: int, seconds: float) -> dict:
     """The train record of the logged steps `host` (per-step metrics on the host, the last of
-    them `self.step`; `steps` steps in `seconds`), after the divergence guard
-    (`train.check_divergence`, which raises `train.DivergenceError`)."""
-    train.check_divergence(host, self.step, self.meta, self.config.train.divergence_factor,
+    them `self.step`; `n_steps` steps in `seconds`), after the divergence guard
+    (`steps.check_divergence`, which raises `steps.DivergenceError`)."""
+    steps.check_divergence(host, self.step, self.meta, self.config.train.divergence_factor,
                            f"The last good checkpoint ({self.ckpt.latest_step()}) in "
                            f"{self.ckpt.directory} is kept.")
     record = {"step": self.step, "split": "train",
               **{k: float(np.mean([h[k] for h in host])) for k in host[0]},
-              "examples_per_s": steps * self.config.train.batch_size / max(seconds, 1e-9)}
+              "examples_per_s": n_steps * self.config.train.batch_size / max(seconds, 1e-9)}
     self.log(record)
     return record
 
@@ -137,7 +137,7 @@ class Run:
     stopping; returns whether they improved on the best (then the driver makes them the best
     parameters before `save_checkpoint`)."""
     meta, select_metric = self.meta, self.config.train.select_metric
-    val = train.compute_metrics(train.predict(params, self.dataset, self.rows["valid"],
+    val = steps.compute_metrics(steps.predict(params, self.dataset, self.rows["valid"],
                                               **self.eval_kwargs))
     value = metrics_lib.select_value(val, select_metric)
     improved = bool(np.isfinite(value) and value > meta["best_valid_auc"])
@@ -165,14 +165,14 @@ class Run:
     """Tests the best parameters (`best_params`); predictions, then results.json (last), with
     `extra` entries added (a population member's). Closes the checkpointer."""
     config, meta = self.config, self.meta
-    pred = train.predict(self.best_params, self.dataset, self.rows["test"], **self.eval_kwargs)
+    pred = steps.predict(self.best_params, self.dataset, self.rows["test"], **self.eval_kwargs)
     results = {"model": config.model, "dataset": datasets.label(config.data), "seed": config.seed,
                "data_seed": int(config.data.seed), "c": self.c,
                "select_metric": config.train.select_metric, "best_step": meta["best_step"],
                "best_valid_auc": meta["best_valid_auc"], "steps": self.step,
                "stop_reason": meta["stop_reason"], "steps_per_epoch": self.steps_per_epoch,
                "best_epoch": meta["best_step"] / self.steps_per_epoch,
-               **train.compute_metrics(pred), **self.timing}
+               **steps.compute_metrics(pred), **self.timing}
     refs = self.dataset.stats.get("reference", {}).get("test_auc")
     if refs and not config.data.eval_scenarios:
       # Model-free reference rows on the same test split, computed when the data was built
@@ -183,7 +183,7 @@ class Run:
                                              else [])
     if self.is_main:   # results.json last: the run's only completion marker
       if config.train.export_predictions:
-        train.write_predictions(os.path.join(self.workdir, rundir.PREDICTIONS), pred)
+        steps.write_predictions(os.path.join(self.workdir, rundir.PREDICTIONS), pred)
       rundir.write_atomic(os.path.join(self.workdir, rundir.RESULTS),
                           lambda tmp: save_json(tmp, results))
     self.ckpt.close()
@@ -239,8 +239,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
   # Model and state.
   model = models.build_model(config, schema)
-  tx = train.make_optimizer(config)
-  params = train.init_params(model, schema, config.seed)
+  tx = steps.make_optimizer(config)
+  params = steps.init_params(model, schema, config.seed)
   if config.shard_embeddings:   # tables padded with zero rows to a multiple of the device count
     model = sharding_lib.RowPadded(model, sharding_lib.embedding_rows(params))
     params = sharding_lib.pad_embeddings(params, mesh.size)
@@ -248,7 +248,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     params = restore_best_params(os.path.join(os.path.abspath(workdir), config.train.init_from),
                                  params)
   params = jax.device_get(params)   # host values, the same in every process; placed just below
-  new_state = lambda p: train.TrainState(step=jnp.zeros((), jnp.int32), params=p,  # noqa: E731
+  new_state = lambda p: steps.TrainState(step=jnp.zeros((), jnp.int32), params=p,  # noqa: E731
                                          opt_state=tx.init(p))
   state_sharding = sharding_lib.state_shardings(jax.eval_shape(new_state, params), mesh,
                                                 config.shard_embeddings)
@@ -270,10 +270,10 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
   # Jitted steps.
   base_rng = jax.random.PRNGKey(config.seed + 2)
   c = datasets.resolve_c(config)
-  p_train_step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+  p_train_step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                            alpha=float(config.mscan.alpha), base_rng=base_rng),
                          donate_argnums=0, out_shardings=(state_sharding, replicated))
-  p_eval_step = jax.jit(functools.partial(train.eval_step, model=model),
+  p_eval_step = jax.jit(functools.partial(steps.eval_step, model=model),
                         out_shardings=data_sharding)
   eval_kwargs = dict(eval_fn=p_eval_step, c=c, batch_size=config.train.eval_batch_size,
                      sharding=data_sharding, prefetch=config.data.prefetch)
@@ -285,3 +285,17 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
   return Run(config, workdir, is_main, dataset, rows, n_per_epoch, total_steps, eval_every,
              log_every, data_sharding, state, best_params, meta, ckpt, copy_params, p_train_step,
              eval_kwargs, c, metrics_path, step=step)
+
+
+def stage_location(workdir: str, subdir: str, stage_config: ml_collections.ConfigDict
+                   ) -> tuple[ml_collections.ConfigDict, str]:
+  """(stage config, stage folder) of one stage of `models.stages` in the run folder `workdir`."""
+  stage_dir = os.path.join(workdir, subdir) if subdir else workdir
+  stage_config = stage_config.copy_and_resolve_references()
+  if stage_config.train.init_from and not os.path.isabs(stage_config.train.init_from):
+    # A stage's init_from names a subdir of the run (or a path relative to the run folder);
+    # stored relative to the stage's own folder, so no absolute path enters config.json.
+    with stage_config.unlocked():
+      stage_config.train.init_from = os.path.relpath(
+          os.path.join(workdir, stage_config.train.init_from), stage_dir)
+  return stage_config, stage_dir

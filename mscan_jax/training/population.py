@@ -4,7 +4,7 @@ A grid's runs that share every shape (the same model, switches and sizes; datase
 differ only in values that can be traced: the seed (initialisation, data order, dropout), the
 learning rate, the weight decay, alpha of Eq. (11), c of Eq. (12) (inference only), the data seed
 and the synthetic benchmark's dials (`MEMBER_KEYS`). Such runs are trained together by
-`jax.vmap` of the trainer's own `train.train_step` over their train states, batches, dropout keys
+`jax.vmap` of the trainer's own `steps.train_step` over their train states, batches, dropout keys
 and hyper-parameters, so one compiled program advances all of them, as PureJaxRL does for agents:
 
     state  (P, ...)   every leaf of the parameters and Adam moments gets a leading member axis
@@ -48,7 +48,7 @@ from mscan_jax import config as config_lib
 from mscan_jax import models
 from mscan_jax.data import pipeline
 from mscan_jax.data import datasets
-from mscan_jax.training import loop, train
+from mscan_jax.training import loop, steps
 
 # Config keys in which the members of one population may differ (traced values, or data of one
 # schema). Everything else must be equal: it fixes the shapes of the compiled program.
@@ -103,18 +103,18 @@ def check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
 
 # ----------------------------------------------------------------------------- the step
 
-def population_step(state: train.TrainState, batch: dict, hp: dict, base_rng: jax.Array,
+def population_step(state: steps.TrainState, batch: dict, hp: dict, base_rng: jax.Array,
                     active: jax.Array, *, model, clip_norm: float
-                    ) -> tuple[train.TrainState, dict]:
-  """One step of every member: `train.train_step` vmapped over the leading member axis.
+                    ) -> tuple[steps.TrainState, dict]:
+  """One step of every member: `steps.train_step` vmapped over the leading member axis.
 
   state (P, ...), batch (P, B, ...), hp {name: (P,)}, base_rng (P, 2), active (P,) bool.
   A member with active False keeps its state (step counter included); its metrics are computed
   and ignored.
   """
   def one(st, b, h, rng, on):
-    tx = train.optimizer(clip_norm, h["learning_rate"], h["weight_decay"])
-    new, metrics = train.train_step(st, b, model=model, tx=tx, alpha=h["alpha"], base_rng=rng)
+    tx = steps.optimizer(clip_norm, h["learning_rate"], h["weight_decay"])
+    new, metrics = steps.train_step(st, b, model=model, tx=tx, alpha=h["alpha"], base_rng=rng)
     new = jax.tree.map(lambda n, o: jnp.where(on, n, o), new, st)
     return new, metrics
   return jax.vmap(one)(state, batch, hp, base_rng, active)
@@ -143,7 +143,7 @@ def _stacked_batches(members: list[loop.Run], live: list[bool], prefetch: int
   """Batches (P, B, ...): member i's next training batch while `live[i]`, else its last one (its
   update is masked out). Each member reads its own order (`pipeline.train_batches` with its
   seed, from its own step), so a member sees what its run alone would see. Prepared `prefetch`
-  steps ahead on a background thread (`train.in_background`); closing the generator stops it."""
+  steps ahead on a background thread (`steps.in_background`); closing the generator stops it."""
   its = [pipeline.train_batches(st.dataset, st.rows["train"], batch_size=st.config.train.batch_size,
                                 seed=st.config.seed, start_step=st.step,
                                 prefetch=st.config.data.prefetch, workers=1) for st in members]
@@ -163,7 +163,7 @@ def _stacked_batches(members: list[loop.Run], live: list[bool], prefetch: int
       for it in its:
         it.close()
 
-  return train.in_background(stacked(), prefetch, "population_input")
+  return steps.in_background(stacked(), prefetch, "population_input")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -172,7 +172,7 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
                      ) -> list[dict | BaseException]:
   """Trains the members (one single-stage config and run folder each) together; returns each
   member's results (as `train.train_and_evaluate`) or the error that stopped it alone
-  (`train.DivergenceError`). Holds every member's folder lock throughout."""
+  (`steps.DivergenceError`). Holds every member's folder lock throughout."""
   if len(configs) != len(workdirs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
     raise PopulationError("a population needs one distinct run folder per member")
   for c in configs:
@@ -262,7 +262,7 @@ def _train_population(configs, workdirs) -> list[dict | BaseException]:
         try:
           host = [{k: float(v[i]) for k, v in h.items()} for h in jax.device_get(pending[i])]
           st.log_train(host, since_log[i], time.perf_counter() - t_log[i])
-        except train.DivergenceError as e:
+        except steps.DivergenceError as e:
           results[i], live[i] = e, False
           print(f"error: population member {i} ({st.workdir}): {e}", file=sys.stderr)
           continue
@@ -325,7 +325,7 @@ def load_spec(path: str) -> tuple[list[ml_collections.ConfigDict], list[str]]:
       raise PopulationError(f"{path}: member {j} ({config.model}) has several stages; give "
                             "train.init_from to run its last stage")
     (subdir, stage_config), = stages
-    stage_config, stage_dir = train.stage_location(member["workdir"], subdir, stage_config)
+    stage_config, stage_dir = loop.stage_location(member["workdir"], subdir, stage_config)
     configs.append(stage_config)
     workdirs.append(stage_dir)
   return configs, workdirs

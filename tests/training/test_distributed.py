@@ -26,7 +26,7 @@ import pytest
 
 from mscan_jax.config import get_tiny_config
 from mscan_jax.data import synthetic
-from mscan_jax.training import train
+from mscan_jax.training import steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_S = 240        # per subprocess; SIGKILL after that
@@ -129,13 +129,13 @@ import functools, json
 import jax, jax.numpy as jnp, numpy as np
 from mscan_jax import config as config_lib, models
 from mscan_jax.data.schema import BuiltDataset
-from mscan_jax.training import sharding, train
+from mscan_jax.training import sharding, steps
 
 ds = BuiltDataset({path!r})
 cfg = config_lib.get_tiny_config()
 model = models.build_model(cfg, ds.schema)
-tx = train.make_optimizer(cfg)
-params0 = jax.device_get(train.init_params(model, ds.schema, 0))
+tx = steps.make_optimizer(cfg)
+params0 = jax.device_get(steps.init_params(model, ds.schema, 0))
 rows = np.asarray(ds.splits["train"])
 batches = [ds.gather(rows[i * 64:(i + 1) * 64]) for i in range(6)]
 
@@ -145,7 +145,7 @@ def place(devices, shard):
   if shard:
     m = sharding.RowPadded(model, sharding.embedding_rows(p))
     p = jax.device_get(sharding.pad_embeddings(p, mesh.size))
-  new = lambda p: train.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
+  new = lambda p: steps.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
   shardings = sharding.state_shardings(jax.eval_shape(new, p), mesh, shard)
   return mesh, m, shardings, jax.jit(new, out_shardings=shardings)(p)
 
@@ -160,12 +160,12 @@ def layout(state):
 
 def run(devices):
   mesh, m, shardings, state = place(devices, False)
-  step = jax.jit(functools.partial(train.train_step, model=m, tx=tx, alpha=0.1,
+  step = jax.jit(functools.partial(steps.train_step, model=m, tx=tx, alpha=0.1,
                                    base_rng=jax.random.PRNGKey(2)),
                  donate_argnums=0, out_shardings=(shardings, sharding.replicated(mesh)))
   out = {{"loss": [], "grad_norm": []}}
   for b in batches:
-    batch = train._to_global(b, sharding.data_sharding(mesh))
+    batch = steps.to_global(b, sharding.data_sharding(mesh))
     out["batch_shards"] = len(batch["user"].addressable_shards)
     state, met = step(state, batch)
     out["loss"].append(float(met["loss"]))          # waits for every step
@@ -175,7 +175,7 @@ def run(devices):
 
 cfg.train.sync_every_steps = 100
 res = {{"one": run(jax.devices()[:1]), "four": run(jax.devices()),
-       "sharded": layout(place(jax.devices(), True)[3]), "sync_every": train._sync_every(cfg)}}
+       "sharded": layout(place(jax.devices(), True)[3]), "sync_every": steps.sync_every(cfg)}}
 print("RESULT " + json.dumps(res))
 """
 
@@ -205,9 +205,9 @@ def test_data_parallel_step_matches_one_device(built):
 
 def test_sync_every_on_one_device():
   c = get_tiny_config()
-  assert train._sync_every(c) == 0                 # only at log steps
+  assert steps.sync_every(c) == 0                 # only at log steps
   c.train.sync_every_steps = 7
-  assert train._sync_every(c) == 7
+  assert steps.sync_every(c) == 7
 
 
 def test_two_processes_with_sharded_embeddings_train_like_one(built, reference_run, tmp_path):
@@ -242,9 +242,9 @@ def test_device_prefetch_stops_its_thread_and_passes_errors():
       yield {"x": np.full((4, 2), i, np.float32)}
       i += 1
 
-  train._to_global(next(endless()), data)             # the backend's own threads start here
+  steps.to_global(next(endless()), data)             # the backend's own threads start here
   before = set(threading.enumerate())
-  it = train._device_prefetch(endless(), data, size=2)
+  it = steps.device_prefetch(endless(), data, size=2)
   assert [float(next(it)["x"][0, 0]) for _ in range(3)] == [0.0, 1.0, 2.0]   # in order
   assert set(threading.enumerate()) - before           # the copying thread runs ahead ...
   it.close()                                           # ... until the consumer leaves (early stop)
@@ -254,7 +254,7 @@ def test_device_prefetch_stops_its_thread_and_passes_errors():
     yield {"x": np.zeros((4, 2), np.float32)}
     raise ValueError("bad row 7")
 
-  it = train._device_prefetch(broken(), data, size=2)
+  it = steps.device_prefetch(broken(), data, size=2)
   assert isinstance(next(it)["x"], jax.Array)
   with pytest.raises(ValueError, match="bad row 7"):
     next(it)

@@ -12,7 +12,7 @@ import numpy as np
 from mscan_jax.config import get_tiny_config
 from mscan_jax.data.schema import Field, Schema, dummy_batch
 from mscan_jax.models import build_model
-from mscan_jax.training import train
+from mscan_jax.training import steps
 
 SCHEMA = Schema(
     user_fields=(Field("user_id", 30), Field("segment", 5)),
@@ -31,7 +31,7 @@ def test_bfloat16_activations_float32_parameters_and_loss():
   config.train.learning_rate = 1e-2                   # fit one batch in a few steps
   config.mscan.dropout = 0.0
   model = build_model(config, SCHEMA)
-  params = train.init_params(model, SCHEMA, seed=0)
+  params = steps.init_params(model, SCHEMA, seed=0)
   batch = {k: jnp.asarray(v) for k, v in dummy_batch(SCHEMA, 32, seed=1).items()}
 
   # The matrix products run in bfloat16 (the model really is in mixed precision) ...
@@ -42,9 +42,9 @@ def test_bfloat16_activations_float32_parameters_and_loss():
   assert dots and all(e.outvars[0].aval.dtype == jnp.bfloat16 for e in dots)
 
   # ... while parameters, optimizer state, loss and metrics stay float32, and training works.
-  tx = train.make_optimizer(config)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, alpha=0.1,
+  tx = steps.make_optimizer(config)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, alpha=0.1,
                                    base_rng=jax.random.PRNGKey(2)))
   losses = []
   for _ in range(12):                                 # the same batch: the loss must fall
@@ -56,9 +56,9 @@ def test_bfloat16_activations_float32_parameters_and_loss():
   assert _dtypes(state.opt_state) <= {"float32", "int32"}
 
   # The bfloat16 scores are the float32 model's, to bfloat16 precision.
-  out = jax.jit(functools.partial(train.eval_step, model=model))(state.params, batch, 1.0)
+  out = jax.jit(functools.partial(steps.eval_step, model=model))(state.params, batch, 1.0)
   config.dtype = "float32"
-  out32 = jax.jit(functools.partial(train.eval_step, model=build_model(config, SCHEMA)))(
+  out32 = jax.jit(functools.partial(steps.eval_step, model=build_model(config, SCHEMA)))(
       state.params, batch, 1.0)
   assert out["score"].dtype == jnp.float32 and out["y_m"].dtype == jnp.float32
   np.testing.assert_allclose(out["prob"], out32["prob"], atol=0.03)

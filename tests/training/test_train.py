@@ -19,7 +19,7 @@ import pytest
 from mscan_jax import config as config_lib
 from mscan_jax import models
 from mscan_jax.data import datasets, pipeline
-from mscan_jax.training import objective, train
+from mscan_jax.training import objective, steps, train
 from mscan_jax.training import sharding as sharding_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -92,12 +92,12 @@ def test_predict_gives_every_row_once_in_order_whatever_the_batch_size(tmp_path)
   c = _tiny(tmp_path)
   dataset = datasets.open_dataset(c.data)
   model = models.build_model(c, dataset.schema)
-  params = train.init_params(model, dataset.schema, 0)
+  params = steps.init_params(model, dataset.schema, 0)
   sharding = sharding_lib.data_sharding(sharding_lib.make_mesh())
-  eval_fn = jax.jit(functools.partial(train.eval_step, model=model), out_shardings=sharding)
+  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model), out_shardings=sharding)
   rows = np.asarray(pipeline.split_rows(dataset, "test", ()))[:37]
   n_dev = jax.device_count()
-  one, many = (train.predict(params, dataset, rows, eval_fn=eval_fn, c=0.5, batch_size=size,
+  one, many = (steps.predict(params, dataset, rows, eval_fn=eval_fn, c=0.5, batch_size=size,
                              sharding=sharding, prefetch=2) for size in (64 * n_dev, 8 * n_dev))
   want_ids = np.asarray(dataset.log["sample_id"])[rows]
   assert set(one) == set(many) and {"score", "prob", "y_m", "y_s", "label"} <= set(one)
@@ -119,9 +119,9 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
     loss, aux = real_loss_fn(out, label, mask, alpha)
     return loss * jnp.nan, aux
 
-  monkeypatch.setattr(train.objective, "loss_fn", nan_loss)
+  monkeypatch.setattr(objective, "loss_fn", nan_loss)
   c.train.max_steps = 40                        # resumes at 20, diverges at step 21
-  with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss at step 21\b"):
+  with pytest.raises(steps.NonFiniteLossError, match=r"non-finite loss at step 21\b"):
     train.train_and_evaluate(c, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
   assert not os.path.exists(os.path.join(workdir, "results.json")) or \
@@ -254,7 +254,7 @@ def test_a_stopped_and_resumed_run_trains_on_the_batches_of_an_uninterrupted_one
   restored from the checkpoint (`data_iter`)."""
   from mscan_jax.training import checkpoint
   seen, restored = [], []
-  device_prefetch, restore_data_iter = train._device_prefetch, checkpoint.Checkpointer.restore_data_iter
+  device_prefetch, restore_data_iter = steps.device_prefetch, checkpoint.Checkpointer.restore_data_iter
 
   def recording(*args, **kwargs):
     for batch in device_prefetch(*args, **kwargs):
@@ -265,7 +265,7 @@ def test_a_stopped_and_resumed_run_trains_on_the_batches_of_an_uninterrupted_one
     restored.append(restore_data_iter(self, step, data_iter))
     return restored[-1]
 
-  monkeypatch.setattr(train, "_device_prefetch", recording)
+  monkeypatch.setattr(steps, "device_prefetch", recording)
   monkeypatch.setattr(checkpoint.Checkpointer, "restore_data_iter", spy)
   train.train_and_evaluate(_cheap(tmp_path), str(tmp_path / "ref"))            # 20 steps
   ref, seen[:] = np.stack(seen), []
@@ -448,29 +448,29 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, monk
     loss, aux = real_loss_fn(out, label, mask, alpha)
     return loss * 1e4, aux
 
-  monkeypatch.setattr(train.objective, "loss_fn", exploding)
+  monkeypatch.setattr(objective, "loss_fn", exploding)
   c.train.max_steps = 20
-  with pytest.raises(train.DivergenceError, match=r"loss \S+ at step 11 is more than "
+  with pytest.raises(steps.DivergenceError, match=r"loss \S+ at step 11 is more than "
                      r"config\.train\.divergence_factor=1000 times its first value"):
     train.train_and_evaluate(c, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   c.train.divergence_factor = 0.0                       # off: only non-finite values stop it
-  assert train.check_divergence([{"loss": 1e30, "grad_norm": 1.0}], 5, {}, 0.0, "") is None
+  assert steps.check_divergence([{"loss": 1e30, "grad_norm": 1.0}], 5, {}, 0.0, "") is None
 
 
 def test_a_non_finite_gradient_norm_stops_the_run():
   """The gradient norm is watched like the loss (lr 1e6 on M-scan: a finite loss of 1e26 beside
   an infinite gradient norm)."""
   meta = {}
-  train.check_divergence([{"loss": 0.7, "grad_norm": 0.2}], 1, meta, 1e3, "kept")
+  steps.check_divergence([{"loss": 0.7, "grad_norm": 0.2}], 1, meta, 1e3, "kept")
   assert meta["divergence_ref"] == {"loss": 0.7, "grad_norm": 0.2}
-  with pytest.raises(train.DivergenceError, match=r"non-finite gradient norm at step 3; "
+  with pytest.raises(steps.DivergenceError, match=r"non-finite gradient norm at step 3; "
                      r"stopping\. kept"):
-    train.check_divergence([{"loss": 0.6, "grad_norm": 0.3}, {"loss": 1e3, "grad_norm": np.inf}],
+    steps.check_divergence([{"loss": 0.6, "grad_norm": 0.3}, {"loss": 1e3, "grad_norm": np.inf}],
                            3, meta, 1e3, "kept")
-  with pytest.raises(train.DivergenceError, match=r"gradient norm 300 at step 4 is more than"):
-    train.check_divergence([{"loss": 0.6, "grad_norm": 300.0}], 4, meta, 1e3, "kept")
+  with pytest.raises(steps.DivergenceError, match=r"gradient norm 300 at step 4 is more than"):
+    steps.check_divergence([{"loss": 0.6, "grad_norm": 300.0}], 4, meta, 1e3, "kept")
 
 
 def test_launch_exits_with_an_error_line_when_training_diverges(tmp_path):
