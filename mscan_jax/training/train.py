@@ -554,9 +554,10 @@ def _test_and_write(st: _Stage, extra: dict | None = None) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage of the configured model (e.g. `finetune` = `mix`, then one scenario)."""
   config_lib.validate(config, models.model_names())
+  stages = models.stages(config)        # a missing target scenario stops before the run folder
   results = None
   with _hold(workdir):
-    for subdir, stage_config in models.stages(config):
+    for subdir, stage_config in stages:
       results = _run_stage(workdir, subdir, stage_config)
   return results
 
