@@ -349,7 +349,9 @@ def label(data: ml_collections.ConfigDict) -> str:
 
   synthetic-<preset> (+ -data<seed> for a data seed other than 0); a generic log file by
   `log_label`, which is also the name its built dataset stores; a built directory given as
-  `log` or `built` by the name its schema stores; any other dataset by its `name`.
+  `log` or `built` by the name its schema stores; any other dataset by its `name`. A log or raw
+  files built with another duplicates policy than the dataset's default get `-dup<policy>`
+  (`policy_suffix`): the two builds are two datasets.
   """
   name = data.name
   if name == "synthetic":
@@ -365,8 +367,18 @@ def label(data: ml_collections.ConfigDict) -> str:
     return name
   if name == "log":
     from mscan_jax.data import log as log_lib
-    return log_label(data.path, log_lib.columns_from_config(data))
-  return name
+    return log_label(data.path, log_lib.columns_from_config(data)) + policy_suffix(data)
+  return name + policy_suffix(data)
+
+
+def policy_suffix(data: ml_collections.ConfigDict) -> str:
+  """The part of a built dataset's name that its build options add: `-dup<policy>` when
+  `config.data.duplicates` is not the dataset's default (`DatasetSpec.duplicates`); "" for a
+  dataset that is not built from raw files here."""
+  spec, policy = DATASETS.get(data.name), data.get("duplicates", "")
+  if spec is None or not spec.prepared or not policy or policy == spec.duplicates:
+    return ""
+  return f"-dup{policy}"
 
 
 def synthetic_overrides(data: ml_collections.ConfigDict) -> dict[str, float]:

@@ -212,7 +212,7 @@ def ensure_built(path: str, data: Any) -> str:
   stem = os.path.basename(path).split(".")[0] or "log"
   out = os.path.join(data.cache_dir, f"log-{stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
   build_atomically(out, lambda tmp: build_from_log(path, tmp, columns, **options,
-                                                   name=datasets.log_label(path, columns)))
+                                                   name=datasets.label(data)))
   return out
 
 
