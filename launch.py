@@ -49,7 +49,7 @@ def main(argv):
     _fail(str(e), code=1)
   import jax
   if jax.process_index() == 0:
-    print(train.format_results(results))
+    print(train.format_results(results, cold=cold_shares_of_test(config)))
     print(format_speed(results))
     print(f"Run folder: {workdir}")
 
@@ -88,6 +88,14 @@ def format_speed(results: dict) -> str:
   return (f"Training speed: {rate:,.0f} examples/s ({results['train_steps_timed']} steps in "
           f"{results['train_seconds']:.1f} s, first log window (compilation) and "
           f"{results['eval_seconds']:.1f} s of validation and checkpoints excluded)")
+
+
+def cold_shares_of_test(config) -> dict | None:
+  """The test split's shares of samples whose user (item) has no training sample, from the
+  built dataset's statistics (`builder.cold_shares`); None for a dataset built before they were
+  counted."""
+  from mscan_jax.data import datasets
+  return datasets.open_dataset(config.data).stats.get("cold", {}).get("test")
 
 
 def default_workdir(config) -> str:
