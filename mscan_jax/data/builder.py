@@ -657,17 +657,17 @@ def format_stats(stats: dict) -> str:
     test = s.get("test_samples_per_scenario", {})
     clicks = s.get("click_rate_per_scenario", {})
     # Cold shares per scenario (`cold_shares`): users, then items, of valid and test.
-    cold = [(f"cold {key[0]} {split[:4]}", c[key]) for key in ("users", "items")
+    cold = [(f"cold {key[0]} {split}", c[key]) for key in ("users", "items")
             for split, c in s.get("cold", {}).items()]
     lines.append(f"{'scenario':>9} {'samples':>10} {'test':>9} {'click rate':>11}"
                  + (f" {'true rate':>10}" if truth else "")
-                 + "".join(f" {title:>11}" for title, _ in cold))
+                 + "".join(f" {title:>12}" for title, _ in cold))
     for k, n in per.items():
       line = (f"{'#' + k:>9} {n:>10,} {test.get(k, 0):>9,} "
               f"{clicks.get(k, float('nan')):>11.4f}")
       if truth:
         line += f" {truth.get(k, float('nan')):>10.4f}"
-      line += "".join(f" {shares[k]:>11.1%}" if k in shares else f" {'-':>11}"
+      line += "".join(f" {shares[k]:>12.1%}" if k in shares else f" {'-':>12}"
                       for _, shares in cold)
       lines.append(line)
   # The builder's policies, then the loader's counts of rows it dropped (keys naming "dropped").
