@@ -16,7 +16,6 @@ cannot go on (it diverged, no checkpoint restores) prints `error: <message>` and
 anything else is a bug and keeps its traceback.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
