@@ -16,15 +16,12 @@ cannot go on (it diverged, no checkpoint restores) prints `error: <message>` and
 anything else is a bug and keeps its traceback.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "mscan_jax", "config.py"),
-    "Config file (`mscan_jax/config.py`, or `mscan_jax/config.py:tiny`), then --config.X=Y overrides.")
+_CONFIG_HELP = ("Config file (`mscan_jax/config.py`, or `mscan_jax/config.py:tiny`), then "
+                "--config.X=Y overrides.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Run folder (default runs/<model>-<dataset>-s<seed>).")
 
 
@@ -37,7 +34,7 @@ def main(argv):
     _fail(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # Orbax logs every file it writes at INFO
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   from mscan_jax.training import distributed
   distributed.retain_host_memory()   # before any JAX computation: XLA:CPU step buffers are reused
   from mscan_jax.training import checkpoint, steps, train
@@ -51,19 +48,26 @@ def main(argv):
     _fail(str(e), code=1)
   import jax
   if jax.process_index() == 0:
-    print(train.format_results(results))
+    print(train.format_results(results, cold=cold_shares_of_test(config)))
     print(format_speed(results))
     print(f"Run folder: {workdir}")
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with an unknown `--config.KEY` named (and its valid neighbours) and any bad
-  flag reported as one `error:` line, exit code 2."""
-  from mscan_jax.config import ConfigError, check_override_keys
+def _define_config_flag() -> None:
+  """`--config` and its overrides (`config.define_config_flag`): an unknown `--config.KEY` is
+  one `error:` line naming it and its valid neighbours, exit code 2."""
+  from mscan_jax import config as config_lib
   try:
-    check_override_keys(argv)
+    config_lib.define_config_flag(_CONFIG_HELP)
+  except config_lib.ConfigError as e:
+    _fail(str(e))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, any bad flag reported as one `error:` line, exit code 2."""
+  try:
     return flags.FLAGS(argv)
-  except (flags.Error, ConfigError) as e:
+  except flags.Error as e:
     _fail(str(e))
   return []
 
@@ -85,10 +89,19 @@ def format_speed(results: dict) -> str:
           f"{results['eval_seconds']:.1f} s of validation and checkpoints excluded)")
 
 
+def cold_shares_of_test(config) -> dict | None:
+  """The test split's shares of samples whose user (item) has no training sample, from the
+  built dataset's statistics (`builder.cold_shares`); None for a dataset built before they were
+  counted."""
+  from mscan_jax.data import datasets
+  return datasets.open_dataset(config.data).stats.get("cold", {}).get("test")
+
+
 def default_workdir(config) -> str:
   from mscan_jax.data import datasets
   return f"runs/{config.model}-{datasets.label(config.data)}-s{config.seed}"
 
 
 if __name__ == "__main__":
+  _define_config_flag()
   app.run(main, flags_parser=_parse_flags)

@@ -295,6 +295,18 @@ def check_override_keys(argv: Sequence[str]) -> None:
       node = node[part]
 
 
+def define_config_flag(help_text: str):
+  """`--config` (this file, `--config=mscan_jax/config.py[:tiny]`) and its `--config.KEY=VALUE`
+  overrides, defined for absl; returns the flag holder. An unknown KEY on the command line
+  (`sys.argv`) raises ConfigError first (`check_override_keys`): without `--config=` on the
+  command line ml_collections applies the overrides while it defines the flag, where an unknown
+  key stops with an AttributeError traceback that no flag parser can catch."""
+  import sys
+  from ml_collections import config_flags
+  check_override_keys(sys.argv)
+  return config_flags.DEFINE_config_file("config", os.path.abspath(__file__), help_text)
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, default=_default)
 

@@ -595,7 +595,43 @@ def _statistics(name: str, cols: dict[str, np.ndarray], cur_idx: np.ndarray, all
     truth = cols["true_like"][sample]
     stats["true_interest_rate"] = float(truth.mean())
     stats["true_interest_rate_per_scenario"] = _rate_per_scenario(truth, scen, num_scen)
+  stats["cold"] = cold_shares(cols["user_id"], items, cols["scenario"][:, 0], split_rows, num_scen)
   return stats
+
+
+def cold_shares(user: np.ndarray, item: np.ndarray, scen: np.ndarray,
+                split_rows: dict[str, np.ndarray], num_scen: int) -> dict[str, Any]:
+  """The share of each evaluation split's samples whose user (item) has no training sample:
+  {"valid"|"test": {"users"|"items": {"all": share, "<scenario id>": share, ...}}}, over the
+  scenarios with samples in that split. A time split can leave most test rows to users that
+  training never saw; their scores then rest on the item and scenario alone.
+
+  user, item, scen: (E,) ids of every event; split_rows: row numbers per split.
+  """
+  train = split_rows["train"]
+  out: dict[str, Any] = {}
+  for split in ("valid", "test"):
+    rows = split_rows[split]
+    s = scen[rows]                                                   # (N,)
+    n = np.bincount(s, minlength=num_scen + 1)
+    out[split] = {}
+    for key, ids in (("users", user), ("items", item)):
+      seen = np.zeros(int(ids.max(initial=0)) + 1, bool)
+      seen[ids[train]] = True
+      cold = ~seen[ids[rows]]                                        # (N,)
+      per = np.bincount(s, weights=cold, minlength=num_scen + 1)
+      shares = {"all": float(cold.mean()) if rows.size else 0.0}
+      shares.update({str(k): float(per[k] / n[k]) for k in range(1, num_scen + 1) if n[k]})
+      out[split][key] = shares
+  return out
+
+
+def format_cold(cold: dict[str, Any]) -> str:
+  """`stats["cold"]` (`cold_shares`) as one line: the share of valid and test samples whose user
+  or item has no training sample."""
+  return "cold (no training sample): " + "; ".join(
+      f"{split} users {c['users']['all']:.1%}, items {c['items']['all']:.1%}"
+      for split, c in cold.items())
 
 
 def format_stats(stats: dict) -> str:
@@ -620,13 +656,19 @@ def format_stats(stats: dict) -> str:
   if per:
     test = s.get("test_samples_per_scenario", {})
     clicks = s.get("click_rate_per_scenario", {})
+    # Cold shares per scenario (`cold_shares`): users, then items, of valid and test.
+    cold = [(f"cold {key[0]} {split}", c[key]) for key in ("users", "items")
+            for split, c in s.get("cold", {}).items()]
     lines.append(f"{'scenario':>9} {'samples':>10} {'test':>9} {'click rate':>11}"
-                 + (f" {'true rate':>10}" if truth else ""))
+                 + (f" {'true rate':>10}" if truth else "")
+                 + "".join(f" {title:>12}" for title, _ in cold))
     for k, n in per.items():
       line = (f"{'#' + k:>9} {n:>10,} {test.get(k, 0):>9,} "
               f"{clicks.get(k, float('nan')):>11.4f}")
       if truth:
         line += f" {truth.get(k, float('nan')):>10.4f}"
+      line += "".join(f" {shares[k]:>12.1%}" if k in shares else f" {'-':>12}"
+                      for _, shares in cold)
       lines.append(line)
   # The builder's policies, then the loader's counts of rows it dropped (keys naming "dropped").
   dropped = dict(s.get("dropped", {}))
@@ -642,4 +684,6 @@ def format_stats(stats: dict) -> str:
   if s.get("scenarios_removed_raw"):
     lines.append(f"scenarios removed (no sample left after the user filter): "
                  f"{s['scenarios_removed_raw']}")
+  if "cold" in s:                       # datasets built before it was counted lack it
+    lines.append(format_cold(s["cold"]))
   return "\n".join(lines)

@@ -386,7 +386,9 @@ def label(data: ml_collections.ConfigDict) -> str:
 
   synthetic-<preset> (+ -data<seed> for a data seed other than 0); a generic log file by
   `log_label`, which is also the name its built dataset stores; a built directory given as
-  `log` or `built` by the name its schema stores; any other dataset by its `name`.
+  `log` or `built` by the name its schema stores; any other dataset by its `name`. A log or raw
+  files built with another duplicates policy than the dataset's default get `-dup<policy>`
+  (`policy_suffix`): the two builds are two datasets.
   """
   name = data.name
   if name == "synthetic":
@@ -401,8 +403,18 @@ def label(data: ml_collections.ConfigDict) -> str:
       return check_name(str(stored), f"{schema}: dataset name")  # it names run folders
     return name
   if name == "log":
-    return log_label(data.path, log_columns(data))
-  return name
+    return log_label(data.path, log_columns(data)) + policy_suffix(data)
+  return name + policy_suffix(data)
+
+
+def policy_suffix(data: ml_collections.ConfigDict) -> str:
+  """The part of a built dataset's name that its build options add: `-dup<policy>` when
+  `config.data.duplicates` is not the dataset's default (`DatasetSpec.duplicates`); "" for a
+  dataset that is not built from raw files here."""
+  spec, policy = DATASETS.get(data.name), data.get("duplicates", "")
+  if spec is None or not spec.prepared or not policy or policy == spec.duplicates:
+    return ""
+  return f"-dup{policy}"
 
 
 def synthetic_overrides(data: ml_collections.ConfigDict) -> dict[str, float]:
@@ -444,7 +456,8 @@ def _ensure_log_built(path: str, data: ml_collections.ConfigDict) -> str:
 
   The cache key covers the file (absolute path, size, modification time), the column mapping
   and the build options (`build_options`: caps, history content, split fractions, user
-  filter), so a changed file, mapping or option builds anew. The dataset is named `log_label`.
+  filter), so a changed file, mapping or option builds anew. The dataset is named
+  `label(data)` (the log's name, with its duplicates policy where it is not the default).
   """
   from mscan_jax.data import log as log_lib
   columns = log_columns(data)
@@ -455,7 +468,7 @@ def _ensure_log_built(path: str, data: ml_collections.ConfigDict) -> str:
   stem = os.path.basename(path).split(".")[0] or "log"
   out = os.path.join(data.cache_dir, f"log-{stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
   log_lib.build_atomically(out, lambda tmp: log_lib.build_from_log(
-      path, tmp, columns, **options, name=log_label(path, columns)))
+      path, tmp, columns, **options, name=label(data)))
   return out
 
 

@@ -58,6 +58,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mscan_jax.data import builder
+from mscan_jax.data.rawio import check_unique_columns
 from mscan_jax.data.schema import DataError, Field
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv", ".tsv.gz")
@@ -305,6 +306,7 @@ def _show_bytes(line: bytes, limit: int = 80) -> str:
 
 def _check_columns(available: Sequence[str], wanted: Sequence[str], columns: LogColumns,
                    source: str) -> None:
+  check_unique_columns(available, source, wanted)   # a reader would take one of two silently
   role = {}
   for f in dataclasses.fields(columns):
     value = getattr(columns, f.name)

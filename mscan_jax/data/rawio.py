@@ -201,6 +201,18 @@ def read_header(path: str, delimiter: str = ",") -> list[str]:
   return head.split(delimiter)
 
 
+def check_unique_columns(names: Sequence[str], where: str,
+                         wanted: Sequence[str] | None = None) -> None:
+  """A `DataError` naming the columns of `wanted` (default: every one) whose name appears more
+  than once in `names` (a file's header or schema): a reader would take one of them silently.
+  `where` starts the message (the file, and the line for a header)."""
+  counts = collections.Counter(names)
+  dup = sorted({c for c in (names if wanted is None else wanted) if counts[c] > 1})
+  if dup:
+    raise DataError(f"{where}: column(s) {dup} appear more than once; give each column its "
+                    "own name")
+
+
 def read_csv_with_header(path: str, types: dict[str, pa.DataType], *, delimiter: str = ",",
                          include: Sequence[str] | None = None,
                          block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[pa.Table, list[int]]:
@@ -208,9 +220,7 @@ def read_csv_with_header(path: str, types: dict[str, pa.DataType], *, delimiter:
   others as strings). Returns (table, block_lines): block k's first row is file line
   block_lines[k] (use `line_of`). An empty file or a header without rows is a `DataError`."""
   names = read_header(path, delimiter)
-  dup = sorted({c for c in names if names.count(c) > 1})
-  if dup:
-    raise DataError(f"{path}: line 1: column(s) {dup} appear twice in the header")
+  check_unique_columns(names, f"{path}: line 1")
   include = list(include or names)
   lacking = [c for c in include if c not in names]
   if lacking:

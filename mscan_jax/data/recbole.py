@@ -44,7 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mscan_jax.data import builder
-from mscan_jax.data.rawio import line_of, read_csv_with_header, read_header, reindex, row_lines
+from mscan_jax.data.rawio import (check_unique_columns, line_of, read_csv_with_header, read_header,
+                                  reindex, row_lines)
 from mscan_jax.data.schema import DataError, Field
 
 TYPES = ("token", "token_seq", "float", "float_seq")
@@ -79,9 +80,7 @@ class _Atomic:
                         f"of {TYPES}")
       self.names.append(name)
       self.types.append(typ)
-    dup = sorted({n for n in self.names if self.names.count(n) > 1})
-    if dup:
-      raise DataError(f"{path}: line 1: column name(s) {dup} appear twice")
+    check_unique_columns(self.names, f"{path}: line 1")    # x:token beside x:float too
     self.table, self.blocks = read_csv_with_header(path, {}, delimiter="\t")
 
   def find(self, name: str) -> str | None:

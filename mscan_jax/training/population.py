@@ -317,10 +317,21 @@ def load_spec(path: str) -> tuple[list[ml_collections.ConfigDict], list[str]]:
   for j, member in enumerate(spec):
     if not isinstance(member, dict) or "workdir" not in member:
       raise PopulationError(f"{path}: member {j} needs a \"workdir\"")
-    config = config_lib.get_config(member.get("config") or None)
-    for key, value in (member.get("overrides") or {}).items():
-      config_lib.set_field(config, key, value)
-    stages = models.stages(config)
+    if not isinstance(member["workdir"], str) or not member["workdir"]:
+      raise PopulationError(f"{path}: member {j}: \"workdir\" must be a folder name (a "
+                            f"non-empty string), got {member['workdir']!r}")
+    overrides = member.get("overrides") or {}
+    if not isinstance(overrides, dict):
+      raise PopulationError(f"{path}: member {j}: \"overrides\" must be an object "
+                            f"{{\"dotted.key\": value}}, got {overrides!r}")
+    try:                                  # the member's config, checked before any training
+      config = config_lib.get_config(member.get("config") or None)
+      for key, value in overrides.items():
+        config_lib.set_field(config, key, value)
+      config_lib.validate(config, models.model_names())
+      stages = models.stages(config)
+    except config_lib.ConfigError as e:
+      raise PopulationError(f"{path}: member {j}: {e}") from None
     if len(stages) != 1:
       raise PopulationError(f"{path}: member {j} ({config.model}) has several stages; give "
                             "train.init_from to run its last stage")

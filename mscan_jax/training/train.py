@@ -120,9 +120,10 @@ def _train(run: loop.Run) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage of the configured model (e.g. `finetune` = `mix`, then one scenario)."""
   config_lib.validate(config, models.model_names())
+  stages = models.stages(config)        # a missing target scenario stops before the run folder
   results = None
   with loop.hold(workdir):
-    for subdir, stage_config in models.stages(config):
+    for subdir, stage_config in stages:
       results = _run_stage(workdir, subdir, stage_config)
   return results
 
@@ -131,23 +132,35 @@ def _run_stage(workdir: str, subdir: str, stage_config: ml_collections.ConfigDic
   return train_and_evaluate(*loop.stage_location(workdir, subdir, stage_config))
 
 
-def format_results(results: dict) -> str:
+def format_results(results: dict, cold: dict | None = None) -> str:
   """A per-scenario table in the shape of the paper's Table 1: AUC and, where the data records
   the truth, the AUC against the true interest; then the mean over scenarios, #All, GAUC and the
-  per-user pooled true-interest AUC (each user's candidates of every scenario ranked together)."""
+  per-user pooled true-interest AUC (each user's candidates of every scenario ranked together).
+
+  `cold`: the test split's cold shares of the dataset (`stats["cold"]["test"]` of a built
+  dataset, `builder.cold_shares`), shown as two columns: the share of test samples whose user
+  (item) has no training sample. #All's cell is the dataset's, shown when every scenario is."""
   per = results["auc"]["per_scenario"]
   truth = results.get("true_interest_auc")
   n = results.get("n_per_scenario", {})
   refs = {k: v for k, v in REFERENCE_COLUMNS.items() if k in results.get("reference_auc", {})}
   keys = sorted(per, key=lambda k: int(k))
+  colds = [(f"cold {key}", cold[key]) for key in ("users", "items")] if cold else []
   head = (f"{'Scenario':>9} {'n':>9} {'AUC':>8}" + (f" {'true AUC':>9}" if truth else "")
-          + "".join(f" {title:>{len(title)}}" for title in refs.values()))
+          + "".join(f" {title:>{len(title)}}" for title in refs.values())
+          + "".join(f" {title:>10}" for title, _ in colds))
   lines = [f"{results['model']} on {results['dataset']} (seed {results.get('seed', 0)}, "
            f"c={results.get('c')}; best validation step {results.get('best_step')} by "
            f"{results.get('select_metric', 'auc_all')})", head]
   def ref_cells(k):
-    return "".join(f" {results['reference_auc'][r].get(k, float('nan')):>{len(t)}.4f}"
-                   for r, t in refs.items())
+    return ("".join(f" {results['reference_auc'][r].get(k, float('nan')):>{len(t)}.4f}"
+                    for r, t in refs.items()) + cold_cells(k))
+
+  def cold_cells(k):
+    if k == "all" and any(set(shares) - {"all"} != set(keys) for _, shares in colds):
+      k = ""                      # evaluated on some scenarios: the dataset's share is not theirs
+    return "".join(f" {shares[k]:>10.1%}" if k in shares else f" {'-':>10}"
+                   for _, shares in colds)
 
   for k in keys:
     line = f"{'#' + k:>9} {n.get(k, ''):>9} {per[k]:8.4f}"

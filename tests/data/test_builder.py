@@ -342,3 +342,30 @@ def test_duplicates_and_ties_hypothesis(rows, policy):
       idx = np.asarray(ds.log[key])
       valid = idx >= 0
       assert np.all(time[sid[idx[valid]]] < np.broadcast_to(time[sid][:, None], idx.shape)[valid])
+
+
+def test_cold_users_and_items_per_split_and_scenario(tmp_path):
+  """The share of valid/test samples whose user (item) has no training sample. No time: the
+  row order is the time order; 10 samples -> train 5, valid round(0.6) = 1, test 4."""
+  #         train ----------------------------  valid  test --------------------
+  user = np.array([0, 1, 0, 1, 0,                 2,     0, 3, 3, 1])
+  item = np.array([1, 2, 2, 1, 3,                 1,     4, 1, 5, 2])
+  scen = np.array([1, 2, 2, 1, 1,                 1,     1, 2, 2, 1])
+  # test: row 6 (u0 seen, i4 new), 7 (u3 new, i1 seen), 8 (u3 new, i5 new), 9 (both seen).
+  log = EventLog(user=(user + 1)[:, None], item=item[:, None], scenario=scen[:, None],
+                 label=np.array([1, 0] * 5, np.int8), user_id=user.astype(np.int32),
+                 user_fields=(Field("uid", 5),), item_fields=(Field("iid", 6),),
+                 scenario_fields=(Field("scen", 3),), source=SRC)
+  stats, ds = build(tmp_path, log, min_scenarios_per_user=1)
+  np.testing.assert_array_equal(ds.splits["test"], [6, 7, 8, 9])
+  assert stats["cold"] == {
+      "valid": {"users": {"all": 1.0, "1": 1.0}, "items": {"all": 0.0, "1": 0.0}},
+      # scenario 1: rows 6, 9; scenario 2: rows 7, 8.
+      "test": {"users": {"all": 0.5, "1": 0.0, "2": 1.0}, "items": {"all": 0.5, "1": 0.5, "2": 0.5}}}
+  assert json.load(open(os.path.join(ds.path, "stats.json")))["cold"] == stats["cold"]
+  text = format_stats(stats)
+  assert "cold (no training sample): valid users 100.0%, items 0.0%; test users 50.0%, items 50.0%" in text
+  assert "cold u valid" in text and "cold i test" in text
+  # Statistics written before the cold shares were counted still print.
+  del stats["cold"]
+  assert "cold" not in format_stats(stats)

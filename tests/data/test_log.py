@@ -202,6 +202,24 @@ def test_a_column_mapped_twice_is_an_error():
     log_lib.LogColumns(user="u", item="i", scenario="s", label="y", time=None, user_extra=("i",))
 
 
+def test_a_column_name_given_twice_in_the_file_is_refused(tmp_path):
+  """Two columns named `click`: pyarrow would read the first one silently."""
+  csv_path = write(tmp_path, CSV.replace("cat,unused", "cat,click", 1))
+  with pytest.raises(DataError, match=re.escape(f"{csv_path}: column(s) ['click'] appear more "
+                                                "than once")):
+    log_lib.load_log(csv_path, COLS)
+  pq_path = os.path.join(tmp_path, "log.parquet")
+  table = pacsv.read_csv(write(tmp_path, CSV))
+  pq.write_table(table.rename_columns([*table.column_names[:-1], "click"]), pq_path)
+  with pytest.raises(DataError, match=re.escape(f"{pq_path}: column(s) ['click'] appear more")):
+    log_lib.load_log(pq_path, COLS)
+  # A repeated column the mapping does not read is no ambiguity.
+  header, *rows = CSV.splitlines()
+  two_unused = "\n".join([header + ",unused", *(row + ",8" for row in rows)]) + "\n"
+  log, _ = log_lib.load_log(write(tmp_path, two_unused), COLS)
+  np.testing.assert_array_equal(log.label, [1, 0, 0, 1, 0])
+
+
 def test_log_columns_of_the_config():
   cfg = config_lib.get_config()
   assert datasets.log_columns(cfg.data) == log_lib.LogColumns(

@@ -274,6 +274,22 @@ def test_two_logs_with_the_same_stem_get_different_labels(tmp_path):
     assert datasets.open_dataset(data).schema.name == label
 
 
+def test_a_log_built_with_another_duplicates_policy_is_another_dataset(tmp_path):
+  """duplicates=keep (the default for a log is drop): its own name, its own cached build, and
+  `prepare` stores the same name; drop spelled out is the default's name."""
+  raw = write_log(tmp_path / "clicks.csv")
+  default = log_data(raw, cache_dir=str(tmp_path / "cache"))
+  keep = log_data(raw, cache_dir=str(tmp_path / "cache"), duplicates="keep")
+  assert datasets.label(keep) == datasets.label(default) + "-dupkeep"
+  assert datasets.label(log_data(raw, duplicates="drop")) == datasets.label(default)
+  paths = [datasets.built_path(d) for d in (default, keep)]
+  assert paths[0] != paths[1]
+  assert [BuiltDataset(p).schema.name for p in paths] == [datasets.label(default),
+                                                           datasets.label(keep)]
+  stats = prepare.prepare("log", raw, str(tmp_path / "built"), keep)
+  assert stats["name"] == datasets.label(keep)
+
+
 def test_dataset_list_is_the_registry():
   assert prepare.datasets.prepared_names() == tuple(
       name for name, spec in datasets.DATASETS.items() if spec.prepared)

@@ -100,3 +100,16 @@ def test_command_line_spec_and_bad_spec(tmp_path):
   assert out.returncode == 2
   assert "config.no.such is not a config field" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("member, message", [
+    ({"workdir": "x", "overrides": ["seed", 1]}, r"member 1: \"overrides\" must be an object"),
+    ({"workdir": 3}, r"member 1: \"workdir\" must be a folder name \(a non-empty string\), got 3"),
+    ({"workdir": "x", "overrides": {"model": "finetune"}},
+     r"member 1: config.model='finetune' needs a target scenario"),
+])
+def test_a_bad_member_spec_names_the_member_and_field(tmp_path, member, message):
+  path = tmp_path / "spec.json"
+  path.write_text(json.dumps([{"workdir": "ok", "config": "tiny"}, member]))
+  with pytest.raises(population.PopulationError, match=f"^{path}: {message}"):
+    population.load_spec(str(path))

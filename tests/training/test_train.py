@@ -435,6 +435,40 @@ def test_launch_user_errors_are_one_error_line_and_exit_2(tmp_path, flag, messag
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    # No --config=: ml_collections applies the overrides while launch.py defines the flag.
+    (["--config.train.nosuchkey=3"], "--config.train.nosuchkey: config.train has no field "
+     "'nosuchkey'; valid: batch_size"),
+    (["--config.model=single"], "config.model='single' needs a target scenario: set "
+     "--config.single.scenario=ID"),
+    (["--config=" + os.path.join(ROOT, "mscan_jax", "config.py") + ":tiny", "--config.model=finetune"],
+     "config.model='finetune' needs a target scenario"),
+])
+def test_launch_refuses_a_bad_config_before_any_data_or_run_folder(tmp_path, flags, message):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch.py"), *flags, f"--workdir={tmp_path / 'run'}",
+       f"--config.data.cache_dir={tmp_path / 'cache'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.startswith(f"error: {message}") and len(proc.stderr.splitlines()) == 1, proc.stderr
+  assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_format_results_shows_the_test_split_cold_shares():
+  results = {"model": "m", "dataset": "d", "auc": {"per_scenario": {"1": 0.6, "2": 0.7},
+                                                   "all": 0.65, "mean_per_scenario": 0.65},
+             "gauc": 0.6, "logloss": 0.5, "n_per_scenario": {"1": 2, "2": 2}, "n_test": 4}
+  cold = {"users": {"all": 0.5, "1": 0.0, "2": 1.0}, "items": {"all": 0.25, "1": 0.5, "2": 0.0}}
+  lines = train.format_results(results, cold=cold).splitlines()
+  assert lines[1].split()[-4:] == ["cold", "users", "cold", "items"]
+  assert lines[2].split()[-2:] == ["0.0%", "50.0%"] and lines[3].split()[-2:] == ["100.0%", "0.0%"]
+  assert lines[5].startswith("     #All") and lines[5].split()[-2:] == ["50.0%", "25.0%"]
+  # Evaluated on scenario 2 only: the dataset's #All shares are not this run's.
+  results["auc"]["per_scenario"] = {"2": 0.7}
+  assert train.format_results(results, cold=cold).splitlines()[-2].split()[-2:] == ["-", "-"]
+  assert "cold" not in train.format_results(results)       # a dataset built before they were counted
+
+
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, monkeypatch):
   """A loss that grows past divergence_factor x its first value (finite, so the NaN check never
   fires) stops the run at that step; the checkpoint before it is kept and no results.json
