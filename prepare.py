@@ -33,21 +33,16 @@ The command sits beside `launch.py`, above the config (README, "Layout"): the bu
 `mscan_jax.data.prepare`, which knows no config file.
 """
 
-import os
 import sys
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from mscan_jax import config as config_lib
 from mscan_jax.data import builder, datasets
 from mscan_jax.data import prepare as prepare_lib
 from mscan_jax.data.schema import DataError
 from mscan_jax.errors import ConfigError
-
-CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(config_lib.__file__)), "config.py")
-
 
 def _fail(message: str) -> None:
   """One line on stderr, exit code 2 (a usage error), no traceback."""
@@ -62,17 +57,12 @@ def _define_flags() -> None:
                       "recbole, aliccp_csv) or a file (aliccp_csv, a recbole .inter).", required=True)
   flags.DEFINE_string("out", None, "Output directory of the built dataset.", required=True)
   flags.DEFINE_bool("overwrite", False, "Replace an existing built dataset at --out.")
-  config_flags.DEFINE_config_file(
-      "config", CONFIG_FILE, "mscan_jax/config.py; --config.data.X=Y sets the build options as "
-      "for launch.py (column mapping, caps, fractions, each loader's sub-dict).")
-
-
-def check_config_overrides(argv: list[str]) -> None:
-  """Refuses a `--config.KEY` that the config does not have, naming it and the valid keys at
-  that level (`config.check_override_keys`; ml_collections would raise a traceback when the
-  config flag is defined)."""
+  # `--config` and its overrides (`config.define_config_flag`, as launch.py): an unknown
+  # `--config.KEY` is one `error:` line naming it and its valid neighbours, exit code 2.
   try:
-    config_lib.check_override_keys(argv)
+    config_lib.define_config_flag(
+        "mscan_jax/config.py; --config.data.X=Y sets the build options as for launch.py (column "
+        "mapping, caps, fractions, each loader's sub-dict).")
   except ConfigError as e:
     _fail(str(e))
 
@@ -102,6 +92,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  check_config_overrides(sys.argv)
   _define_flags()
   app.run(main, flags_parser=_parse_flags)
