@@ -94,7 +94,7 @@ def network_of(config) -> str:
     switches = [f"{grids.ALIASES[k]}={grids.format_value(v)}"
                 for k, v in (("mscan.use_saca", config.mscan.use_saca),
                              ("mscan.use_sbe", config.mscan.use_sbe))
-                if not grids._same(grids.default_value(k), v)]
+                if not grids.same_value(grids.default_value(k), v)]
     name = "-".join([name, *switches])
   return name
 

@@ -144,7 +144,7 @@ def default_value(key: str) -> Any:
   return _DEFAULTS[key]
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
   """Equal as config values: tuples and lists alike, bools never equal to numbers."""
   if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
     return isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and tuple(a) == tuple(b)
@@ -158,7 +158,7 @@ def canonical(overrides: Overrides) -> Overrides:
   out: Overrides = {}
   for k, v in overrides.items():
     d = default_value(k)
-    if k in ("model", "seed") or not _same(d, v):
+    if k in ("model", "seed") or not same_value(d, v):
       out[k] = v
   if "model" not in out:
     out["model"] = default_value("model")

@@ -312,7 +312,7 @@ def sibling_of(run: grids.Run) -> Optional[grids.Run]:
     return None
   previous = grids.flatten(stages[-2][1])
   defaults = grids.flatten(config_lib.get_config())
-  overrides = {k: v for k, v in previous.items() if not grids._same(defaults[k], v)}
+  overrides = {k: v for k, v in previous.items() if not grids.same_value(defaults[k], v)}
   return grids.make_runs([overrides])[0]
 
 
