@@ -33,7 +33,7 @@ logits), never the other scenarios' experts or towers.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -44,7 +44,6 @@ from mscan_jax.data.schema import Schema
 from mscan_jax.models import experts, inputs
 from mscan_jax.models.layers import MLP
 
-Dtype = Any
 
 # Our choices (the released code reads its settings from a config file we could not consult):
 # 8 experts per layer, 2 layers of widths 256 and 128 (the widths of MMoE's experts here), 2
@@ -75,11 +74,8 @@ def select_experts(log_q: jnp.ndarray, sid: jnp.ndarray, top_k_specific: int,
   return selected, kl
 
 
-class AESM2(nn.Module):
+class AESM2(inputs.Baseline):
   """`__call__(batch, *, train) -> {"y_m": (B,)[, "aux_loss": (B,)]}` float32."""
-  schema: Schema
-  embed_dim: int = 32
-  behaviours: str = "cur"
   num_experts: int = DEFAULTS["num_experts"]
   expert: Sequence[int] = DEFAULTS["expert"]
   tower: Sequence[int] = DEFAULTS["tower"]
@@ -88,7 +84,6 @@ class AESM2(nn.Module):
   top_k_shared: int = DEFAULTS["top_k_shared"]
   noise: float = DEFAULTS["noise"]
   kl_weight: float = DEFAULTS["kl_weight"]
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
@@ -96,11 +91,9 @@ class AESM2(nn.Module):
     if not (1 <= self.top_k_specific <= k and 1 <= self.top_k_shared <= k):
       raise ValueError(f"AESM2: top_k_specific={self.top_k_specific} and top_k_shared="
                        f"{self.top_k_shared} must be in 1..num_experts={k}")
-    feats = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
-                                  name="inputs")(batch)
+    feats, sid = self.features(batch)                                    # sid (B,)
     h, s = feats["x"], feats["s"]                                      # (B, F), (B, Fs*D)
     b = h.shape[0]
-    sid = experts.scenario_index(batch, p)                               # (B,)
     kl = jnp.zeros((b,), jnp.float32)
     for level, width in enumerate(self.expert):
       e = experts.Experts(k, (width,), self.dropout, dt, name=f"experts_{level}")(h, train=train)

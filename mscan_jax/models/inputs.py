@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from mscan_jax.data.schema import Schema
 from mscan_jax.models.common import activation_dtype
+from mscan_jax.models.experts import scenario_index
 from mscan_jax.models.layers import Embedders, length_mask
 
 Dtype = Any
@@ -104,6 +105,23 @@ class BaselineInputs(nn.Module):
       parts.append(DinPooling(self.attn_mlp, self.dtype, name="din_all")(
           query, keys, batch["all_len"]))                                # (B, Fi*D+2D)
     return {"x": jnp.concatenate(parts, axis=-1), "s": emb["s"]}
+
+
+class Baseline(nn.Module):
+  """What every baseline is made of: the fields of its input (`inputs_from_config`) and the
+  input itself. A baseline subclasses it, adds its own fields (all with defaults) and reads its
+  input with `self.features(batch)` inside its `@nn.compact __call__`."""
+  schema: Schema
+  embed_dim: int = 32
+  behaviours: str = "cur"
+  dtype: Dtype = jnp.float32
+
+  def features(self, batch: dict) -> tuple[dict[str, jnp.ndarray], jnp.ndarray]:
+    """(`BaselineInputs` of the batch, the submodule "inputs": {"x": (B, F), "s": (B, Fs*D)};
+    each sample's row of the per-scenario parameters, (B,) int32, `experts.scenario_index`)."""
+    feats = BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=self.dtype,
+                           name="inputs")(batch)
+    return feats, scenario_index(batch, self.schema.num_scenarios)
 
 
 def input_dim(schema: Schema, embed_dim: int, behaviours: str) -> int:

@@ -57,23 +57,18 @@ class MetaUnit(nn.Module):
     return nn.leaky_relu(y)
 
 
-class M2M(nn.Module):
+class M2M(inputs.Baseline):
   """`__call__(batch, *, train) -> {"y_m": (B,)}` float32."""
-  schema: Schema
-  embed_dim: int = 32
-  behaviours: str = "cur"
   num_experts: int = DEFAULTS["num_experts"]
   expert: Sequence[int] = DEFAULTS["expert"]
   scenario_dim: int = DEFAULTS["scenario_dim"]
   meta_layers: int = DEFAULTS["meta_layers"]
   dropout: float = DEFAULTS["dropout"]
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
     dt = self.dtype
-    feats = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
-                                  name="inputs")(batch)
+    feats, _ = self.features(batch)
     x, s = feats["x"], feats["s"]                                      # (B, F), (B, Fs*D)
     e = experts.Experts(self.num_experts, self.expert, self.dropout, dt, name="experts")(
         x, train=train)                                                  # (B, K, d)

@@ -15,7 +15,7 @@ them in order and never looks at the model's name, see `mscan_jax.models.ModelSp
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -26,7 +26,6 @@ from mscan_jax.models import inputs
 from mscan_jax.models.common import target_scenario
 from mscan_jax.models.layers import MLP
 
-Dtype = Any
 
 # Paper A.2: "three-layer fully connected networks" = two hidden layers + the output layer; the
 # widths and the dropout are those of M-scan's matching tower in the authors' config (512, 256;
@@ -34,19 +33,14 @@ Dtype = Any
 DEFAULTS = {"tower": (512, 256), "dropout": 0.2}
 
 
-class MLPModel(nn.Module):
+class MLPModel(inputs.Baseline):
   """`__call__(batch, *, train) -> {"y_m": (B,)}` float32."""
-  schema: Schema
-  embed_dim: int = 32
-  behaviours: str = "cur"
   tower: Sequence[int] = DEFAULTS["tower"]
   dropout: float = DEFAULTS["dropout"]
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
-    x = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=self.dtype,
-                           name="inputs")(batch)["x"]                    # (B, F)
+    x = self.features(batch)[0]["x"]                                     # (B, F)
     y = MLP(self.tower, self.dropout, out_dim=1, dtype=self.dtype, name="tower")(x, train=train)
     return {"y_m": y[:, 0].astype(jnp.float32)}
 

@@ -10,16 +10,14 @@ with x = [u ⊕ i ⊕ s ⊕ DIN(i, S_u)]. Gates and towers are stacked per-scena
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
 from mscan_jax.models import experts, inputs
 
-Dtype = Any
 
 # Gate: one linear layer + softmax per scenario (MMoE paper, Eq. 5). Experts of 2 ReLU layers
 # and a tower of 1 hidden layer + output: 3 hidden layers on each path, as the paper's 3-layer
@@ -29,24 +27,19 @@ Dtype = Any
 DEFAULTS = {"num_experts": 8, "expert": (256, 128), "tower": (64,), "dropout": 0.2}
 
 
-class MMoE(nn.Module):
+class MMoE(inputs.Baseline):
   """`__call__(batch, *, train) -> {"y_m": (B,)}` float32."""
-  schema: Schema
-  embed_dim: int = 32
-  behaviours: str = "cur"
   num_experts: int = DEFAULTS["num_experts"]
   expert: Sequence[int] = DEFAULTS["expert"]
   tower: Sequence[int] = DEFAULTS["tower"]
   dropout: float = DEFAULTS["dropout"]
   grouped_matmul: str = "auto"
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
     p, dt = self.schema.num_scenarios, self.dtype
-    x = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
-                           name="inputs")(batch)["x"]                    # (B, F)
-    sid = experts.scenario_index(batch, p)                               # (B,)
+    feats, sid = self.features(batch)
+    x = feats["x"]                                                       # (B, F); sid (B,)
     e = experts.Experts(self.num_experts, self.expert, self.dropout, dt, name="experts")(
         x, train=train)                                                  # (B, K, d)
     gate = experts.GroupedDense(p, self.num_experts, impl=self.grouped_matmul, dtype=dt,

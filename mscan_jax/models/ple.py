@@ -22,7 +22,7 @@ scenarios), and with L = 1 the model is exactly CGC.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -31,7 +31,6 @@ import ml_collections
 from mscan_jax.data.schema import Schema
 from mscan_jax.models import experts, inputs
 
-Dtype = Any
 
 # Expert counts from Scenario-Wise-Rec's PLE on Ali-CCP (2 specific per scenario, 1 shared);
 # two extraction levels of widths 256 and 128 (PLE's progressive extraction; our widths) and a
@@ -40,26 +39,21 @@ DEFAULTS = {"num_experts": 1, "num_specific_experts": 2, "expert": (256, 128), "
             "dropout": 0.2}
 
 
-class PLE(nn.Module):
+class PLE(inputs.Baseline):
   """`__call__(batch, *, train) -> {"y_m": (B,)}` float32. `num_experts` = shared experts."""
-  schema: Schema
-  embed_dim: int = 32
-  behaviours: str = "cur"
   num_experts: int = DEFAULTS["num_experts"]
   num_specific_experts: int = DEFAULTS["num_specific_experts"]
   expert: Sequence[int] = DEFAULTS["expert"]
   tower: Sequence[int] = DEFAULTS["tower"]
   dropout: float = DEFAULTS["dropout"]
   grouped_matmul: str = "auto"
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
     p, dt = self.schema.num_scenarios, self.dtype
     n_all = self.num_specific_experts + self.num_experts
-    x = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
-                           name="inputs")(batch)["x"]                    # (B, F)
-    sid = experts.scenario_index(batch, p)                               # (B,)
+    feats, sid = self.features(batch)
+    x = feats["x"]                                                       # (B, F); sid (B,)
     h_own, h_shared = x, x
     levels = len(self.expert)
     for level, width in enumerate(self.expert):

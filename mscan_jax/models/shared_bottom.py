@@ -8,16 +8,14 @@ The P towers are stacked parameters (`experts.ScenarioTower`); a sample runs onl
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 import ml_collections
 
 from mscan_jax.data.schema import Schema
 from mscan_jax.models import experts, inputs, mix
 
-Dtype = Any
 
 # Paper A.2: "the embedding layer as the shared part and ... 3 fully connected layers for each
 # scenario on top of the shared part": two hidden layers + output, with the widths and dropout
@@ -25,22 +23,17 @@ Dtype = Any
 DEFAULTS = dict(mix.DEFAULTS)
 
 
-class SharedBottom(nn.Module):
+class SharedBottom(inputs.Baseline):
   """`__call__(batch, *, train) -> {"y_m": (B,)}` float32."""
-  schema: Schema
-  embed_dim: int = 32
-  behaviours: str = "cur"
   tower: Sequence[int] = DEFAULTS["tower"]
   dropout: float = DEFAULTS["dropout"]
   grouped_matmul: str = "auto"
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
     p = self.schema.num_scenarios
-    x = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=self.dtype,
-                           name="inputs")(batch)["x"]                    # (B, F)
-    sid = experts.scenario_index(batch, p)                               # (B,)
+    feats, sid = self.features(batch)
+    x = feats["x"]                                                       # (B, F); sid (B,)
     y = experts.ScenarioTower(p, self.tower, dropout=self.dropout, impl=self.grouped_matmul,
                               dtype=self.dtype, name="towers")(x, sid, train=train)   # (B,)
     return {"y_m": y}

@@ -71,23 +71,17 @@ class PartitionedNorm(nn.Module):
     return ((gamma * gamma_s[sid]) * xn + beta + beta_s[sid]).astype(self.dtype)
 
 
-class Star(nn.Module):
+class Star(inputs.Baseline):
   """`__call__(batch, *, train) -> {"y_m": (B,)}` float32."""
-  schema: Schema
-  embed_dim: int = 32
-  behaviours: str = "cur"
   tower: Sequence[int] = DEFAULTS["tower"]
   aux: Sequence[int] = DEFAULTS["aux"]
   dropout: float = DEFAULTS["dropout"]
   grouped_matmul: str = "auto"
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool) -> dict:
     p, dt = self.schema.num_scenarios, self.dtype
-    feats = inputs.BaselineInputs(self.schema, self.embed_dim, self.behaviours, dtype=dt,
-                                  name="inputs")(batch)
-    sid = experts.scenario_index(batch, p)                               # (B,)
+    feats, sid = self.features(batch)                                    # sid (B,)
     h = PartitionedNorm(p, dtype=dt, name="norm")(feats["x"], sid)      # (B, F)
     for layer, width in enumerate(self.tower):
       h = nn.relu(StarDense(p, width, self.grouped_matmul, dt, name=f"star_{layer}")(h, sid))
