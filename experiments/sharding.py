@@ -6,10 +6,10 @@ Task I of N runs `assign(jobs, N)[I]` into the shared output folder. The assignm
 function of the job list and N, so every task computes the same split without talking to the
 others:
 
-  units     a run and the runs it depends on (a Finetune run and the Mix run of its seed, with
-            every other Finetune of that seed) form one unit (connected components of
-            `Job.deps`); a unit is never split, so no task waits on another, and inside a
-            unit the runs keep the plan's order (Mix before its Finetunes).
+  units     a run and the runs it depends on (a run that starts from a sibling run's checkpoint,
+            the sibling, and every other run that starts from it) form one unit (connected
+            components of `Job.deps`); a unit is never split, so no task waits on another, and
+            inside a unit the runs keep the plan's order (a sibling before its dependants).
   balance   greedy longest-processing-time: units sorted by (cost descending, name), each given
             to the task with the smallest total cost so far (ties: the lower task index). The
             most loaded task then exceeds the least loaded by at most one unit's cost.
