@@ -448,3 +448,15 @@ def build(name: str, *, seeds: Sequence[int], scenarios: Sequence[int] = (),
   else:
     raise ValueError(f"unknown grid {name!r}; valid: {', '.join(GRID_NAMES)}")
   return make_runs(grid)
+
+
+# The ladder from Mix to M-scan (a report view, `experiments.report.ladder`): each row adds one
+# module to the row above, all of them runs of Table 1's and Table 2's grids. Mix with GRU(S_u) is
+# M-scan without SACA and SBE: Mix's embedders and [u, i, s, .] tower with a GRU over S_u in place
+# of DIN pooling. (title, overrides: the model included).
+LADDER: tuple[tuple[str, Overrides], ...] = (
+    ("Mix", {"model": "mix"}),
+    ("Mix with GRU(S_u)", {"model": proposed(), "mscan.use_saca": False, "mscan.use_sbe": False}),
+    ("+ SACA over H_u", {"model": proposed(), "mscan.use_sbe": False}),
+    ("+ SBE (M-scan)", {"model": proposed()}),
+)

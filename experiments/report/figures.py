@@ -237,3 +237,43 @@ def plot_scenario_factor(points: Sequence[dict], cells: dict, path: str) -> bool
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return True
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+def plot_learning_curves(curves: Sequence[dict], best: Sequence[dict], path: str) -> bool:
+  """Validation score against epoch, one panel per dataset, one line per model row: the mean over
+  the runs that reached the epoch, a band from their min to their max, and a dot at each run's
+  best epoch (its own score there). False (nothing written) without a curve."""
+  if not curves:
+    return False
+  plt = _pyplot()
+  datasets = list(dict.fromkeys(r["dataset"] for r in curves))
+  fig, axes = plt.subplots(1, len(datasets), figsize=(7.5 * len(datasets), 4.6), squeeze=False)
+  cmap = plt.get_cmap("tab20")
+  for ax, ds in zip(axes[0], datasets):
+    rows = list(dict.fromkeys(r["row"] for r in curves if r["dataset"] == ds))
+    for k, row in enumerate(rows):
+      sel = sorted((r for r in curves if r["dataset"] == ds and r["row"] == row),
+                   key=lambda r: r["epoch"])
+      x = np.array([r["epoch"] for r in sel])
+      color = cmap(k % 20)
+      ax.plot(x, [r["mean"] for r in sel], color=color, lw=1.4,
+              label=f"{sel[0]['title']} (n={max(r['n_runs'] for r in sel)})")
+      ax.fill_between(x, [r["min"] for r in sel], [r["max"] for r in sel], color=color,
+                      alpha=0.12, lw=0)
+      pts = [p for p in best if p["dataset"] == ds and p["row"] == row]
+      ax.plot([p["epoch"] for p in pts], [p["value"] for p in pts], "o", ms=3.5, color=color,
+              ls="none")
+    metrics = sorted({r["metric"] for r in curves if r["dataset"] == ds})
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {', '.join(metrics)}")
+    ax.set_title(ds, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+  fig.suptitle("Learning curves at the default data: mean over seed pairs, band min..max of the "
+               "runs that reached the epoch; dots: each run's best epoch", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True

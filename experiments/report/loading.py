@@ -4,6 +4,14 @@ joins of their predictions.
 A run is identified by its model, its settings and its seed pair `RunKey = (seed, data_seed)`:
 the model seed and the seed of the synthetic data (`results.json`'s "data_seed"; absent in older
 runs, which all used data seed 0). Every statistic is over seed pairs.
+
+Whether a run converged (`not_converged`, the one rule every judgement of the report applies): a
+run converged when early stopping ended it (results.json `stop_reason` "early_stopping"); it did
+not when its step budget ran out first ("max_steps"). A model without parameters
+("not_trainable") and an older run that records no stop reason do not count against a
+comparison (the tuning-and-convergence table prints the latter as unknown). A comparison that
+uses a run that did not converge is printed "not converged" and is not judged: no verdict, no
+bold, no `*`.
 """
 
 from __future__ import annotations
@@ -51,6 +59,11 @@ METRICS = {m.key: m for m in (
 FIGURE_METRICS = ("auc", "true_interest_auc")
 MSCAN = grids.proposed()   # the paper's model (the registry's Table 2 model): Table 2's
                            # ablations and Figures 5 and 6 are of it
+
+
+# results.json `stop_reason` values (`mscan_jax.training.loop.STOP_REASONS`) as the report reads them.
+CONVERGED, BUDGET, NOT_TRAINABLE = "early_stopping", "max_steps", "not_trainable"
+NOT_CONVERGED = "not converged"      # what a comparison with a run that did not converge prints
 
 
 class ReportError(ValueError):
@@ -155,21 +168,51 @@ class RunResult:
   def key(self) -> RunKey:
     return (self.seed, self.data_seed)
 
+  @property
+  def stop_reason(self) -> Optional[str]:
+    """results.json `stop_reason`; None for an older run that does not record it."""
+    return self.results.get("stop_reason")
+
   def has_predictions(self) -> bool:
     return os.path.exists(os.path.join(self.workdir, "predictions.parquet"))
 
+  def has_file(self, name: str) -> bool:
+    return os.path.exists(os.path.join(self.workdir, name))
+
+  def config(self) -> dict:
+    """The run's config.json flattened ({"train.learning_rate": 0.001, ...}): the settings it
+    actually used (tuned ones included); {} when the folder has none. A `--report_dir` copy keeps
+    config.json."""
+    path = os.path.join(self.workdir, "config.json")
+    if not os.path.exists(path):
+      return {}
+    with open(path) as f:
+      return grids.flatten(json.load(f))
+
   def from_predictions(self, what: str, compute: Callable[[], Any]) -> Any:
-    """`compute()`, a JSON value computed from this run's predictions, kept in the folder's
-    record under (this run, `what`). Computed whenever the predictions are there (a record never
-    outlives a retrained run); read from the record when they are not (a committed copy). A
-    ReportError or ValueError of `compute` is recorded and raised again on every read, so a copy
-    reproduces the notes it caused too."""
-    key = f"{self.name} | {what}"
-    if self.has_predictions() or key not in self.derived.loaded:
+    """`compute()`, a JSON value computed from this run's predictions (see `recorded`)."""
+    return self.recorded(what, compute, self.has_predictions())
+
+  def _record_key(self, what: str) -> str:
+    return f"{self.name} | {what}"
+
+  def has_record(self, what: str) -> bool:
+    """The folder's record holds (this run, `what`) (see `recorded`)."""
+    return self._record_key(what) in self.derived.loaded
+
+  def recorded(self, what: str, compute: Callable[[], Any], source_present: bool) -> Any:
+    """`compute()`, a JSON value computed from a file of this run that a `--report_dir` copy
+    does not keep (predictions.parquet, metrics.jsonl), kept in the folder's record under (this
+    run, `what`). Computed whenever the file is there (`source_present`: a record never outlives
+    a retrained run); read from the record when it is not (a committed copy). A ReportError or
+    ValueError of `compute` is recorded and raised again on every read, so a copy reproduces the
+    notes it caused too."""
+    key = self._record_key(what)
+    if source_present or key not in self.derived.loaded:
       try:
         entry = {"value": compute()}
       except ValueError as e:                        # ReportError is a ValueError
-        if not self.has_predictions():               # nothing recorded, nothing to compute from
+        if not source_present:                       # nothing recorded, nothing to compute from
           raise
         entry = {"error": str(e), "report_error": isinstance(e, ReportError)}
       entry = json.loads(json.dumps(entry))          # the same types as after a reload
@@ -295,9 +338,18 @@ def default_mscan_runs(runs: Sequence[RunResult]) -> list[RunResult]:
 
 # ----------------------------------------------------------------------------- per-seed values
 
+def not_converged(runs: Iterable[RunResult]) -> tuple[str, ...]:
+  """The names of the `runs` that did not converge: their step budget ran out before early
+  stopping fired (results.json `stop_reason` "max_steps"). The one rule behind every "not
+  converged" of the report: a comparison (a contrast, a ladder step, a bold cell, a `*`) that uses
+  one of them is printed so and not judged (see the module docstring)."""
+  return tuple(sorted({r.name for r in runs if r.stop_reason == BUDGET}))
+
+
 @dataclasses.dataclass
 class Stat:
   values: dict[RunKey, float]     # (seed, data_seed) -> value
+  unconverged: tuple[str, ...] = ()   # its runs that did not converge (`not_converged`)
 
   @property
   def n(self) -> int:
@@ -356,10 +408,12 @@ def cell_stat(runs: Sequence[RunResult], column: str, row: str, metric: str) -> 
   """Per-seed-pair values of `metric` for Table 1's `column` (a model, or a model with its
   information switches: `RunResult.column`) in `row` (a scenario id or "all")."""
   values: dict[RunKey, float] = {}
+  used = []
   for r in runs:
     if r.column == column and (v := run_value(r, metric, row)) is not None:
       values[r.key] = v
-  return Stat(values)
+      used.append(r)
+  return Stat(values, not_converged(used))
 
 
 def run_for(runs: Sequence[RunResult], column: str, row: str, key: RunKey

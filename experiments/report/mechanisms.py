@@ -13,7 +13,8 @@ pairs, mean ± t(0.975, n − 1) · sd / √n (sd with ddof 1; no interval with 
 The verdicts that report.md's sentences use: `helps` where the interval lies above 0, `lowers`
 where below, otherwise no measurable effect. Placebo check: at the placebo level of a dial the
 module claims (`Contrast.claims`), its mechanism is off, so a gain that helps there is flagged as
-a possible leak or overfit.
+a possible leak or overfit. A gain that uses a run which did not converge
+(`loading.not_converged`) is printed "not converged" and gets no verdict.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import numpy as np
 import scipy.stats
 
 from experiments import grids
-from experiments.report.loading import (METRICS, MSCAN, Folder, ReportError, RunKey, RunResult,
-                                        auc_at_c, c_scores, format_keys)
+from experiments.report.loading import (METRICS, MSCAN, NOT_CONVERGED, Folder, ReportError,
+                                        RunKey, RunResult, auc_at_c, c_scores, format_keys,
+                                        not_converged)
 from mscan_jax import models
 from mscan_jax.data import datasets
 from mscan_jax.evaluation import metrics as metrics_lib
@@ -184,6 +186,7 @@ class Gain:
   treatment_mean: float
   control_mean: float
   placebo_check: bool            # the placebo level of a dial the module claims
+  unconverged: tuple[str, ...] = ()   # its runs that did not converge: no verdict
 
   def __post_init__(self):
     self.mean, self.lo, self.hi = mean_ci(list(self.diffs.values()))
@@ -193,12 +196,17 @@ class Gain:
     return len(self.diffs)
 
   @property
+  def judged(self) -> bool:
+    """Every run of the gain converged (`loading.not_converged`): it may get a verdict."""
+    return not self.unconverged
+
+  @property
   def helps(self) -> bool:
-    return self.n >= 2 and self.lo > 0
+    return self.judged and self.n >= 2 and self.lo > 0
 
   @property
   def lowers(self) -> bool:
-    return self.n >= 2 and self.hi < 0
+    return self.judged and self.n >= 2 and self.hi < 0
 
   @property
   def flagged(self) -> bool:
@@ -207,7 +215,10 @@ class Gain:
 
   @property
   def text(self) -> str:
-    """The table cell, and what the summary quotes."""
+    """The table cell, and what the summary quotes: "not converged (k runs)" for a gain that is
+    not judged."""
+    if not self.judged:
+      return f"{NOT_CONVERGED}: {len(self.unconverged)} of {2 * self.n} runs"
     return fmt_interval(self.mean, self.lo, self.hi, self.n)
 
 
@@ -256,10 +267,11 @@ def build_study(folder: Folder, contrasts: Optional[dict[str, grids.Contrast]] =
         c_vals = {r.key: v for r in c_runs if (v := measure.value(r.results)) is not None}
         pairs = sorted(set(t_vals) & set(c_vals))
         if pairs:
+          used = [r for r in t_runs + c_runs if r.key in pairs]
           gains[(module, level, key)] = Gain(
               module, level, key, {k: t_vals[k] - c_vals[k] for k in pairs},
               float(np.mean([t_vals[k] for k in pairs])),
-              float(np.mean([c_vals[k] for k in pairs])), check)
+              float(np.mean([c_vals[k] for k in pairs])), check, not_converged(used))
   present = [m for m in contrasts if any(k[0] == m for k in gains)]
   dials = [d for d in DIAL_VALUES if any(lv[0] == d for (_, lv, _) in gains)]
   measures = [m for m in MEASURES if any(k[2] == m for k in gains)]
@@ -341,13 +353,14 @@ def gains_csv_rows(study: Study) -> list[dict]:
                 "measure": measure, "n_pairs": g.n, "mean_gain": g.mean, "ci_lo": g.lo,
                 "ci_hi": g.hi, "treatment_mean": g.treatment_mean,
                 "control_mean": g.control_mean, "seeds": format_keys(g.diffs),
-                "placebo_check": g.placebo_check, "flagged": g.flagged})
+                "placebo_check": g.placebo_check, "flagged": g.flagged,
+                "not_converged": " ".join(g.unconverged)})
   return out
 
 
 GAINS_CSV_FIELDS = ("dataset", "module", "dial", "level", "value", "measure", "n_pairs",
                     "mean_gain", "ci_lo", "ci_hi", "treatment_mean", "control_mean", "seeds",
-                    "placebo_check", "flagged")
+                    "placebo_check", "flagged", "not_converged")
 
 
 # ----------------------------------------------------------------------------- the SBE's c

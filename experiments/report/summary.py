@@ -7,13 +7,15 @@ gain lies above 0, "lowers" where it lies below, otherwise "has no measurable ef
 interval quoted. The placebo check is always stated: made and passed, FLAGGED (a gain in the
 module's favour where the mechanism it claims is off), or why it was not made. On a folder of the
 table grids only (no dial level), the paragraphs cover the modules with runs at the default data
-(Table 2's SACA and SBE).
+(Table 2's SACA and SBE). A gain that uses a run which did not converge
+(`loading.not_converged`) is named "not converged" and judged neither way.
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from experiments.report.ladder import LADDER_TABLE, Ladder
 from experiments.report.mechanisms import (DEFAULT, DEFAULT_TABLE, MEASURES, OBSERVED,
                                            SPEARMAN_TABLE, TRUE_INTEREST, CTradeoff, Gain,
                                            Level, SpearmanCell, Study, dial_levels, level_label,
@@ -27,13 +29,20 @@ RULES = ("Every sentence below is written by `experiments.report.summary` from t
          "quotes, named in brackets. A module **helps** a measure only where the 95 % t-based "
          "confidence interval of its gain over its control (treatment − control per seed pair, "
          "over the pairs) lies above 0, **lowers** it where the interval lies below 0; otherwise "
-         "it has no measurable effect. **Placebo check**: at the placebo level of a dial whose "
+         "it has no measurable effect; where a run of the comparison did not converge (its step "
+         "budget ran out before early stopping fired) it is **not judged**. **Placebo check**: at the placebo level of a dial whose "
          "mechanism the module claims to use, that mechanism is off, so a gain there is FLAGGED "
          "as a possible leak or overfit.")
 
 
+NOT_JUDGED = "is not judged on"
+
+
 def verdict(g: Gain) -> str:
-  """"helps", "lowers" or "has no measurable effect on": the words of `g`'s interval."""
+  """"helps", "lowers" or "has no measurable effect on": the words of `g`'s interval; nothing
+  but `NOT_JUDGED` for a gain whose runs did not all converge."""
+  if not g.judged:
+    return NOT_JUDGED
   return "helps" if g.helps else "lowers" if g.lowers else "has no measurable effect on"
 
 
@@ -63,7 +72,8 @@ def _dose_sentence(study: Study, module: str) -> Optional[str]:
   for verb, sel in (("helps at", [g for g in gains if g.helps]),
                     ("lowers it at", [g for g in gains if g.lowers]),
                     ("has no measurable effect at",
-                     [g for g in gains if not g.helps and not g.lowers])):
+                     [g for g in gains if g.judged and not g.helps and not g.lowers]),
+                    ("is not judged at", [g for g in gains if not g.judged])):
     if sel:
       parts.append(f"{verb} " + ", ".join(f"{level_label(g.level)} ({g.text})" for g in sel))
   return (f"Against the dials, on {MEASURES[main].title}, it " + "; ".join(parts)
@@ -77,10 +87,16 @@ def _placebo_sentence(study: Study, module: str) -> str:
   if not study.dials:
     return ("Placebo check: not made (no runs at a dial's placebo level in this folder; the "
             "`mechanisms` grid trains them).")
-  checked = [d for d in claims if (d, "placebo") in study.levels(module)]
-  missing = [d for d in claims if d not in checked]
+  present = [d for d in claims if (d, "placebo") in study.levels(module)]
+  unjudged = [d for d in present if any(
+      not g.judged for m in study.measures if (g := study.get(module, (d, "placebo"), m)))]
+  checked = [d for d in present if d not in unjudged]
+  missing = [d for d in claims if d not in present]
   if not checked:
-    return f"Placebo check: not made (no runs of it at the placebo level of {', '.join(claims)})."
+    why = (f"no runs of it at the placebo level of {', '.join(missing)}" if missing else "")
+    why += ("; " if why and unjudged else "") + (
+        f"runs not converged at the placebo level of {', '.join(unjudged)}" if unjudged else "")
+    return f"Placebo check: not made ({why})."
   table = module_table_name(module)
   flags = study.flags(module)
   if flags:
@@ -95,6 +111,8 @@ def _placebo_sentence(study: Study, module: str) -> str:
             f"lies above 0 [{table}].")
   if missing:
     text += f" Not checked (no runs at their placebo level): {', '.join(missing)}."
+  if unjudged:
+    text += f" Not checked (runs not converged at their placebo level): {', '.join(unjudged)}."
   return text
 
 
@@ -149,13 +167,28 @@ def module_paragraph(study: Study, module: str, tradeoffs: Sequence[CTradeoff] =
   return " ".join(sentences)
 
 
-def summary_markdown(studies: Sequence[tuple[Study, Sequence[CTradeoff], dict]]) -> list[str]:
+def ladder_paragraph(ladder: Ladder, several: bool = False) -> str:
+  """The ladder's paragraph: each step from the row above, its measures grouped by verdict
+  (helps, lowers, no measurable effect, not judged where its runs did not converge)."""
+  steps = [f"{title} {phrase(gains)}" for title, _ in ladder.rows
+           if (gains := ladder.step_gains(title))]
+  where = f" on {ladder.dataset}" if several else ""
+  if not steps:
+    return f"**From Mix to M-scan**{where}: no step has a seed pair on both rows [{LADDER_TABLE}]."
+  return (f"**From Mix to M-scan**{where}, each step against the row above at the default data: "
+          + "; ".join(steps) + f" [{LADDER_TABLE}].")
+
+
+def summary_markdown(studies: Sequence[tuple[Study, Sequence[CTradeoff], dict]],
+                     ladders: Sequence[Ladder] = ()) -> list[str]:
   """The opening section of report.md: the rules, then one paragraph per module (per dataset
-  when several have modules)."""
+  when several have modules), then the ladder's (`ladder.Ladder`) where one is present."""
   studies = [s for s in studies if s[0].contrasts]
   L = ["## Summary: what each module buys", ""]
+  ladder_lines = [p for lad in ladders
+                  for p in (ladder_paragraph(lad, len(ladders) > 1), "")]
   if not studies:
-    return L + ["No module has runs on both sides of its contrast (`grids.MODULE_CONTRASTS`): "
+    return L + ladder_lines + ["No module has runs on both sides of its contrast (`grids.MODULE_CONTRASTS`): "
                 "run `--grid=table2` (SACA, SBE at the default data) or `--grid=mechanisms`.", ""]
   L += [RULES, ""]
   for study, tradeoffs, spearman in studies:
@@ -166,4 +199,4 @@ def summary_markdown(studies: Sequence[tuple[Study, Sequence[CTradeoff], dict]])
             "modules with runs at the default data.", ""]
     for module in study.contrasts:
       L += [module_paragraph(study, module, tradeoffs, spearman), ""]
-  return L
+  return L + ladder_lines

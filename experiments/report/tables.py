@@ -17,6 +17,9 @@ rules (also printed in report.md):
     Fisher's method overstates their significance (5.7e-10 where the paired t-test gave 0.82).
   * Bold: the best model of the row, only where its lead over the second-best mean exceeds the
     larger of the two cells' std over seed pairs (so never with one pair). References never bold.
+  * Not converged (`loading.not_converged`): a cell with a run whose step budget ran out before
+    early stopping fired says so; it is never bold nor beaten in bold, and no `*` is given where
+    M-scan's or the best baseline's cell has such a run.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import math
 from typing import Optional, Sequence
 
 from experiments import grids, paper_results
-from experiments.report.loading import (METRICS, MSCAN, Folder, ReportError, RunKey, RunResult,
-                                        Stat, cell_stat, column_information, column_model,
-                                        column_of, format_keys, is_reference, joined_scores,
-                                        metric_value, reference_runs, rows_of, run_for, spec,
-                                        table1_runs, table2_runs)
+from experiments.report.loading import (METRICS, MSCAN, NOT_CONVERGED, Folder, ReportError,
+                                        RunKey, RunResult, Stat, cell_stat, column_information,
+                                        column_model, column_of, format_keys, is_reference,
+                                        joined_scores, metric_value, not_converged,
+                                        reference_runs, rows_of, run_for, spec, table1_runs,
+                                        table2_runs)
 from mscan_jax import models
 from mscan_jax.evaluation import metrics as metrics_lib
 from mscan_jax.evaluation import significance
@@ -57,11 +61,13 @@ def fmt_p(p: Optional[float]) -> str:
 
 
 def fmt_stat(st: Stat, bold: bool = False) -> str:
-  """"mean ± std" ("mean" with one seed pair, "–" with none); the mean in bold if `bold`."""
+  """"mean ± std" ("mean" with one seed pair, "–" with none); the mean in bold if `bold`; then
+  "(not converged: k/n)" where k of its n runs did not converge."""
   if st.n == 0:
     return "–"
   mean = f"**{fmt(st.mean)}**" if bold else fmt(st.mean)
-  return mean + (f" ± {fmt(st.std)}" if st.n >= 2 else "")
+  return (mean + (f" ± {fmt(st.std)}" if st.n >= 2 else "")
+          + (f" ({NOT_CONVERGED}: {len(st.unconverged)}/{st.n})" if st.unconverged else ""))
 
 
 def scenario_label(row: str) -> str:
@@ -94,16 +100,20 @@ def sees(model_names: Sequence[str]) -> str:
 
 
 BOLD_RULE = ("**Bold**: the best model of the row, only where its lead over the second-best mean "
-             "exceeds the larger of the two cells' std over seed pairs; references never bold.")
+             "exceeds the larger of the two cells' std over seed pairs and both cells' runs "
+             "converged; references never bold.")
 
 
 def bold_of(stats: dict[str, Stat]) -> Optional[str]:
-  """The key of the best mean, if its gap to the second-best exceeds the larger of their stds."""
+  """The key of the best mean, if its gap to the second-best exceeds the larger of their stds
+  and neither of the two has a run that did not converge (`Stat.unconverged`)."""
   ranked = sorted(((st.mean, k) for k, st in stats.items() if not math.isnan(st.mean)),
                   reverse=True)
   if len(ranked) < 2:
     return None
   (m1, k1), (m2, k2) = ranked[0], ranked[1]
+  if stats[k1].unconverged or stats[k2].unconverged:
+    return None
   spread = max(stats[k1].std, stats[k2].std)
   return k1 if not math.isnan(spread) and m1 - m2 > spread else None
 
@@ -129,6 +139,7 @@ class SigTest:
   mean_diff: float
   star: bool
   note: str = ""
+  unconverged: tuple[str, ...] = ()   # runs of either side that did not converge: no `*`
 
 
 def significance_test(runs: Sequence[RunResult], row: str, metric: str, baseline: str,
@@ -159,9 +170,11 @@ def significance_test(runs: Sequence[RunResult], row: str, metric: str, baseline
     notes.append(f"{unmatched} test samples scored by only one of the two models were left out")
   fisher = (significance.combine_pvalues(ps) if ps and not any(math.isnan(p) for p in ps)
             else float("nan"))
-  star = significance.significant(a_vals, b_vals, LEVEL) if keys else False
+  unconverged = tuple(sorted(set(mscan_stat.unconverged) | set(base_stat.unconverged)))
+  star = (significance.significant(a_vals, b_vals, LEVEL) if keys and not unconverged
+          else False)
   return SigTest(row, metric, baseline, keys, ps, fisher, t["p_value"], t["mean_diff"], star,
-                 "; ".join(notes))
+                 "; ".join(notes), unconverged)
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -303,6 +316,7 @@ def table1_csv_rows(t: Table1) -> list[dict]:
       out.append({"dataset": t.dataset, "metric": t.metric, "scenario": row, "model": m,
                   "kind": spec(m).kind if spec(m) is not None else "",
                   "n_seeds": st.n, "mean": st.mean, "std": st.std, "seeds": format_keys(st.values),
+                  "not_converged": len(st.unconverged),
                   "relaimpr_pct": (t.relaimpr.get((row, m), "") if t.relaimpr_shown(row)
                                    else ""),
                   "relaimpr_ref": f"{ref[0]}" if ref else "",
@@ -315,19 +329,21 @@ def table1_csv_rows(t: Table1) -> list[dict]:
 
 
 TABLE1_CSV_FIELDS = ("dataset", "metric", "scenario", "model", "kind", "n_seeds", "mean", "std",
-                     "seeds", "relaimpr_pct", "relaimpr_ref", "best", "bold", "star", "paper_auc",
-                     "paper_relimp_pct", "paper_star")
+                     "seeds", "not_converged", "relaimpr_pct", "relaimpr_ref", "best", "bold",
+                     "star", "paper_auc", "paper_relimp_pct", "paper_star")
 
 
 def significance_csv_rows(t: Table1) -> list[dict]:
   return [{"dataset": t.dataset, "metric": t.metric, "scenario": row, "baseline": s.baseline,
            "seeds": format_keys(s.keys), "mean_diff": s.mean_diff, "ttest_p": s.ttest_p,
-           "star": s.star, "delong_p_per_seed_aux": " ".join(f"{p:.4g}" for p in s.delong_p),
+           "star": s.star, "not_converged": " ".join(s.unconverged),
+           "delong_p_per_seed_aux": " ".join(f"{p:.4g}" for p in s.delong_p),
            "fisher_p_aux": s.fisher_p, "note": s.note} for row, s in t.tests.items()]
 
 
 SIGNIFICANCE_CSV_FIELDS = ("dataset", "metric", "scenario", "baseline", "seeds", "mean_diff",
-                           "ttest_p", "star", "delong_p_per_seed_aux", "fisher_p_aux", "note")
+                           "ttest_p", "star", "not_converged", "delong_p_per_seed_aux",
+                           "fisher_p_aux", "note")
 
 FISHER_NOTE = (
     "`*` = M-scan's mean above the best baseline's and the paired t-test over seed pairs "
@@ -346,7 +362,8 @@ def significance_markdown(tables: Sequence[Table1]) -> list[str]:
     for row, s in t.tests.items():
       lines.append(f"| {t.dataset} | {METRICS[t.metric].title} | {scenario_label(row)} | "
                    f"{models.title(s.baseline)} | {s.mean_diff:+.4f} | {len(s.keys)} | "
-                   f"{fmt_p(s.ttest_p)} | {'yes' if s.star else 'no'} | "
+                   f"{fmt_p(s.ttest_p)} | "
+                   f"{NOT_CONVERGED if s.unconverged else 'yes' if s.star else 'no'} | "
                    f"{', '.join(fmt_p(p) for p in s.delong_p) or '–'} | {fmt_p(s.fisher_p)} |")
   where: dict[tuple[str, str], list[str]] = {}     # (dataset, note) -> "metric #row", ...
   for t in tables:
@@ -365,9 +382,10 @@ def build_table2(folder: Folder, metric: str) -> dict[tuple[bool, bool], Stat]:
   runs = [r for r in table2_runs(folder.runs) if metric in r.results]
   out = {}
   for v in ABLATIONS:
-    out[v] = Stat({r.key: metric_value(r.results, metric, "all") for r in runs
-                   if (bool(r.setting("mscan.use_saca")), bool(r.setting("mscan.use_sbe"))) == v
-                   and metric_value(r.results, metric, "all") is not None})
+    used = [r for r in runs if metric_value(r.results, metric, "all") is not None
+            and (bool(r.setting("mscan.use_saca")), bool(r.setting("mscan.use_sbe"))) == v]
+    out[v] = Stat({r.key: metric_value(r.results, metric, "all") for r in used},
+                  not_converged(used))
   return out
 
 
@@ -440,15 +458,15 @@ def table2_csv_rows(folders: Sequence[Folder]) -> list[dict]:
           continue
         out.append({"dataset": f.dataset, "metric": metric, "model": MSCAN, "use_saca": v[0],
                     "use_sbe": v[1], "n_seeds": s.n, "mean": s.mean, "std": s.std,
-                    "bold": bold == v,
+                    "not_converged": len(s.unconverged), "bold": bold == v,
                     "paper_auc": paper_results.TABLE2[v][key] if key and metric == "auc" else ""})
       if any(s.n for s in st.values()):
         for m, s in table2_references(f, metric).items():
           out.append({"dataset": f.dataset, "metric": metric, "model": m, "use_saca": "",
                       "use_sbe": "", "n_seeds": s.n, "mean": s.mean, "std": s.std,
-                      "bold": False, "paper_auc": ""})
+                      "not_converged": len(s.unconverged), "bold": False, "paper_auc": ""})
   return out
 
 
 TABLE2_CSV_FIELDS = ("dataset", "metric", "model", "use_saca", "use_sbe", "n_seeds", "mean", "std",
-                     "bold", "paper_auc")
+                     "not_converged", "bold", "paper_auc")

@@ -16,10 +16,12 @@ import os
 from typing import Any, Optional, Sequence
 
 from experiments import grids, paper_results
+from experiments.report import convergence as conv
+from experiments.report import ladder as ladder_lib
 from experiments.report import mechanisms as mech
 from experiments.report import summary
 from experiments.report.figures import (figure5_data, figure6_data, plot, plot_dose_response,
-                                        plot_sbe_c, plot_scenario_factor)
+                                        plot_learning_curves, plot_sbe_c, plot_scenario_factor)
 from experiments.report.loading import DERIVED_FILE, METRICS, MSCAN, Folder, metric_value
 from experiments.report.tables import (LEVEL, RELAIMPR_MIN_REF, SIGNIFICANCE_CSV_FIELDS,
                                        TABLE1_CSV_FIELDS, TABLE2_CSV_FIELDS, build_table1,
@@ -56,14 +58,15 @@ def runs_csv_rows(folders: Sequence[Folder]) -> list[dict]:
                   **{f"{m}_all": _blank(metric_value(res, m, "all")) for m in METRICS},
                   "logloss": res.get("logloss", ""),
                   "c": res.get("c", ""), "best_step": res.get("best_step", ""),
-                  "steps": res.get("steps", ""), "wall_s": r.timing.get("wall_s", ""),
+                  "steps": res.get("steps", ""), "stop_reason": res.get("stop_reason", ""),
+                  "best_epoch": _blank(conv.best_epoch(r)), "wall_s": r.timing.get("wall_s", ""),
                   "cpu_s": r.timing.get("cpu_s", "")})
   return out
 
 
 RUNS_CSV_FIELDS = ("dataset", "name", "model", "seed", "data_seed", "overrides",
-                   *(f"{m}_all" for m in METRICS), "logloss", "c", "best_step", "steps", "wall_s",
-                   "cpu_s")
+                   *(f"{m}_all" for m in METRICS), "logloss", "c", "best_step", "steps",
+                   "stop_reason", "best_epoch", "wall_s", "cpu_s")
 
 
 def write_report(folders: Sequence[Folder], out_dir: str,
@@ -75,7 +78,18 @@ def write_report(folders: Sequence[Folder], out_dir: str,
   fig5 = [row for f in folders for row in figure5_data(f, c_values)]
   fig6 = [row for f in folders for row in figure6_data(f)]
   studies = mechanism_studies(folders, c_values)
-  md = _markdown(folders, tables, fig5, fig6, out_dir, studies)
+  ladders = [lad for f in folders if (lad := ladder_lib.build_ladder(f)) is not None]
+  rows = [(f.dataset, conv.convergence_rows(f)) for f in folders]
+  curves = [conv.curve_data(f) for f in folders]
+  md = _markdown(folders, tables, fig5, fig6, out_dir, studies, ladders, rows, curves)
+  write_csv(os.path.join(out_dir, "convergence.csv"),
+            [r for ds, rs in rows for r in conv.convergence_csv_rows(ds, rs)],
+            conv.CONVERGENCE_CSV_FIELDS)
+  write_csv(os.path.join(out_dir, "learning_curves.csv"), [r for c, _ in curves for r in c],
+            conv.CURVE_CSV_FIELDS)
+  write_csv(os.path.join(out_dir, "ladder.csv"),
+            [r for lad in ladders for r in ladder_lib.ladder_csv_rows(lad)],
+            ladder_lib.LADDER_CSV_FIELDS)
   write_csv(os.path.join(out_dir, "table1.csv"),
             [r for t in tables for r in table1_csv_rows(t)], TABLE1_CSV_FIELDS)
   write_csv(os.path.join(out_dir, "significance.csv"),
@@ -185,7 +199,8 @@ def _definitions(folders: Sequence[Folder]) -> list[str]:
        "(so no \\* with fewer than 2 pairs). DeLong's test per seed pair, combined by Fisher's "
        "method, is shown beside it as an auxiliary column only (see under the significance "
        "table why). **Bold**: the best model of the row, only where its lead over the "
-       "second-best exceeds the larger of the two cells' std over seed pairs.",
+       "second-best exceeds the larger of the two cells' std over seed pairs and both cells' runs "
+       "converged.",
        "",
        "Reference scorers ([ref]: no sequence features, nothing of M-scan) and oracles "
        "([oracle]: read the recorded truth) present in the folder are shown beside the models in "
@@ -206,34 +221,40 @@ def _definitions(folders: Sequence[Folder]) -> list[str]:
   return L
 
 
-def _convergence(folders: Sequence[Folder]) -> list[str]:
-  """How many trained runs were still improving when their training stopped: their best
-  validation score (results.json `best_step`) at their last step (`steps`), per model."""
-  runs = [r for f in folders for r in f.runs
-          if r.results.get("steps") and r.results.get("best_step") is not None]
-  if not runs:
-    return []
-  late: dict[str, list[int]] = {}
-  for r in runs:
-    n = late.setdefault(r.model, [0, 0])
-    n[0] += int(r.results["best_step"] >= r.results["steps"])
-    n[1] += 1
-  epochs = ", ".join(sorted({str(f.info.get("shared", {}).get("train.num_epochs", "?"))
-                             for f in folders}))
-  order = list(models.specs())
-  per_model = ", ".join(f"{models.title(m)} {late[m][0]}/{late[m][1]}" for m in
-                        sorted(late, key=lambda m: order.index(m) if m in order else len(order)))
-  total = sum(k for k, _ in late.values())
-  if not total:
-    return ["", f"**Training budget.** Every one of the {len(runs)} trained runs had its best "
-            f"validation score before its last step (train.num_epochs = {epochs})."]
-  return ["", f"**Training budget.** {total} of {len(runs)} trained runs had their best "
-          "validation score at their last step, so they were still improving when their epochs "
-          f"(train.num_epochs = {epochs}) ran out ({per_model}). Every comparison in this report "
-          "is at that fixed training budget, not at convergence."]
+def _convergence_section(folders: Sequence[Folder], rows, curves, out_dir: str) -> list[str]:
+  """Tuning and convergence: Table C per folder, then the learning curves' figure."""
+  L = ["## Tuning and convergence", ""]
+  for f, (_, rs) in zip(folders, rows):
+    L += [f"### {f.dataset}: {conv.CONVERGENCE_TABLE}", ""] + conv.convergence_markdown(rs) + [""]
+  L += ["### Learning curves", ""]
+  all_curves = [r for c, _ in curves for r in c]
+  if plot_learning_curves(all_curves, [p for _, b in curves for p in b],
+                          os.path.join(out_dir, conv.CURVES_FIGURE)):
+    L += [f"![Learning curves]({conv.CURVES_FIGURE})", "",
+          "Validation score (each run's select_metric, the early-stopping criterion) against "
+          "epoch at the default data, one line per model row: the mean over the seed pairs whose "
+          "runs reached the epoch; band: min..max over those runs (it thins where runs stopped, "
+          "and a line ends where its last run stopped); dots: each run's best epoch. Data: "
+          "`learning_curves.csv`."]
+  else:
+    L += ["No run holds validation records (metrics.jsonl, or their record in derived.json) "
+          "with results.json steps_per_epoch."]
+  return L
 
 
-def _markdown(folders, tables, fig5, fig6, out_dir, studies=()) -> str:
+def _ladder_section(ladders: Sequence[ladder_lib.Ladder]) -> list[str]:
+  L = ["## From Mix to M-scan: the ladder", ""]
+  if not ladders:
+    return L + ["No two adjacent rows of `grids.LADDER` have runs at the default data "
+                "(`--grid=table1` and `--grid=table2`).", ""]
+  for lad in ladders:
+    L += [f"### {lad.dataset}: {ladder_lib.LADDER_TABLE}", ""] + ladder_lib.ladder_markdown(lad)
+    L += [""]
+  return L
+
+
+def _markdown(folders, tables, fig5, fig6, out_dir, studies=(), ladders=(), rows=(),
+              curves=()) -> str:
   n_runs = sum(len(f.runs) for f in folders)
   seeds = sorted({r.seed for f in folders for r in f.runs})
   data_seeds = sorted({r.data_seed for f in folders for r in f.runs})
@@ -246,9 +267,11 @@ def _markdown(folders, tables, fig5, fig6, out_dir, studies=()) -> str:
   unfinished = [f"{f.dataset}: {', '.join(f.unfinished)}" for f in folders if f.unfinished]
   if unfinished:
     L += ["", "Unfinished runs (not used): " + "; ".join(unfinished) + "."]
-  L += _convergence(folders)
-  L += [""] + summary.summary_markdown([(st.study, st.tradeoffs, st.spearman) for st in studies])
+  L += conv.training_line(folders)
+  L += [""] + summary.summary_markdown([(st.study, st.tradeoffs, st.spearman) for st in studies],
+                                       ladders)
   L += _definitions(folders)
+  L += [""] + _convergence_section(folders, rows, curves, out_dir)
   # Table 1
   L += ["", "## Table 1: every scenario and over all scenarios (#All)", ""]
   if not tables:
@@ -268,6 +291,7 @@ def _markdown(folders, tables, fig5, fig6, out_dir, studies=()) -> str:
       L += [f"### {METRICS[metric].title}", ""] + lines + [""]
   if not any2:
     L += ["No finished Table 2 runs (`--grid=table2`).", ""]
+  L += _ladder_section(ladders)
   # Figures
   L += ["## Figure 5: #All AUC against c of Eq. (12)", ""]
   if plot(fig5, "c", os.path.join(out_dir, "figure5_c.png"),
@@ -293,7 +317,8 @@ def _markdown(folders, tables, fig5, fig6, out_dir, studies=()) -> str:
   L += ["## Files", "",
         "`table1.csv`, `significance.csv`, `table2.csv`, `figure5_c.csv`, `figure6_alpha.csv`, "
         "`module_gains.csv`, `mechanism_sbe_c.csv`, `scenario_factor.csv`, "
-        "`scenario_factor_spearman.csv`, "
+        "`scenario_factor_spearman.csv`, `convergence.csv`, `learning_curves.csv`, "
+        "`ladder.csv`, "
         "`runs.csv` (one line per run, with its wall and CPU seconds). In a `--report_dir` copy, "
         "each run's results.json and config.json and the grid's grid.json hold no absolute path: "
         "a path inside the grid folder (train.init_from) is relative to the file's folder, any "

@@ -238,23 +238,28 @@ def test_equal_information_columns(tmp_path):
   assert "equal-information rows" in text
 
 
-def test_report_says_how_many_runs_were_still_improving(tmp_path):
-  """report.md counts, per model, the runs whose best validation step was their last one."""
+def test_report_says_how_many_runs_converged_per_model(tmp_path):
+  """report.md counts the trained runs that early stopping ended (results.json `stop_reason`),
+  those whose step budget ran out first and those that record no reason (older runs), and Table C
+  gives the share and the median best epoch per model."""
   root = str(tmp_path / "grid")
   os.makedirs(root)
   with open(os.path.join(root, "grid.json"), "w") as f:
     json.dump({"dataset": "synthetic-tiny", "size": "tiny",
                "shared": {"train.num_epochs": 3}, "grids": ["table1"]}, f)
   auc = {"all": 0.6, "per_scenario": {"1": 0.6}}
-  for s, best in enumerate((30, 20, 30)):
+  for s, (best, reason) in enumerate(((30, "max_steps"), (20, "early_stopping"),
+                                      (30, "max_steps"))):
     _write_run(root, f"mix-s{s}", {"model": "mix", "seed": s}, None,
-               {"auc": auc, "steps": 30, "best_step": best})
+               {"auc": auc, "steps": 30, "best_step": best, "stop_reason": reason,
+                "steps_per_epoch": 10, "best_epoch": best / 10})
     _write_run(root, f"mscan-s{s}", {"model": "mscan", "seed": s}, None,
                {"auc": auc, "steps": 30, "best_step": 10})
   text = open(report.make_report(root)).read()
-  assert ("**Training budget.** 2 of 6 trained runs had their best validation score at their "
-          "last step, so they were still improving when their epochs (train.num_epochs = 3) ran "
-          "out (Mix 2/3, M-scan 0/3).") in text
+  assert ("**Training to convergence.** Of 6 trained runs, early stopping ended 1; 2 ran out of "
+          "steps first (not converged); 3 record no stop reason") in text
+  assert "| Mix | 3 | 0.001 | 0.0001 | 1/3 (33 %) | 3 (2–3) |" in text
+  assert "| M-scan | 3 | 0.001 | 0.0001 | –, 3 unknown | – |" in text    # no steps_per_epoch
 
 
 def test_true_interest_table_and_unfinished(folder):
