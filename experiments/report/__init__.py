@@ -11,8 +11,12 @@ in-process). One module per concern:
   mechanisms  what each module buys: the contrasts of `grids.MODULE_CONTRASTS` paired by seed
             pair at each dial level (mean gain, 95 % t-based CI, placebo flags), the SBE's c
             trade-off per level, and whether y_s learns the scenario bias (Spearman table)
-  summary   report.md's opening paragraphs, one per module, every sentence templated from the
-            table cell it quotes
+  convergence  tuning and convergence per model row (Table C: settings used, converged share,
+            median best epoch) and the learning curves (validation score against epoch)
+  ladder    the ladder from Mix to M-scan (`grids.LADDER`, Table L): each row's mean and CI, each
+            step's paired difference against the row above
+  summary   report.md's opening paragraphs, one per module and one for the ladder, every sentence
+            templated from the table cell it quotes
   writing   report.md, the CSVs, and the copy of `--report_dir` (run.json, results.json,
             config.json, and derived.json: the numbers computed from predictions, so that a
             report made from the copy alone is the same)
@@ -42,6 +46,10 @@ level) with its dose-response figure `mechanism_<module>.png`, `mechanism_sbe_c.
 trade-off per level) and Table S with `mechanism_scenario_factor.png`. A module "helps" only
 where the 95 % CI of its paired gain lies above 0; a gain in its favour at the placebo level of a
 dial it claims is flagged as a possible leak or overfit.
+
+Convergence: a comparison that uses a run whose step budget ran out before early stopping fired
+(results.json `stop_reason` "max_steps", `loading.not_converged`) is printed "not converged" and
+is not judged: no verdict, no bold, no `*`.
 """
 
 from experiments.report.cli import make_report

@@ -250,15 +250,14 @@ def plot_learning_curves(curves: Sequence[dict], best: Sequence[dict], path: str
   plt = _pyplot()
   datasets = list(dict.fromkeys(r["dataset"] for r in curves))
   fig, axes = plt.subplots(1, len(datasets), figsize=(7.5 * len(datasets), 4.6), squeeze=False)
-  cmap = plt.get_cmap("tab20")
   for ax, ds in zip(axes[0], datasets):
     rows = list(dict.fromkeys(r["row"] for r in curves if r["dataset"] == ds))
     for k, row in enumerate(rows):
       sel = sorted((r for r in curves if r["dataset"] == ds and r["row"] == row),
                    key=lambda r: r["epoch"])
       x = np.array([r["epoch"] for r in sel])
-      color = cmap(k % 20)
-      ax.plot(x, [r["mean"] for r in sel], color=color, lw=1.4,
+      color, ls = f"C{k % 10}", ("-", "--", ":")[k // 10 % 3]
+      ax.plot(x, [r["mean"] for r in sel], color=color, ls=ls, lw=1.4,
               label=f"{sel[0]['title']} (n={max(r['n_runs'] for r in sel)})")
       ax.fill_between(x, [r["min"] for r in sel], [r["max"] for r in sel], color=color,
                       alpha=0.12, lw=0)
@@ -271,8 +270,8 @@ def plot_learning_curves(curves: Sequence[dict], best: Sequence[dict], path: str
     ax.set_title(ds, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-  fig.suptitle("Learning curves at the default data: mean over seed pairs, band min..max of the "
-               "runs that reached the epoch; dots: each run's best epoch", fontsize=9)
+  fig.suptitle("Learning curves at the default data: mean over seed pairs,\nband min..max of "
+               "the runs that reached the epoch; dots: each run's best epoch", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
