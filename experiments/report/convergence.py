@@ -99,6 +99,15 @@ def best_epoch(run: RunResult) -> Optional[float]:
   return None
 
 
+def is_trained(run: RunResult) -> bool:
+  """The run trained parameters: not "not_trainable", nor, in an older run without a stop
+  reason, an oracle (the registry's kind)."""
+  if run.stop_reason is not None:
+    return run.stop_reason != NOT_TRAINABLE
+  s = spec(run.model)
+  return s is None or s.kind != "oracle"
+
+
 def run_settings(run: RunResult) -> dict:
   """The `SETTING_KEYS` the run used: its config.json, else its overrides and the defaults."""
   config = run.config()
@@ -118,7 +127,7 @@ class RowConvergence:
 
   @property
   def trained(self) -> list[RunResult]:
-    return [r for r in self.runs if r.stop_reason != NOT_TRAINABLE]
+    return [r for r in self.runs if is_trained(r)]
 
   @property
   def converged(self) -> int:
@@ -238,9 +247,13 @@ CONVERGENCE_CSV_FIELDS = ("dataset", "row", "title", "runs", *SETTING_KEYS, "tun
 def training_line(folders: Sequence[Folder]) -> list[str]:
   """report.md's opening line on convergence: how many trained runs early stopping ended, how
   many ran out of steps, how many record no stop reason, per model in Table C."""
-  runs = [r for f in folders for r in f.runs if r.stop_reason != NOT_TRAINABLE]
+  runs = [r for f in folders for r in f.runs if is_trained(r)]
   if not runs:
     return []
+  if all(r.stop_reason is None for r in runs):
+    return ["", f"**Training to convergence.** None of the {len(runs)} trained runs records why "
+            "it stopped (results.json `stop_reason`: older runs), so whether they converged is "
+            f"unknown [{CONVERGENCE_TABLE}]; no comparison is marked \"not converged\"."]
   conv = sum(r.stop_reason == CONVERGED for r in runs)
   budget = [r for r in runs if r.stop_reason == BUDGET]
   unknown = len(runs) - conv - len(budget)
@@ -260,7 +273,7 @@ def validation_curve(run: RunResult) -> Optional[list[list[float]]]:
   """[[epoch, validation score], ...]: the run's validation records of metrics.jsonl (its
   results.json `select_metric`), epoch = step / steps_per_epoch; kept in the folder's record so
   that a copy without metrics.jsonl has it. None for a run without them."""
-  if run.stop_reason == NOT_TRAINABLE or not (
+  if not is_trained(run) or not (
       run.has_file("metrics.jsonl") or run.has_record(CURVE)):
     return None
   spe, metric = run.results.get("steps_per_epoch"), run.results.get("select_metric")

@@ -213,3 +213,17 @@ def test_copy_reproduces_curves_and_tables(folders, tmp_path):
     assert len(list(csv.DictReader(open(tmp_path / "b" / name)))) > 0, name
   md = open(tmp_path / "b" / "report.md").read()
   assert "![Learning curves](learning_curves.png)" in md and "Table L" in md
+
+
+def test_older_runs_without_stop_reason(tmp_path):
+  """A folder of older runs (no stop_reason): the opening line says convergence is unknown, an
+  oracle is not counted as trained, and nothing is marked "not converged"."""
+  root = str(tmp_path)
+  for seed in (0, 1):
+    _write(root, {"model": "mix", "seed": seed}, 0.7, 1, None)
+  _write(root, {"model": "oracle_like", "seed": 0}, 0.9, 0, None, curve=False)
+  folder = report.load_folder(root)
+  assert conv.training_line([folder])[1].startswith(
+      "**Training to convergence.** None of the 2 trained runs records why it stopped")
+  rows = {r.key: r for r in conv.convergence_rows(folder)}
+  assert rows["mix"].unknown == 2 and not rows["oracle_like"].trained
