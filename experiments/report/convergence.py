@@ -52,7 +52,7 @@ def row_key(overrides: dict) -> str:
   ("mix", "mscan-saca=False-sbe=False", "single-scenario=2"). The tuning table's row key
   (`experiments.tuning.row_key`, issue 22) is defined the same way; use it here once it exists."""
   kept = {k: v for k, v in overrides.items()
-          if k not in _ROW_DROPPED and not k.startswith(mech._DIAL_KEY)}
+          if k not in _ROW_DROPPED and not k.startswith(mech.DIAL_KEY)}
   try:
     name = grids.run_name(kept)
   except KeyError:                                   # a key no longer in the config: as it is
@@ -76,7 +76,7 @@ def row_title(overrides: dict) -> str:
   the model's title and its settings."""
   model = overrides["model"]
   rest = {k: v for k, v in overrides.items() if k not in (*_ROW_DROPPED, "model")
-          and not k.startswith(mech._DIAL_KEY)}
+          and not k.startswith(mech.DIAL_KEY)}
   info = {k: v for k, v in rest.items() if (k, v) in grids.INFORMATION}
   scenario = rest.pop("single.scenario", None)
   other = {k: v for k, v in rest.items() if k not in info}
@@ -174,7 +174,7 @@ def convergence_rows(folder: Folder) -> list[RowConvergence]:
     key = row_key(r.overrides)
     if key not in rows:
       ov = {k: v for k, v in r.overrides.items()
-            if k not in _ROW_DROPPED and not k.startswith(mech._DIAL_KEY)}
+            if k not in _ROW_DROPPED and not k.startswith(mech.DIAL_KEY)}
       rows[key] = RowConvergence(key, row_title(r.overrides), ov, [],
                                  tuned_table_settings(folder, ov))
     rows[key].runs.append(r)

@@ -39,7 +39,7 @@ def build_ladder(folder: Folder, ladder: Sequence[tuple[str, dict]] = grids.LADD
                  ) -> Optional[Ladder]:
   """The ladder of `folder`'s runs at the default data; None without two adjacent rows present
   (no step)."""
-  index = mech._index(folder.runs)
+  index = mech.index_runs(folder.runs)
   runs_of: dict[str, list[RunResult]] = {
       title: index.get((mech.setting_of(ov), mech.DEFAULT), []) for title, ov in ladder}
   rows = [(title, ov) for title, ov in ladder if runs_of[title]]

@@ -39,7 +39,7 @@ CONFIDENCE = 0.95
 LEVELS = ("placebo", "moderate", "strong")        # the x axis of a dose-response
 Level = tuple[str, str]                           # (dial, "placebo" | "strong"), or DEFAULT
 DEFAULT: Level = ("", "moderate")                 # the default preset: every dial moderate
-_DIAL_KEY = "data.synthetic."
+DIAL_KEY = "data.synthetic."
 # dial -> {level: value} of the synthetic benchmark (the dataset registry's)
 DIAL_VALUES = datasets.dial_levels("synthetic")
 
@@ -129,7 +129,7 @@ def run_level(overrides: dict) -> Optional[Level]:
   """The data level of a run's overrides; None for two dials moved or an unnamed value."""
   moved = []
   for dial in DIAL_VALUES:
-    v = overrides.get(_DIAL_KEY + dial)
+    v = overrides.get(DIAL_KEY + dial)
     if v is None or float(v) < 0:                 # < 0: the preset's value (the config default)
       continue
     names = [n for n, x in DIAL_VALUES[dial].items() if math.isclose(x, float(v))]
@@ -146,7 +146,7 @@ def setting_of(overrides: dict) -> frozenset:
   """What a run trains apart from its seeds and data level: its overrides without seeds and
   dials, default values dropped (so {} and {"baseline.behaviours": "cur"} are one setting)."""
   kept = {k: v for k, v in overrides.items()
-          if k not in ("seed", "data.seed") and not k.startswith(_DIAL_KEY)}
+          if k not in ("seed", "data.seed") and not k.startswith(DIAL_KEY)}
   try:
     kept = grids.canonical(kept)
     kept.pop("seed")
@@ -155,7 +155,8 @@ def setting_of(overrides: dict) -> frozenset:
   return frozenset((k, grids.format_value(v)) for k, v in kept.items())
 
 
-def _index(runs: Sequence[RunResult]) -> dict[tuple[frozenset, Level], list[RunResult]]:
+def index_runs(runs: Sequence[RunResult]) -> dict[tuple[frozenset, Level], list[RunResult]]:
+  """The runs of a folder by (their setting: overrides but seeds and dials, their dial level)."""
   out: dict[tuple[frozenset, Level], list[RunResult]] = {}
   for r in runs:
     level = run_level(r.overrides)
@@ -252,7 +253,7 @@ def build_study(folder: Folder, contrasts: Optional[dict[str, grids.Contrast]] =
                 prefix: str = "") -> Study:
   """The gains of `contrasts` (default `grids.MODULE_CONTRASTS`) on the folder's runs."""
   contrasts = grids.MODULE_CONTRASTS if contrasts is None else contrasts
-  index = _index(folder.runs)
+  index = index_runs(folder.runs)
   levels = sorted({lv for (_, lv) in index}, key=_level_order)
   gains: dict[tuple[str, Level, str], Gain] = {}
   for module, c in contrasts.items():
@@ -390,7 +391,7 @@ def sbe_c_data(folder: Folder, c_values: Sequence[float]) -> list[dict]:
   of the paper's M-scan at every data level (dial "" = the default data)."""
   paper = setting_of({"model": MSCAN})
   rows = []
-  for (setting, level), runs in sorted(_index(folder.runs).items(),
+  for (setting, level), runs in sorted(index_runs(folder.runs).items(),
                                        key=lambda kv: _level_order(kv[0][1])):
     if setting != paper:
       continue
@@ -471,7 +472,7 @@ def scenario_factor_points(folder: Folder) -> list[dict]:
   sigmoid(y_s) (or sigmoid(y_e)) of the scenario against its true examination rate."""
   variants = _variants()
   rows = []
-  for (setting, level), runs in sorted(_index(folder.runs).items(),
+  for (setting, level), runs in sorted(index_runs(folder.runs).items(),
                                        key=lambda kv: _level_order(kv[0][1])):
     if setting not in variants:
       continue
