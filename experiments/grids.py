@@ -61,9 +61,11 @@ Grid = list[Overrides]
 ALPHA_VALUES = (0.0, 0.03, 0.1, 0.3, 1.0)
 # Figure 5: c of Eq. (12), swept at inference over saved predictions (no retraining).
 C_VALUES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0)
-GRID_NAMES = ("table1", "table2", "alpha", "c", "references", "mechanisms", "all")
+GRID_NAMES = ("table1", "table2", "alpha", "c", "references", "mechanisms", "all",
+              "study", "study_default", "tuning")
 # Config keys the grids vary (never a setting shared by a whole output folder).
 AXIS_KEYS = ("model", "seed", "data.seed", "single.scenario", "mscan.use_saca", "mscan.use_sbe",
+             "train.learning_rate", "reference.learning_rate",
              "mscan.alpha", "mscan.history_context", "mscan.saca_scenario_aware",
              "mscan.scenario_in_matching", "mscan.fusion", "baseline.behaviours",
              *(f"data.synthetic.{d}" for d in datasets.dials("synthetic")))
@@ -79,7 +81,8 @@ ALIASES = {"mscan.use_saca": "saca", "mscan.use_sbe": "sbe", "mscan.alpha": "alp
            "mscan.c": "c", "single.scenario": "scenario", "data.seed": "data",
            "mscan.history_context": "ctx", "mscan.saca_scenario_aware": "aware",
            "mscan.scenario_in_matching": "s_in_m", "mscan.fusion": "fusion",
-           "baseline.behaviours": "sees",
+           "baseline.behaviours": "sees", "train.learning_rate": "lr",
+           "reference.learning_rate": "ref_lr",
            **{f"data.synthetic.{d}": d for d in datasets.dials("synthetic")}}
 
 
@@ -218,6 +221,16 @@ def _tiny_size() -> Overrides:
   return {**diff, "baseline.tower": (32, 16), "baseline.expert": (16, 8)}
 
 
+# Training to convergence (issue 22): a run ends because early stopping fired, not because its
+# epochs ran out. One validation per epoch; patience 6 evaluations without a gain (Mix at the
+# study size, lr 1e-3, plateaus between epochs 3 and 7 and then improves to epoch ~11, issue 22's
+# measurement: a patience of 3 stopped it on the plateau); the epoch cap only guards against a
+# run that never stops (the report counts any run it ended as not converged). The reference
+# scorers' own epoch budget (`config.reference.num_epochs`) gets the same cap.
+CONVERGENCE: Overrides = {"train.num_epochs": 80, "train.patience": 6,
+                          "reference.num_epochs": 80}
+
+
 # Model and training sizes shared by every run of a grid (`--size`): overrides of the default
 # config. "default" is the paper's configuration (config.py); "small" keeps every architecture
 # and halves the widths, for the committed synthetic reference on 2 CPU cores.
@@ -227,12 +240,13 @@ SIZES: dict[str, Overrides] = {
               "mscan.attn_mlp": (64, 32), "baseline.tower": (128, 64),
               "baseline.expert": (64, 32), "train.num_epochs": 3},
     "default": {},
-    # The mechanism study's size (results/synthetic): the grid of ~1,100 runs on 2 CPU cores in
-    # population processes; every architecture kept, the pair FFN of Eq. 15 at 16-8 (most of a
-    # step's cost), embeddings and towers at half of "small"; the paper's batch and 3 epochs.
+    # The mechanism study's size (results/synthetic): the grid on 2 CPU cores in population
+    # processes; every architecture kept, the pair FFN of Eq. 15 at 16-8 (most of a step's
+    # cost), embeddings and towers at half of "small"; the paper's batch. Every run trains until
+    # early stopping fires (issue 22): one validation per epoch, `CONVERGENCE`.
     "study": {"embed_dim": 16, "mscan.mlp": (64, 32), "mscan.scenario_mlp": (16,),
               "mscan.attn_mlp": (16, 8), "baseline.tower": (64, 32),
-              "baseline.expert": (32, 16), "train.num_epochs": 3},
+              "baseline.expert": (32, 16), **CONVERGENCE},
 }
 
 
@@ -416,8 +430,80 @@ def mechanisms(seeds: Sequence[int], data_seeds: Sequence[int] = (0,), *,
           + product(mechanism_levels(), references(seeds, data_seeds, with_truth=with_truth)))
 
 
+# ----------------------------------------------------------------------------- the study (issue 22)
+
+# The equal search every trained row gets (DomainBed's protocol): the same space, the same
+# number of trials, chosen on the validation split of the default data (model seed 0, data
+# seed 0), never on test (`experiments.tuning`). The reference scorers search their own step
+# (`config.reference.learning_rate`, copied into the trainer's by their stage) over as many
+# values around the one chosen for them before any model was trained.
+TUNING_SPACE: dict[str, tuple] = {"train.learning_rate": (1e-3, 3e-3, 1e-2)}
+REFERENCE_TUNING_SPACE: dict[str, tuple] = {"reference.learning_rate": (3e-3, 1e-2, 3e-2)}
+
+
+# The baselines that get the equal-information columns at the default data (each with every
+# input of `BEHAVIOUR_INPUTS`): the MLP M-scan extends and the two strongest multi-scenario
+# baselines of the committed 3-epoch study.
+INFORMATION_BASELINES = ("mix", "aesm2", "star")
+
+
+def tuning_space(overrides: Overrides) -> dict[str, tuple]:
+  """The search space of a row: the references' own, every other trained model's the same."""
+  spec = models.get_spec(str(overrides.get("model", default_value("model"))))
+  return REFERENCE_TUNING_SPACE if spec.kind == "reference" else TUNING_SPACE
+
+
+def study_rows(scenarios: Sequence[int], *, with_references: bool = True) -> Grid:
+  """The model rows of the study at the default data, most important first (a resumable grid cut
+  short has the ladder, then Table 1 and Table 2 done): the ladder from Mix to M-scan (`LADDER`),
+  Table 1's other multi-scenario models, Table 2's remaining variant, the equal-information
+  columns (`INFORMATION`), the rest of M-scan's mechanism variants, the reference scorers, then
+  the models with a target scenario once per scenario."""
+  rows: Grid = [dict(o) for _, o in LADDER]
+  multi = models.names(table="table1", target_scenario=False)
+  rows += [{"model": m} for m in multi]
+  rows += [{"model": proposed(), **v} for v in MECHANISM_VARIANTS]
+  info_models = [m for m in INFORMATION_BASELINES if m in multi]
+  rows += [{"model": m, "baseline.behaviours": b} for m in info_models
+           for b in BEHAVIOUR_INPUTS[1:]]
+  if with_references:
+    rows += [{"model": m} for m in models.names(kind="reference")]
+  per = models.names(table="table1", target_scenario=True)
+  if per and not scenarios:
+    raise ValueError(f"the study needs the target scenarios of {', '.join(per)}")
+  rows += product(axis("model", per), axis("single.scenario", scenarios)) if per else []
+  unique = {run_name(r): r for r in rows}.values()          # the first of equal rows kept
+  return [{k: v for k, v in canonical(r).items() if k != "seed"} for r in unique]
+
+
+def tuning(scenarios: Sequence[int]) -> Grid:
+  """The sweep: every row of the study x its search space, model seed 0, data seed 0."""
+  out: Grid = []
+  for row in study_rows(scenarios):
+    space = tuning_space(row)
+    out += product([row], *(axis(k, v) for k, v in space.items()), _seed_axes([0], [0]))
+  return out
+
+
+def study(seeds: Sequence[int], scenarios: Sequence[int], data_seeds: Sequence[int],
+          *, default_only: bool = False, with_truth: bool = True) -> Grid:
+  """The study at convergence (issue 22): every study row at the default data (Table 1 with its
+  equal-information columns, Table 2, the ladder, the references and oracles), then, unless
+  `default_only`, M-scan's mechanism variants and Mix's inputs and the references at every other
+  dial level; all over model seeds x data seeds."""
+  seed_axes = _seed_axes(seeds, data_seeds)
+  oracles = (product(axis("model", models.names(kind="oracle")), _seed_axes([0], data_seeds))
+             if with_truth else [])
+  grid = product(study_rows(scenarios), seed_axes) + oracles
+  if not default_only:
+    mech = mechanisms(seeds, data_seeds, baselines=("mix",), with_truth=with_truth)
+    grid += [o for o in mech if any(k.startswith("data.synthetic.") for k in o)]
+  return grid
+
+
 def needs_scenarios(name: str) -> bool:
-  return name in ("table1", "all") and bool(models.names(table="table1", target_scenario=True))
+  return (name in ("table1", "all", "study", "study_default", "tuning")
+          and bool(models.names(table="table1", target_scenario=True)))
 
 
 def build(name: str, *, seeds: Sequence[int], scenarios: Sequence[int] = (),
@@ -442,6 +528,11 @@ def build(name: str, *, seeds: Sequence[int], scenarios: Sequence[int] = (),
     grid = refs
   elif name == "mechanisms":
     grid = mechanisms(seeds, data_seeds, baselines=baselines, with_truth=with_truth)
+  elif name in ("study", "study_default"):
+    grid = study(seeds, scenarios, data_seeds, default_only=name == "study_default",
+                 with_truth=with_truth)
+  elif name == "tuning":
+    grid = tuning(scenarios)
   elif name == "all":
     grid = (table1(seeds, scenarios, data_seeds) + table2(seeds, data_seeds)
             + alpha(seeds, data_seeds) + refs)

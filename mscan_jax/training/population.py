@@ -54,6 +54,8 @@ from mscan_jax.training import loop, steps
 # schema). Everything else must be equal: it fixes the shapes of the compiled program.
 MEMBER_KEYS = ("seed", "train.learning_rate", "train.weight_decay", "mscan.alpha", "mscan.c",
                "train.init_from", "data.seed",
+               # the reference scorers' own step, copied into train.* by their stage
+               "reference.learning_rate", "reference.weight_decay",
                *(f"data.synthetic.{d}" for d in datasets.dials("synthetic")))
 # Traced per-member hyper-parameters of the step: name -> config key.
 HYPER = {"learning_rate": "train.learning_rate", "weight_decay": "train.weight_decay",
