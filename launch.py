@@ -35,6 +35,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # Orbax logs every file it writes at INFO
   config = flags.FLAGS.config
+  try:
+    print(apply_tuning(config, sys.argv))
+  except ValueError as e:                     # ConfigError, or an unreadable tuning table
+    _fail(str(e))
   from mscan_jax.training import distributed
   distributed.retain_host_memory()   # before any JAX computation: XLA:CPU step buffers are reused
   from mscan_jax.training import checkpoint, steps, train
@@ -51,6 +55,32 @@ def main(argv):
     print(train.format_results(results, cold=cold_shares_of_test(config)))
     print(format_speed(results))
     print(f"Run folder: {workdir}")
+
+
+def apply_tuning(config, argv) -> str:
+  """Sets the tuned settings of this run's dataset and model (`experiments.tuning`, the table of
+  size "default") on the keys its command line does not give (`--config.KEY=` wins); returns one
+  line saying what it used. Nothing with `config.train.tuned=False`."""
+  if not config.train.tuned:
+    return "Tuning: off (config.train.tuned=False); the config's values"
+  import os
+  from experiments import tuning
+  from mscan_jax import config as config_lib
+  from mscan_jax.data import datasets
+  key = datasets.tuning_label(config.data)
+  overrides = tuning.axis_values(config.to_dict())
+  row, path = tuning.row_key(overrides), os.path.relpath(tuning.table_path(key, "default"))
+  settings = tuning.settings_for(key, "default", overrides)
+  if not settings:
+    return (f"Tuning: no tuned setting for {row} on {key} ({path}); the config's values "
+            "(tune with python -m experiments.tune)")
+  given = {a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")}
+  applied = {k: v for k, v in settings.items() if k not in given}
+  for k, v in applied.items():
+    config_lib.set_field(config, k, v)
+  kept = sorted(set(settings) - set(applied))
+  return (f"Tuning: {row} on {key}: {applied} from {path}"
+          + (f"; {', '.join(kept)} from the command line" if kept else ""))
 
 
 def _define_config_flag() -> None:

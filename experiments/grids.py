@@ -447,6 +447,11 @@ REFERENCE_TUNING_SPACE: dict[str, tuple] = {"reference.learning_rate": (3e-3, 1e
 INFORMATION_BASELINES = ("mix", "aesm2", "star")
 
 
+# Every key a row's search varies (an axis of the grid `tuning` only; elsewhere a shared
+# setting or the tuning table's).
+TUNED_KEYS = tuple(dict.fromkeys([*TUNING_SPACE, *REFERENCE_TUNING_SPACE]))
+
+
 def tuning_space(overrides: Overrides) -> dict[str, tuple]:
   """The search space of a row: the references' own, every other trained model's the same."""
   spec = models.get_spec(str(overrides.get("model", default_value("model"))))

@@ -170,13 +170,30 @@ def shared_overrides(data: grids.Overrides, size: str, sets: Sequence[str] = ())
   """Overrides shared by every run of a folder: data, model size, no progress bar, `--set`."""
   if size not in grids.SIZES:
     raise GridError(f"--size={size!r} is unknown; valid: {', '.join(grids.SIZES)}")
-  base = {**grids.SIZES[size], "train.progress": False, "train.export_predictions": True, **data}
+  # The grid applies the tuning table itself (`plan`), so its runs never look it up again.
+  base = {**grids.SIZES[size], "train.progress": False, "train.export_predictions": True,
+          "train.tuned": False, **data}
   for text in sets:
     key, value = parse_set(text)
-    if key in grids.AXIS_KEYS:
+    if key in grids.AXIS_KEYS and key not in grids.TUNED_KEYS:
       raise GridError(f"--set {key}=...: {key} is an axis of the grids, not a shared setting")
     base[key] = value
   return base
+
+
+def tuned_settings(base: grids.Overrides, size: str, *, on: bool
+                   ) -> tuple[Callable[[grids.Overrides], grids.Overrides], str]:
+  """(run overrides -> its row's tuned settings, the table's id for grid.json): the tuning table
+  of the folder's dataset and size (`experiments.tuning`); nothing with `on` False."""
+  from experiments import tuning
+  if not on:
+    return (lambda overrides: {}), "none"
+  key = datasets.tuning_label(data_config(base))
+  try:
+    tuning.load_table(key, size)
+  except tuning.TuningError as e:
+    raise GridError(str(e)) from None
+  return (lambda overrides: tuning.settings_for(key, size, overrides)), tuning.table_id(key, size)
 
 
 def _jsonable(x: Any) -> Any:
@@ -184,7 +201,7 @@ def _jsonable(x: Any) -> Any:
 
 
 # Shared settings that do not change a run's result: a folder may be resumed with other values.
-_NOT_COMPARED = ("data.cache_dir", "data.prefetch", "train.progress")
+_NOT_COMPARED = ("data.cache_dir", "data.prefetch", "train.progress", "train.tuned")
 
 
 def check_or_write_grid_info(out: str, info: dict) -> None:
@@ -235,6 +252,10 @@ def _check_or_write_grid_info(out: str, info: dict) -> None:
     if diff:
       raise GridError(f"{out} holds runs made with other shared settings ({', '.join(diff)}; see "
                       f"{path}); use another --out or the same settings")
+    if old.get("tuning", "none") != info.get("tuning", "none"):
+      raise GridError(f"{out} holds runs made with another tuning ({old.get('tuning', 'none')}, "
+                      f"now {info.get('tuning', 'none')}; see {path}): use another --out, or "
+                      "--tuned=false / the same table")
     info = {**old, **info, "grids": sorted(set(old.get("grids", [])) | set(info["grids"])),
             "scenarios": sorted(set(old.get("scenarios", [])) | set(info.get("scenarios", [])))}
   info = _jsonable(info)
@@ -316,8 +337,12 @@ def sibling_of(run: grids.Run) -> Optional[grids.Run]:
   return grids.make_runs([overrides])[0]
 
 
-def plan(runs: Sequence[grids.Run], runs_dir: str, base: grids.Overrides) -> list[Job]:
-  """Jobs for `runs`: a run with stages starts from its sibling run (added first if missing)."""
+def plan(runs: Sequence[grids.Run], runs_dir: str, base: grids.Overrides,
+         tuned: Callable[[grids.Overrides], grids.Overrides] = lambda overrides: {}
+         ) -> list[Job]:
+  """Jobs for `runs`: a run with stages starts from its sibling run (added first if missing).
+  Each run gets `tuned(its overrides)` (its row's tuned settings, `experiments.tuning`) under
+  the shared settings (so `--set` overrides them) and its own overrides."""
   by_name = {r.name: r for r in runs}
   ordered: list[grids.Run] = []
   for r in runs:
@@ -334,7 +359,8 @@ def plan(runs: Sequence[grids.Run], runs_dir: str, base: grids.Overrides) -> lis
     if sib is not None:
       ov["train.init_from"] = os.path.join("..", sib.name)     # relative to the run folder
       deps = (sib.name,)
-    jobs.append(Job(r, os.path.join(runs_dir, r.name), {**base, **ov}, deps))
+    jobs.append(Job(r, os.path.join(runs_dir, r.name), {**tuned(r.overrides), **base, **ov},
+                    deps))
   return jobs
 
 
@@ -674,6 +700,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
                        "vmapped program in one process (mscan_jax.training.population); 0 or 1: "
                        "one process per run; -1 (default): AUTO_POPULATION on a GPU host, else "
                        "one process per run.", lower_bound=-1, **d)
+  flags.DEFINE_bool("tuned", True, "Give every run its row's tuned settings "
+                    "(experiments/tuned/<dataset>@<size>.json, `python -m experiments.tuning`); "
+                    "--set overrides them. The grid `tuning` never uses them.", **d)
   flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.", **d)
   flags.DEFINE_string("match", "", "Only the runs whose name matches this regular expression "
                       "(a slice of a grid; its sibling runs are added as needed).", **d)
@@ -711,6 +740,9 @@ def main(argv: Sequence[str]) -> int:
     base = shared_overrides(data_overrides(a.dataset, preset=a.preset, data_path=a.data_path,
                                            cache_dir=a.cache_dir), size, a.set)
     config_lib.validate(_config_of(base), models.model_names())   # a bad --set stops here
+    if a.grid == "tuning" and set(base) & set(grids.TUNED_KEYS):
+      raise GridError(f"--set {sorted(set(base) & set(grids.TUNED_KEYS))[0]}=...: the grid "
+                      "tuning searches it")
     data_seeds = list(range(a.data_seeds))
     if data_seeds != [0] and datasets.get_spec(a.dataset).needs_path:
       raise GridError("--data_seeds applies to generated data (the synthetic benchmark) only")
@@ -741,10 +773,12 @@ def main(argv: Sequence[str]) -> int:
       runs = [r for r in runs if pattern.search(r.name)]
       if not runs:
         raise GridError(f"--match={a.match!r} selects no run of grid {a.grid}")
+    tuned, tuning_id = tuned_settings(base, size, on=a.tuned and a.grid != "tuning")
     if not a.dry_run:
       check_or_write_grid_info(a.out, {"dataset": dataset_label(base), "size": size,
                                        "shared": base, "grids": [a.grid],
-                                       "scenarios": scenarios, "data_seeds": data_seeds})
+                                       "scenarios": scenarios, "data_seeds": data_seeds,
+                                       "tuning": tuning_id})
       if not datasets.get_spec(a.dataset).needs_path:
         # Generate every dataset of the grid (data seeds x dial levels) once here, not in K
         # runs at the same time.
@@ -758,7 +792,7 @@ def main(argv: Sequence[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   launcher = shlex.split(a.launcher) if a.launcher else list(DEFAULT_LAUNCHER)
-  jobs = plan(runs, os.path.join(a.out, "runs"), base)
+  jobs = plan(runs, os.path.join(a.out, "runs"), base, tuned)
   if num_tasks > 1:
     share = sharding.assign(jobs, num_tasks)[task_index]
     print(sharding.describe(share, jobs, task_index, num_tasks))

@@ -28,9 +28,10 @@ import math
 import statistics
 from typing import Any, Optional, Sequence
 
-from experiments import grids
+from experiments import grids, tuning
 from experiments.report import mechanisms as mech
 from experiments.report.loading import (BUDGET, CONVERGED, MSCAN, NOT_TRAINABLE, Folder,
+                                        ReportError,
                                         RunResult, column_of, is_reference, spec)
 from experiments.report.tables import column_title
 from mscan_jax import models
@@ -48,26 +49,19 @@ _ROW_DROPPED = ("seed", "data.seed")
 # ----------------------------------------------------------------------------- rows
 
 def row_key(overrides: dict) -> str:
-  """The model row of a run: `grids.run_name` of its overrides without the seeds and the dials
-  ("mix", "mscan-saca=False-sbe=False", "single-scenario=2"). The tuning table's row key
-  (`experiments.tuning.row_key`, issue 22) is defined the same way; use it here once it exists."""
-  kept = {k: v for k, v in overrides.items()
-          if k not in _ROW_DROPPED and not k.startswith(mech.DIAL_KEY)}
-  try:
-    name = grids.run_name(kept)
-  except KeyError:                                   # a key no longer in the config: as it is
-    return "-".join([str(kept.get("model", "?")),
-                     *(f"{k}={v}" for k, v in sorted(kept.items()) if k != "model")])
-  return name.rsplit("-s", 1)[0]
+  """The model row of a run (`experiments.tuning.row_key`: "mix", "mscan-saca=False-sbe=False",
+  "single-scenario=2"): the key of the tuning table too."""
+  return tuning.row_key(overrides)
 
 
 def tuned_table_settings(folder: Folder, overrides: dict) -> dict:
-  """The tuning table's settings for the row of `overrides` on `folder`'s dataset and size
-  (`experiments/tuned/<dataset>@<size>.json`); {} where there is none. The adapter the tuning
-  table plugs into (`experiments.tuning.settings_for`): until that module exists, every row
-  reads only the settings its runs used (config.json)."""
-  del folder, overrides
-  return {}
+  """The tuning table's settings for the row of `overrides`: the table the folder's grid used
+  (grid.json's "tuning", `experiments.tuning.table_id`); {} where it used none."""
+  try:
+    table = tuning.table_of_id(folder.info.get("tuning", "none"))
+  except tuning.TuningError as e:
+    raise ReportError(str(e)) from None
+  return tuning.row_settings(table, overrides)
 
 
 def row_title(overrides: dict) -> str:

@@ -407,6 +407,15 @@ def label(data: ml_collections.ConfigDict) -> str:
   return name + policy_suffix(data)
 
 
+def tuning_label(data: ml_collections.ConfigDict) -> str:
+  """The dataset's name in a tuning table (`experiments.tuning`): `label` at data seed 0 and, for
+  the synthetic benchmark, at the preset's own dial levels: settings tuned on the default data
+  serve every data seed and dial level of that dataset."""
+  if data.name == "synthetic":
+    return f"synthetic-{data.preset}"
+  return label(data)
+
+
 def policy_suffix(data: ml_collections.ConfigDict) -> str:
   """The part of a built dataset's name that its build options add: `-dup<policy>` when
   `config.data.duplicates` is not the dataset's default (`DatasetSpec.duplicates`); "" for a

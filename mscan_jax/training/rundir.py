@@ -45,6 +45,7 @@ LOCK = ".lock"
 RESUMABLE_KEYS = (
     "train.num_epochs", "train.max_steps", "train.progress", "train.eval_batch_size",
     "train.log_every_steps", "train.sync_every_steps", "train.export_predictions",
+    "train.tuned",            # how launch.py filled the config in; the values are recorded
     "data.prefetch", "data.cache_dir", "mscan.coattention_tile",
     "mscan.coattention_backward",
     "distributed.coordinator_address", "distributed.num_processes", "distributed.process_id",
