@@ -201,7 +201,8 @@ def _jsonable(x: Any) -> Any:
 
 
 # Shared settings that do not change a run's result: a folder may be resumed with other values.
-_NOT_COMPARED = ("data.cache_dir", "data.prefetch", "train.progress", "train.tuned")
+_NOT_COMPARED = ("data.cache_dir", "data.prefetch", "train.progress", "train.tuned",
+                 "train.export_predictions")
 
 
 def check_or_write_grid_info(out: str, info: dict) -> None:

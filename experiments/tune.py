@@ -36,7 +36,10 @@ def main(argv: Sequence[str]) -> int:
     return 2
   command = "python -m experiments.tune " + " ".join(argv)
   if not select_only:
-    code = run_grid.main(["--grid=tuning", "--tuned=false", *argv])
+    # Selection reads results.json only: the trials write no predictions unless asked to.
+    quiet = [] if any(a.startswith("--set=train.export_predictions") for a in argv) else [
+        "--set=train.export_predictions=False"]
+    code = run_grid.main(["--grid=tuning", "--tuned=false", *quiet, *argv])
     if code == 2:
       return code
   try:
