@@ -239,7 +239,7 @@ SIZES: dict[str, Overrides] = {
     "small": {"embed_dim": 16, "mscan.mlp": (128, 64), "mscan.scenario_mlp": (32,),
               "mscan.attn_mlp": (64, 32), "baseline.tower": (128, 64),
               "baseline.expert": (64, 32), "train.num_epochs": 3},
-    "default": {},
+    "default": dict(CONVERGENCE),   # the paper's configuration (config.py), trained to convergence
     # The mechanism study's size (results/synthetic): the grid on 2 CPU cores in population
     # processes; every architecture kept, the pair FFN of Eq. 15 at 16-8 (most of a step's
     # cost), embeddings and towers at half of "small"; the paper's batch. Every run trains until

@@ -40,7 +40,7 @@ def main(argv: Sequence[str]) -> int:
     quiet = [] if any(a.startswith("--set=train.export_predictions") for a in argv) else [
         "--set=train.export_predictions=False"]
     code = run_grid.main(["--grid=tuning", "--tuned=false", *quiet, *argv])
-    if code == 2:
+    if code == 2 or "--dry_run" in argv:
       return code
   try:
     table = tuning.build_table(out, command)
