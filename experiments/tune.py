@@ -48,8 +48,16 @@ def main(argv: Sequence[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   path = tuning.table_path(_dataset_key(out), table["size"])
+  try:
+    table = tuning.merge_tables(tuning.load_table(_dataset_key(out), table["size"]), table)
+  except tuning.TuningError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   tuning.write_table(table, path)
   for key, row in table["rows"].items():
+    if row["incomplete"]:
+      print(f"{key:<40} incomplete: {row['stop_reasons']}")
+      continue
     flag = "" if row["converged"] else "  (its best trial did not converge)"
     print(f"{key:<40} {row['settings']}  valid {row['valid']:.4f}{flag}")
   print(f"written: {os.path.relpath(path)} ({len(table['rows'])} rows)")

@@ -42,6 +42,7 @@ its fine-tuning stage.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -134,25 +135,35 @@ def write_table(table: dict, path: str) -> None:
 
 def select(trials: Sequence[tuple[Mapping[str, Any], Optional[dict]]]) -> dict:
   """The row's choice among its trials: (the trial's values of the tuned keys, its results.json
-  or None when it did not finish). The best validation score wins, ties to the smaller values;
-  an unfinished trial scores -inf and is listed. `converged` is False when the chosen trial
-  stopped because its epochs ran out (the report then flags the row)."""
+  or None when it has not finished). The best validation score wins, ties to the smaller values.
+  A row with a trial not finished is "incomplete" and chooses nothing (`settings` {}): every row
+  is chosen among the same number of trials. `converged` is False when the chosen trial stopped
+  because its epochs ran out (the report then flags the row)."""
   if not trials:
     raise TuningError("a row without trials")
-  scored = []
-  for values, results in trials:
-    score = float(results["best_valid_auc"]) if results else float("-inf")
-    scored.append((score, tuple(-float(v) for v in values.values()), values, results))
-  best = max(scored, key=lambda t: (t[0], t[1]))
-  if best[0] == float("-inf"):
-    raise TuningError(f"no trial finished: {[dict(v) for v, _ in trials]}")
   label = lambda values: ",".join(f"{v:g}" for v in values.values())   # noqa: E731
-  return {"settings": dict(best[2]), "valid": best[0],
-          "trials": {label(v): (s if s != float("-inf") else None) for s, _, v, _ in scored},
-          "stop_reasons": {label(v): (r or {}).get("stop_reason", "unfinished")
-                           for _, _, v, r in scored},
-          "best_epochs": {label(v): (r or {}).get("best_epoch") for _, _, v, r in scored},
-          "converged": (best[3] or {}).get("stop_reason") == "early_stopping"}
+  row = {"trials": {label(v): (r["best_valid_auc"] if r else None) for v, r in trials},
+         "stop_reasons": {label(v): (r or {}).get("stop_reason", "unfinished") for v, r in trials},
+         "best_epochs": {label(v): (r or {}).get("best_epoch") for v, r in trials}}
+  if any(r is None for _, r in trials):
+    return {"settings": {}, "valid": None, "incomplete": True, "converged": False, **row}
+  values, results = max(trials, key=lambda t: (float(t[1]["best_valid_auc"]),
+                                               tuple(-float(x) for x in t[0].values())))
+  return {"settings": dict(values), "valid": float(results["best_valid_auc"]),
+          "incomplete": False, "converged": results.get("stop_reason") == "early_stopping", **row}
+
+
+def merge_tables(old: Optional[dict], new: dict) -> dict:
+  """`new` over `old` (a table of the same dataset and size): a row chosen anew replaces its old
+  choice, an incomplete row never replaces a chosen one, other old rows are kept (a sweep of some
+  rows, `--match`, adds them to the table)."""
+  if not old:
+    return new
+  rows = dict(old.get("rows", {}))
+  for key, row in new["rows"].items():
+    if not row.get("incomplete") or key not in rows:
+      rows[key] = row
+  return {**new, "rows": rows}
 
 
 def _finished_results(workdir: str) -> Optional[dict]:
@@ -171,6 +182,7 @@ def build_table(out: str, command: str) -> dict:
     info = json.load(f)
   runs_dir = os.path.join(out, "runs")
   rows: dict[str, list] = {}
+  row_overrides: dict[str, dict] = {}
   metrics: set[str] = set()
   for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
     workdir = os.path.join(runs_dir, name)
@@ -186,15 +198,21 @@ def build_table(out: str, command: str) -> dict:
     space = grids.tuning_space(overrides)
     values = {k: _lookup(config, k) for k in space}
     rows.setdefault(row_key(overrides), []).append((values, _finished_results(workdir)))
+    row_overrides[row_key(overrides)] = overrides
   if not rows:
-    raise TuningError(f"{runs_dir} holds no finished trial")
+    raise TuningError(f"{runs_dir} holds no trial")
+  for key, trials in rows.items():     # a value of the space not started yet: not finished
+    space = grids.tuning_space(row_overrides[key])
+    seen = {tuple(v.values()) for v, _ in trials}
+    trials += [(dict(zip(space, combo)), None) for combo in itertools.product(*space.values())
+               if combo not in seen]
   if len(metrics) > 1:
     raise TuningError(f"{runs_dir}: trials selected by different metrics {sorted(metrics)}")
   return {"dataset": info["dataset"], "size": info["size"],
           "space": {k: list(v) for k, v in {**grids.TUNING_SPACE,
                                              **grids.REFERENCE_TUNING_SPACE}.items()},
           "select_metric": metrics.pop(), "selection": SELECTION, "command": command,
-          "rows": {key: select(trials) for key, trials in rows.items()}}
+          "rows": {key: {**select(trials), "command": command} for key, trials in rows.items()}}
 
 
 def _lookup(config: dict, dotted: str) -> Any:

@@ -105,7 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the run (0 acts as 1: the first evaluation without a gain stops it; mscan_jax/training/loop.py).
   c.train.patience = 2
   # Apply the tuning table's settings of this dataset and model (experiments/tuned/, written by
-  # `python -m experiments.tuning`) to the tuned keys not given on the command line (launch.py).
+  # `python -m experiments.tune`) to the tuned keys not given on the command line (launch.py).
   c.train.tuned = True
   # Validation metric of early stopping and the best checkpoint (metrics.SELECT_METRICS): the
   # mean per-scenario AUC (what the paper reports); auc_all mostly measures scenario base rates.

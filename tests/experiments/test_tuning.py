@@ -3,6 +3,7 @@ grid runner and launch.py. No training: the sweep's folder is written by hand.""
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -51,13 +52,24 @@ def test_select_takes_the_best_validation_score_ties_to_the_smaller_rate():
   assert row["trials"] == {"0.001": 0.60, "0.003": 0.65, "0.01": 0.65}
 
 
-def test_select_lists_an_unfinished_trial_and_flags_a_winner_that_did_not_converge():
+def test_a_row_with_a_trial_not_finished_chooses_nothing_and_a_winner_may_not_converge():
   lr = "train.learning_rate"
-  row = tuning.select([({lr: 0.001}, None), ({lr: 0.003}, _results(0.61, "max_steps"))])
+  row = tuning.select([({lr: 0.001}, None), ({lr: 0.003}, _results(0.61))])
+  assert row["incomplete"] and row["settings"] == {} and row["trials"]["0.001"] is None
+  assert row["stop_reasons"]["0.001"] == "unfinished"
+  row = tuning.select([({lr: 0.001}, _results(0.6)), ({lr: 0.003}, _results(0.61, "max_steps"))])
   assert row["settings"] == {lr: 0.003} and not row["converged"]
-  assert row["trials"]["0.001"] is None and row["stop_reasons"]["0.001"] == "unfinished"
-  with pytest.raises(tuning.TuningError, match="no trial finished"):
-    tuning.select([({lr: 0.001}, None)])
+
+
+def test_a_partial_sweep_adds_its_rows_and_never_undoes_a_choice():
+  old = {"rows": {"mix": {"settings": {"x": 1}, "incomplete": False},
+                  "star": {"settings": {"x": 2}, "incomplete": False}}}
+  new = {"rows": {"mix": {"settings": {}, "incomplete": True},
+                  "star": {"settings": {"x": 3}, "incomplete": False},
+                  "mmoe": {"settings": {}, "incomplete": True}}}
+  rows = tuning.merge_tables(old, new)["rows"]
+  assert rows["mix"]["settings"] == {"x": 1} and rows["star"]["settings"] == {"x": 3}
+  assert rows["mmoe"]["incomplete"]
 
 
 def test_settings_for_a_dataset_or_row_without_a_table_is_empty(tuned_dir):
@@ -167,8 +179,14 @@ def test_the_command_selects_from_a_finished_sweep_and_writes_the_table(tuned_di
        "shared": {"data.name": "synthetic", "data.preset": "default"}}))
   assert tune.main([f"--out={out}", "--select_only"]) == 0
   table = tuning.load_table("synthetic-default", "study")
+  assert table["rows"]["mix"]["incomplete"]            # lr 0.01 has not finished: no choice
+  assert tuning.settings_for("synthetic-default", "study", {"model": "mix"}) == {}
+  _fake_trial(runs, "mix-lr=0.01-s0-done", 1e-2, 0.64)
+  shutil.rmtree(runs / "mix-lr=0.01-s0")
+  assert tune.main([f"--out={out}", "--select_only"]) == 0
+  table = tuning.load_table("synthetic-default", "study")
   row = table["rows"]["mix"]
-  assert row["settings"] == {"train.learning_rate": 0.003} and row["trials"]["0.01"] is None
+  assert row["settings"] == {"train.learning_rate": 0.003} and row["trials"]["0.01"] == 0.64
   # the command that regenerates it: the sweep (resumable; its finished runs are only re-read)
   assert table["command"] == f"python -m experiments.tune --out={out}"
   assert "mix" in capsys.readouterr().out
