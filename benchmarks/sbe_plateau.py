@@ -79,7 +79,6 @@ VARIANTS = {
     "nosbe_x0.27": ({"mscan.use_sbe": False}, 0.27),
     "nosbe_x0.55": ({"mscan.use_sbe": False}, 0.55),
     "nosbe_lr2.7e-4": ({"mscan.use_sbe": False, "train.learning_rate": 2.7e-4}, None),
-    "nodropout": ({"mscan.dropout": 0.0}, None),
     "nosbe_x1": ({"mscan.use_sbe": False}, 1.0),   # check: the same curve as nosbe
 }
 DEFAULT_VARIANTS = ("full", "alpha0", "wd0", "nosbe", "full_lr4e-3", "nosbe_x0.27", "nosbe_x0.55",
@@ -282,7 +281,7 @@ def main(argv=None) -> int:
       f"{time.perf_counter() - t0:.0f} s in all. Curves do not depend on the load, timings do.",
       "",
   ]
-  text = "\n".join(header) + "\n\n".join(tables) + "\n"
+  text = "\n".join(header) + "\n" + "\n\n".join(tables) + "\n"
   if args.out:
     with open(args.out, "w") as f:
       f.write(text)
