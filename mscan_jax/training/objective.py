@@ -37,7 +37,11 @@ def has_exposure(out: dict) -> bool:
 
 def train_logit(out: dict) -> jnp.ndarray:
   """Eq. (8): y_uis = y_m * sigmoid(y_s); y_m alone without the SBE. With the probability
-  fusion, the logit of sigmoid(y_m) * sigmoid(y_e). (B,)"""
+  fusion, the logit of sigmoid(y_m) * sigmoid(y_e). (B,)
+
+  The factor sigmoid(y_s) makes the logit move that much slower under Adam than y_m does, so
+  M-scan needs a larger learning rate than the same model without the SBE (README, "How the SBE
+  trains"; benchmarks/sbe_plateau.py)."""
   if has_sbe(out):
     return out["y_m"] * jax.nn.sigmoid(out["y_s"])
   if has_exposure(out):
