@@ -4,8 +4,11 @@
         --out=runs/tuning/synthetic-default@study
     python -m experiments.tune --dataset=log --data_path=BUILT_DIR --size=default --out=DIR
     python -m experiments.tune --select_only --out=DIR      # re-select from finished runs
+    python -m experiments.tune ... --record_dir=results/tuning/NAME   # + a record to commit
 
-Every flag but `--select_only` is `experiments.run_grid`'s (the grid is `tuning`, resumable like
+Every flag but `--select_only` and `--record_dir` (a copy of the sweep's small files to commit,
+`tuning.record_sweep`, from which `--select_only --out=<record>` selects the same table) is
+`experiments.run_grid`'s (the grid is `tuning`, resumable like
 any grid); the table is written to `experiments/tuned/<dataset>@<size>.json` with this command
 line, and one line per row is printed (its setting, its validation score, and whether its best
 trial converged).
@@ -26,7 +29,8 @@ def main(argv: Sequence[str]) -> int:
   """`python -m experiments.tune [run_grid's flags] [--select_only]`: the sweep, then its table."""
   argv = list(argv)
   select_only = "--select_only" in argv
-  argv = [a for a in argv if a != "--select_only"]
+  record = next((a.split("=", 1)[1] for a in argv if a.startswith("--record_dir=")), "")
+  argv = [a for a in argv if a != "--select_only" and not a.startswith("--record_dir=")]
   if any(a.startswith("--grid") for a in argv):
     print("error: --grid: the tuning command runs the grid `tuning` itself", file=sys.stderr)
     return 2
@@ -42,6 +46,8 @@ def main(argv: Sequence[str]) -> int:
     code = run_grid.main(["--grid=tuning", "--tuned=false", *quiet, *argv])
     if code == 2 or "--dry_run" in argv:
       return code
+  if record:
+    print(f"recorded: {tuning.record_sweep(out, record)} finished trials -> {record}")
   try:
     table = tuning.build_table(out, command)
   except tuning.TuningError as e:

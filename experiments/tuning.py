@@ -167,10 +167,39 @@ def merge_tables(old: Optional[dict], new: dict) -> dict:
 
 
 def _finished_results(workdir: str) -> Optional[dict]:
-  if rundir.unfinished_reason(workdir) is not None:
+  """The trial's results.json (written last: the mark of a finished run) when it reads back with
+  a validation score; None otherwise. Selection reads nothing else, so a record of the sweep's
+  small files (`record_sweep`) selects as the sweep itself does."""
+  try:
+    with open(os.path.join(workdir, rundir.RESULTS)) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
     return None
-  with open(os.path.join(workdir, rundir.RESULTS)) as f:
-    return json.load(f)
+  return results if isinstance(results, dict) and "best_valid_auc" in results else None
+
+
+RECORD_FILES = (rundir.CONFIG, rundir.RESULTS, rundir.METRICS)
+
+
+def record_sweep(out: str, dest: str) -> int:
+  """Copies a sweep's small files (grid.json; each trial's config.json, results.json and
+  metrics.jsonl) to `dest`, atomically per file: a record to commit, from which `build_table`
+  selects the same table. Returns the number of finished trials copied."""
+  copied = 0
+  files = [("grid.json", os.path.join(out, "grid.json"))]
+  runs_dir = os.path.join(out, "runs")
+  for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+    if _finished_results(os.path.join(runs_dir, name)) is None:
+      continue
+    copied += 1
+    files += [(os.path.join("runs", name, f), os.path.join(runs_dir, name, f))
+              for f in RECORD_FILES if os.path.exists(os.path.join(runs_dir, name, f))]
+  for rel, src in files:
+    target = os.path.join(dest, rel)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(src) as f:
+      rundir.write_text_atomic(target, f.read())
+  return copied
 
 
 def build_table(out: str, command: str) -> dict:

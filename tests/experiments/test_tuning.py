@@ -203,3 +203,23 @@ def test_a_folder_reads_the_table_it_was_tuned_by_and_refuses_a_changed_one(tune
   _write_table(tuned_dir, "synthetic-default", "study", {"mix": {"train.learning_rate": 0.01}})
   with pytest.raises(tuning.TuningError, match="changed since the grid used it"):
     tuning.table_of_id(used)
+
+
+def test_a_record_of_the_sweeps_small_files_selects_the_same_table(tuned_dir, tmp_path):
+  out, record = tmp_path / "sweep", tmp_path / "record"
+  for name, lr, score in (("mix-s0", 1e-3, 0.60), ("mix-lr=0.003-s0", 3e-3, 0.66),
+                          ("mix-lr=0.01-s0", 1e-2, 0.64)):
+    _fake_trial(out / "runs", name, lr, score)
+    (out / "runs" / name / "predictions.parquet").write_bytes(b"large")
+  (out / "grid.json").write_text(json.dumps(
+      {"dataset": "synthetic-default", "size": "study",
+       "shared": {"data.name": "synthetic", "data.preset": "default"}}))
+  assert tune.main([f"--out={out}", "--select_only", f"--record_dir={record}"]) == 0
+  first = tuning.load_table("synthetic-default", "study")["rows"]["mix"]
+  assert not (record / "runs" / "mix-s0" / "predictions.parquet").exists()
+  assert (record / "runs" / "mix-s0" / "results.json").exists()
+  os.remove(tuning.table_path("synthetic-default", "study"))
+  assert tune.main([f"--out={record}", "--select_only"]) == 0
+  again = tuning.load_table("synthetic-default", "study")["rows"]["mix"]
+  assert again["settings"] == first["settings"] == {"train.learning_rate": 0.003}
+  assert again["trials"] == first["trials"]
