@@ -96,7 +96,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.learning_rate = 1e-3
   c.train.weight_decay = 1e-4      # L2 added to the gradient, as torch.optim.Adam(weight_decay=)
   c.train.clip_norm = 5.0
-  c.train.num_epochs = 5
+  # A cap: early stopping (patience, below) ends a run first. The grids train to convergence
+  # with their own cap and patience (experiments.grids.CONVERGENCE).
+  c.train.num_epochs = 20
   c.train.max_steps = 0            # 0 = num_epochs over the training split
   c.train.eval_every_steps = 0     # 0 = once per epoch
   c.train.log_every_steps = 50
