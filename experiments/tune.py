@@ -55,7 +55,12 @@ def main(argv: Sequence[str]) -> int:
     return 2
   path = tuning.table_path(_dataset_key(out), table["size"])
   try:
-    table = tuning.merge_tables(tuning.load_table(_dataset_key(out), table["size"]), table)
+    old = tuning.load_table(_dataset_key(out), table["size"])
+    if select_only and old:          # re-selected: the command that made the trials stays
+      for key, row in table["rows"].items():
+        row["command"] = old.get("rows", {}).get(key, {}).get("command") or old.get(
+            "command", row["command"])
+    table = tuning.merge_tables(old, table)
   except tuning.TuningError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
