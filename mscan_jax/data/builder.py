@@ -39,7 +39,7 @@ import numpy as np
 
 from mscan_jax.data import sequences, splits as splits_lib
 from mscan_jax.data.schema import (ALL_SEQ_MODES, SPLITS, DataError, Field, Schema, check_splits,
-                                   write_built)
+                                   log_layout, write_built)
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
 DUPLICATE_POLICIES = ("drop", "keep")
@@ -528,6 +528,22 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
   write_built(out_dir, schema, stored, split_rows, stats, vocab=vocab,
               written=("cur_idx", "all_idx"))
   return stats
+
+
+def disk_bytes_per_event(log: EventLog, *, max_cur_len: int, max_all_len: int) -> int:
+  """Bytes on disk per event of the dataset `build_dataset` writes from `log`: its log arrays
+  (`schema.log_layout`, with the index dtype its row count gets) and one int64 split row
+  number. An upper bound per input event: the filters only drop rows. The vocab (per id) is
+  not counted."""
+  e = int(np.asarray(log.label).shape[0])
+  schema = Schema(user_fields=tuple(log.user_fields), item_fields=tuple(log.item_fields),
+                  scenario_fields=tuple(log.scenario_fields), max_cur_len=max_cur_len,
+                  max_all_len=max_all_len, has_truth=log.true_like is not None,
+                  has_exam=log.true_like is not None and log.true_exam is not None,
+                  index_dtype=sequences.index_dtype(e).name)
+  per = sum(np.dtype(dtype).itemsize * int(np.prod(tail, dtype=np.int64))
+            for dtype, tail in log_layout(schema).values())
+  return per + np.dtype(np.int64).itemsize
 
 
 def _merge_extra(stats: dict[str, Any], extra: dict | None) -> None:
