@@ -71,11 +71,12 @@ from mscan_jax.data import prepare
 marks, t0 = {}, time.perf_counter()
 _build = prepare.builder.build_dataset
 
-def build(*args, **kwargs):
+def build(out, *log, **kwargs):         # *log: no reference of ours outlives the call
   marks["parse"] = {"seconds": time.perf_counter() - t0, "peak": peak()}
   reset()
   t1 = time.perf_counter()
-  stats = _build(*args, **kwargs)
+  log = list(log)
+  stats = _build(out, log.pop(), **kwargs)
   marks["build"] = {"seconds": time.perf_counter() - t1, "peak": peak()}
   marks["events"] = stats["num_events"]
   marks["samples"] = stats["samples"]
@@ -149,6 +150,8 @@ def main(argv=None) -> None:
   p.add_argument("--steps", type=int, default=20, help="training steps")
   p.add_argument("--tmp", default=tempfile.gettempdir(), help="where the files are written")
   p.add_argument("--keep", action="store_true", help="keep the raw files, dataset and run")
+  p.add_argument("--prepare_only", action="store_true",
+                 help="stop after the build (raw parse and build figures only)")
   p.add_argument("extra", nargs="*", help="further launch.py flags, after --")
   a = p.parse_args(argv)
 
@@ -177,6 +180,9 @@ def main(argv=None) -> None:
     built_bytes = du(built)
     if not a.keep:
       shutil.rmtree(raw)
+    pred_bytes = 0
+    if a.prepare_only:
+      return report(a, pm, rows, raw_bytes, built_bytes, pred_bytes)
 
     args = ["--config.data.name=aliccp", f"--config.data.path={built}",
             f"--config.train.max_steps={a.steps}", f"--config.train.eval_every_steps={a.steps}",
@@ -203,7 +209,10 @@ def main(argv=None) -> None:
       shutil.rmtree(work, ignore_errors=True)
     else:
       print(f"kept {work}")
+  report(a, pm, rows, raw_bytes, built_bytes, pred_bytes)
 
+
+def report(a, pm: dict, rows: list, raw_bytes: int, built_bytes: int, pred_bytes: int) -> None:
   events = pm["events"]
   print(f"Ali-CCP raw format, {a.events:,} skeleton rows -> {events:,} events built "
         f"(samples: {', '.join(f'{k} {v:,}' for k, v in pm['samples'].items())}); "

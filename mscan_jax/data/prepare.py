@@ -71,9 +71,13 @@ def prepare(dataset: str, raw: str, out: str, data: ml_collections.ConfigDict, *
   if spec.all_seq_mode_reason:
     extra["all_seq_mode_reason"] = spec.all_seq_mode_reason
   result: dict[str, Any] = {}
+  # The build's argument is the only reference to the loaded log, so the builder's filtered
+  # copy replaces it instead of adding to it (tens of bytes per event at Ali-CCP's 85M).
+  logs = [log]
+  del log
 
   def build(tmp: str) -> None:
-    result.update(builder.build_dataset(tmp, log, **options, name=datasets.label(data),
+    result.update(builder.build_dataset(tmp, logs.pop(), **options, name=datasets.label(data),
                                         extra_stats=extra, vocab=vocab))
 
   if os.path.isdir(out):
