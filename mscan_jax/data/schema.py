@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import mmap
 import os
 from typing import Any, Mapping, Sequence
 
@@ -246,6 +247,19 @@ class BuiltDataset:
     self.splits = {name: np.load(os.path.join(path, "splits", f"{name}.npy"), mmap_mode="r")
                    for name in SPLITS}
     self.num_events = self.log["label"].shape[0]
+
+  def release_pages(self) -> None:
+    """Drops the pages of the memory-mapped arrays from this process's resident set.
+
+    A pass over many rows (an evaluation of Ali-CCP's 43M test samples) maps in the pages it
+    read: clean file pages that the kernel may reclaim at any time, yet they count in the
+    resident set (several GB at full size). `madvise(MADV_DONTNEED)` unmaps them; the page
+    cache keeps them, so a later read costs a page fault, not a disk read.
+    """
+    for arr in (*self.log.values(), *self.splits.values()):
+      mm = getattr(arr, "_mmap", None)                 # np.memmap's mapping
+      if mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
   def split_size(self, split: str) -> int:
     return int(self.splits[split].shape[0])
