@@ -176,7 +176,7 @@ def main(argv=None) -> None:
       pm = json.load(f)
     rows.append(("raw parse", pm["parse"]["seconds"], pm["parse"]["peak"], ""))
     rows.append(("build", pm["build"]["seconds"], pm["build"]["peak"],
-                 f"prepare child: {seconds:.0f} s, peak {child_peak / GIB:.2f}G"))
+                 f"prepare child: {seconds:.0f} s; its ru_maxrss since the reset {child_peak / GIB:.2f}G"))
     built_bytes = du(built)
     if not a.keep:
       shutil.rmtree(raw)
@@ -200,7 +200,7 @@ def main(argv=None) -> None:
       nxt = end if last else calls[k + 1]
       name = "test evaluation" if last else "validation"
       note = ("predict, AUC, GAUC, predictions.parquet" if last else "") + (
-          f"; launch child: {seconds:.0f} s, peak {child_peak / GIB:.2f}G" if last else "")
+          f"; launch child: {seconds:.0f} s, ru_maxrss since the last reset {child_peak / GIB:.2f}G" if last else "")
       rows.append((f"{name} ({m['rows']:,})", nxt["t"] - m["t"], nxt["peak"], note))
     pred = os.path.join(work, "run", "predictions.parquet")
     pred_bytes = os.path.getsize(pred) if os.path.exists(pred) else 0
