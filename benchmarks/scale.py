@@ -54,6 +54,10 @@ def peak():
   with open("/proc/self/status") as f:
     return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
 
+def current():
+  with open("/proc/self/status") as f:
+    return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+
 def reset():
   try:
     with open("/proc/self/clear_refs", "w") as f:
@@ -100,6 +104,7 @@ def predict(params, dataset, rows, **kw):
   marks.append({"event": "predict", "rows": int(len(rows)), "peak": peak(),
                 "t": time.perf_counter() - t0})
   reset()
+  marks[-1]["rss"] = current()           # where this phase's peak starts from
   return _predict(params, dataset, rows, **kw)
 
 steps.predict = predict
@@ -201,6 +206,7 @@ def main(argv=None) -> None:
       name = "test evaluation" if last else "validation"
       note = ("predict, AUC, GAUC, predictions.parquet" if last else "") + (
           f"; launch child: {seconds:.0f} s, ru_maxrss since the last reset {child_peak / GIB:.2f}G" if last else "")
+      note = f"grew {(nxt['peak'] - m['rss']) / m['rows']:.0f} B/sample; " + note
       rows.append((f"{name} ({m['rows']:,})", nxt["t"] - m["t"], nxt["peak"], note))
     pred = os.path.join(work, "run", "predictions.parquet")
     pred_bytes = os.path.getsize(pred) if os.path.exists(pred) else 0

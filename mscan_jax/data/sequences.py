@@ -93,7 +93,9 @@ def iter_sequence_blocks(user_id: np.ndarray, scenario: np.ndarray, click: np.nd
   each block (per-id state: U * (P+1) * Ls + U * Lh indices, not per event). With `time`, a
   block ends where the timestamp changes (a run of equal timestamps is never split), so every
   carried event is strictly earlier than the block's. User keys much larger than the number of
-  events (not contiguous) are first ranked, an (E,) int64 array.
+  events (not contiguous) are first ranked, an (E,) int64 array. When U * (P+1) exceeds ~4E the
+  (user, scenario) pairs get slots in order of first appearance instead of a dense table, so
+  the carry of S_u grows with the pairs that occur.
   """
   fn = "iter_sequence_blocks"
   user_id, scenario, click, time = _checked(user_id, scenario, click, time, max_cur_len=max_cur_len,
@@ -113,7 +115,10 @@ def iter_sequence_blocks(user_id: np.ndarray, scenario: np.ndarray, click: np.nd
   if num_users * num_scen > 4 * e + 1024:                          # sparse keys: rank them
     user = np.unique(user_id, return_inverse=True)[1].reshape(-1)
     num_users = int(user.max()) + 1
-  cur_carry = _Carry(num_users * num_scen, max_cur_len, dtype)
+  # (user, scenario) pairs: dense keys when U * (P+1) is small (Ali-CCP: 3 scenarios), else
+  # slots given in order of first appearance (Cloud Theme: 355 themes, most pairs never occur).
+  pairs = None if num_users * num_scen <= 4 * e + 1024 else _Slots()
+  cur_carry = _Carry(num_users * num_scen if pairs is None else 0, max_cur_len, dtype)
   all_carry = _Carry(num_users, max_all_len, dtype)
   lo = 0
   while lo < e:
@@ -130,7 +135,11 @@ def iter_sequence_blocks(user_id: np.ndarray, scenario: np.ndarray, click: np.nd
     if t is not None:
       rank = np.zeros(hi - lo, np.int64)
       np.cumsum(t[1:] != t[:-1], out=rank[1:])
-    cur = cur_carry.block(u * num_scen + s.astype(np.int64, copy=False), clicked, rank, lo)
+    pair = u * num_scen + s.astype(np.int64, copy=False)
+    if pairs is not None:
+      pair = pairs(pair)
+      cur_carry.grow(pairs.n)
+    cur = cur_carry.block(pair, clicked, rank, lo)
     alls = all_carry.block(u, None if all_seq_mode == "impressions" else clicked, rank, lo)
     yield lo, hi, cur, alls
     lo = hi
@@ -143,8 +152,21 @@ class _Carry:
   def __init__(self, num_groups: int, cap: int, dtype: np.dtype):
     self.cap, self.dtype = cap, dtype
     self.hist = np.full((num_groups, cap), -1, dtype)               # (G, cap)
-    self.rows = self.hist.view(np.dtype((np.void, cap * dtype.itemsize))).reshape(num_groups)
     self.n = np.zeros(num_groups, np.int64)                         # (G,) real entries
+    self._view()
+
+  def _view(self) -> None:
+    self.rows = self.hist.view(np.dtype((np.void, self.cap * self.dtype.itemsize))).reshape(-1)
+
+  def grow(self, num_groups: int) -> None:
+    """Room for groups 0..num_groups-1 (doubling, so growing costs O(G) in all)."""
+    have = self.hist.shape[0]
+    if num_groups <= have:
+      return
+    size = max(num_groups, 2 * have)
+    self.hist = np.concatenate([self.hist, np.full((size - have, self.cap), -1, self.dtype)])
+    self.n = np.concatenate([self.n, np.zeros(size - have, np.int64)])
+    self._view()
 
   def block(self, group: np.ndarray, eligible: np.ndarray | None, rank: np.ndarray | None,
             lo: int) -> np.ndarray:
@@ -157,7 +179,7 @@ class _Carry:
     of the block, appended after its rows (strictly later, never eligible), gives the carry.
     """
     b, cap = group.shape[0], self.cap
-    groups = np.unique(group)                                       # (k,)
+    groups = _sorted_unique(group)                                  # (k,)
     g = np.concatenate([group, groups])                             # (R,) = (b + k,)
     el = None if eligible is None else np.concatenate([eligible, np.zeros(groups.shape[0], bool)])
     t = None if rank is None else np.concatenate([rank, np.full(groups.shape[0], rank[-1] + 1)])
@@ -174,6 +196,46 @@ class _Carry:
     self.rows[groups] = _windows(m, cap)[start[b:] + n_in[b:]]
     self.n[groups] = np.minimum(self.n[groups] + n_in[b:], cap)
     return out[:b]
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+  """np.unique by one sort (numpy's hashing unique is slower on many distinct int64 keys)."""
+  a = np.sort(a)
+  return a[np.concatenate([[True], a[1:] != a[:-1]])] if a.shape[0] else a
+
+
+class _Slots:
+  """Dense slot numbers 0..n-1 for int64 keys, in order of first appearance: per-key state of
+  `iter_sequence_blocks` when the key space is too large for a dense table. Keys kept sorted
+  with their slots; a block's new keys are inserted (O(keys) per block)."""
+
+  def __init__(self):
+    self.keys = np.zeros(0, np.int64)                               # (n,) sorted
+    self.slots = np.zeros(0, np.int64)                              # (n,) slot of each key
+    self.n = 0
+
+  def __call__(self, keys: np.ndarray) -> np.ndarray:
+    """(b,) slots of `keys` (b,), new keys given the next slots."""
+    order = np.argsort(keys)
+    ks = keys[order]
+    first = np.empty(ks.shape[0], bool)
+    first[:1] = True
+    np.not_equal(ks[1:], ks[:-1], out=first[1:])
+    uniq = ks[first]
+    inv = np.empty(ks.shape[0], np.int64)
+    inv[order] = np.cumsum(first) - 1                               # (b,) index into uniq
+    pos = np.searchsorted(self.keys, uniq)
+    found = pos < self.keys.shape[0]
+    found[found] = self.keys[pos[found]] == uniq[found]
+    slot = np.empty(uniq.shape[0], np.int64)
+    slot[found] = self.slots[pos[found]]
+    new = ~found
+    slot[new] = np.arange(self.n, self.n + int(new.sum()))
+    if new.any():
+      self.keys = np.insert(self.keys, pos[new], uniq[new])
+      self.slots = np.insert(self.slots, pos[new], slot[new])
+      self.n += int(new.sum())
+    return slot[inv]
 
 
 def _windows(m: np.ndarray, cap: int) -> np.ndarray:

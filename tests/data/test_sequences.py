@@ -197,13 +197,14 @@ def test_bad_arguments():
 def test_blocked_build_equals_the_whole_log_build_on_random_logs(tmp_path):
   """`iter_sequence_blocks` (blocks of 1..19 rows, so most histories cross blocks) and the files
   of `write_sequences` equal `build_sequences` in value: both modes, ties (integer and float
-  times, a tie run never split), no time, sparse user keys (ranked)."""
+  times, a tie run never split), no time, sparse user keys (ranked), many scenarios (pair
+  slots instead of a dense table)."""
   from mscan_jax.data.sequences import iter_sequence_blocks, write_sequences
   rng = np.random.default_rng(1)
   for trial in range(120):
     e = int(rng.integers(1, 120))
     user = rng.integers(0, int(rng.integers(1, 12)), e) * [1, 10**6][trial % 4 == 3]
-    scen = rng.integers(1, int(rng.integers(2, 5)), e)
+    scen = rng.integers(1, int(rng.integers(2, 5)), e) * [1, 30_000][trial % 5 == 4]   # pair slots
     click = (rng.random(e) < rng.random()).astype(np.int8)
     ls, lh = int(rng.integers(1, 7)), int(rng.integers(1, 12))
     mode = ("impressions", "clicks")[trial % 2]
