@@ -489,7 +489,8 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
 
   sample = cols["is_sample"]
 
-  # 5. Chronological split of the samples (behaviour-only rows are in no split).
+  # 5. Chronological split of the samples (behaviour-only rows are in no split); before 4, so
+  # that a log with an empty split is refused before anything is written.
   sample_rows = np.flatnonzero(sample).astype(np.int64)
   try:
     split_rows = splits_lib.chronological_split(sample_rows, test_fraction=test_fraction,
