@@ -186,8 +186,8 @@ def init_params(model, schema, seed: int):
 
 # ----------------------------------------------------------------------------- evaluation
 
-# Batches of `predict` between two `BuiltDataset.release_pages` (~1M rows at batch 4096).
-RELEASE_PAGES_EVERY = 256
+# Batches of `predict` between two `BuiltDataset.release_pages` (65,536 rows at batch 4096).
+RELEASE_PAGES_EVERY = 16
 
 
 def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: float, batch_size: int,
