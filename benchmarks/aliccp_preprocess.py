@@ -41,9 +41,11 @@ def _feature(field: str, fid: int, value: str = "1.0") -> str:
   return f"{field}\x02{fid}\x03{value}"
 
 
-def write_raw_pair(out_dir: str, total_bytes: int, seed: int = 0, suffix: str = "train"
-                   ) -> tuple[str, str]:
-  """Writes sample_skeleton_<suffix>.csv and common_features_<suffix>.csv of ~total_bytes."""
+def write_raw_pair(out_dir: str, total_bytes: int, seed: int = 0, suffix: str = "train",
+                   skeleton_rows: int | None = None) -> tuple[str, str]:
+  """Writes sample_skeleton_<suffix>.csv and common_features_<suffix>.csv of ~total_bytes, or,
+  with `skeleton_rows`, a common file of ~(1 - SKELETON_SHARE) * total_bytes and exactly that
+  many skeleton rows (`benchmarks/scale.py` sets the event count)."""
   rng = np.random.default_rng(seed)
   common_path = os.path.join(out_dir, f"common_features_{suffix}.csv")
   skel_path = os.path.join(out_dir, f"sample_skeleton_{suffix}.csv")
@@ -101,6 +103,10 @@ def write_raw_pair(out_dir: str, total_bytes: int, seed: int = 0, suffix: str = 
                  + "\x01".join(feats) + "\n")
   block = "".join(lines).encode()
   target = total_bytes - os.path.getsize(common_path)
+  if skeleton_rows is not None:            # whole blocks, then the first rows of one
+    ends = np.cumsum([len(line) for line in lines])
+    full, rest = divmod(skeleton_rows, n)
+    target = full * len(block) + (int(ends[rest - 1]) if rest else 0)
   with open(skel_path, "wb") as f:
     written = 0
     while written < target:

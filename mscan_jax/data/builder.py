@@ -32,12 +32,14 @@ loaders that build it that way.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
 
 from mscan_jax.data import sequences, splits as splits_lib
-from mscan_jax.data.schema import ALL_SEQ_MODES, SPLITS, DataError, Field, Schema, write_built
+from mscan_jax.data.schema import (ALL_SEQ_MODES, SPLITS, DataError, Field, Schema, check_splits,
+                                   log_layout, write_built)
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
 DUPLICATE_POLICIES = ("drop", "keep")
@@ -436,12 +438,15 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
                   all_seq_mode: str = "impressions", test_fraction: float = 0.4,
                   valid_fraction: float = 0.1, min_scenarios_per_user: int = 2,
                   name: str = "dataset", extra_stats: dict | None = None,
-                  vocab: dict | None = None, duplicates: str = "drop") -> dict:
+                  vocab: dict | None = None, duplicates: str = "drop",
+                  block_rows: int = sequences.DEFAULT_BLOCK_ROWS) -> dict:
   """Validates `log`, applies the paper's protocol (module docstring) and writes the built
   dataset into `out_dir` with `schema.write_built`. Returns the statistics (also in stats.json).
 
   `extra_stats` (e.g. the loader's counts) is merged into the statistics: its "dropped" dict
   joins the builder's; a key that the builder itself sets is kept under "extra_<key>".
+  `block_rows`: rows per block of the sequence build (`sequences.write_sequences`); the result
+  does not depend on it.
   """
   if all_seq_mode not in ALL_SEQ_MODES:
     raise DataError(f"all_seq_mode must be one of {ALL_SEQ_MODES}, got {all_seq_mode!r}")
@@ -483,29 +488,35 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
           for k, v in cols.items()}
 
   sample = cols["is_sample"]
-  scen = cols["scenario"][:, 0]
 
-  # 4. S_u and H_u from events with a strictly earlier timestamp (§2.1): ties never see
-  # each other.
-  time = None if log.time is None else np.asarray(log.time)
-  cur_idx, all_idx = sequences.build_sequences(
-      cols["user_id"], scen, cols["label"], max_cur_len=max_cur_len, max_all_len=max_all_len,
-      all_seq_mode=all_seq_mode, time=time if order is None else time[order])
-
-  # 5. Chronological split of the samples (behaviour-only rows are in no split).
+  # 5. Chronological split of the samples (behaviour-only rows are in no split); before 4, so
+  # that a log with an empty split is refused before anything is written.
   sample_rows = np.flatnonzero(sample).astype(np.int64)
   try:
     split_rows = splits_lib.chronological_split(sample_rows, test_fraction=test_fraction,
                                                 valid_fraction=valid_fraction)
   except DataError as err:
     raise DataError(f"{src}: {err}") from None
+  check_splits(split_rows)                                           # before anything is written
+
+  # 4. S_u and H_u from events with a strictly earlier timestamp (§2.1): ties never see
+  # each other. Written block by block straight into the dataset's files (never held whole).
+  time = None if log.time is None else np.asarray(log.time)
+  os.makedirs(os.path.join(out_dir, "log"), exist_ok=True)
+  index_dtype, cur_total, all_total = sequences.write_sequences(
+      os.path.join(out_dir, "log", "cur_idx.npy"), os.path.join(out_dir, "log", "all_idx.npy"),
+      cols["user_id"], cols["scenario"][:, 0], cols["label"], max_cur_len=max_cur_len,
+      max_all_len=max_all_len, all_seq_mode=all_seq_mode,
+      time=time if order is None else time[order], count_rows=sample, block_rows=block_rows)
+  num_samples = max(int(sample.sum()), 1)
+  mean_len = {"cur": cur_total / num_samples, "all": all_total / num_samples}
 
   # 6. Statistics and storage.
   schema = Schema(user_fields=tuple(log.user_fields), item_fields=tuple(log.item_fields),
                   scenario_fields=tuple(log.scenario_fields), max_cur_len=max_cur_len,
                   max_all_len=max_all_len, all_seq_mode=all_seq_mode, has_truth=has_truth,
-                  has_exam=log.true_exam is not None, name=name)
-  stats = _statistics(name, cols, cur_idx, all_idx, split_rows, num_scen, kept,
+                  has_exam=log.true_exam is not None, name=name, index_dtype=index_dtype.name)
+  stats = _statistics(name, cols, mean_len, split_rows, num_scen, kept,
                       min_scenarios_per_user, schema, ordered_by="time" if log.time is not None
                       else "row order")
   if log.time is not None:
@@ -515,9 +526,25 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
       stats["dropped"]["duplicate_rows"] = dup_counts["duplicate_rows_dropped"]
   _merge_extra(stats, extra_stats)
   stored = {k: v for k, v in cols.items() if k != "is_sample"}
-  stored.update(cur_idx=cur_idx, all_idx=all_idx)
-  write_built(out_dir, schema, stored, split_rows, stats, vocab=vocab)
+  write_built(out_dir, schema, stored, split_rows, stats, vocab=vocab,
+              written=("cur_idx", "all_idx"))
   return stats
+
+
+def disk_bytes_per_event(log: EventLog, *, max_cur_len: int, max_all_len: int) -> int:
+  """Bytes on disk per event of the dataset `build_dataset` writes from `log`: its log arrays
+  (`schema.log_layout`, with the index dtype its row count gets) and one int64 split row
+  number. An upper bound per input event: the filters only drop rows. The vocab (per id) is
+  not counted."""
+  e = int(np.asarray(log.label).shape[0])
+  schema = Schema(user_fields=tuple(log.user_fields), item_fields=tuple(log.item_fields),
+                  scenario_fields=tuple(log.scenario_fields), max_cur_len=max_cur_len,
+                  max_all_len=max_all_len, has_truth=log.true_like is not None,
+                  has_exam=log.true_like is not None and log.true_exam is not None,
+                  index_dtype=sequences.index_dtype(e).name)
+  per = sum(np.dtype(dtype).itemsize * int(np.prod(tail, dtype=np.int64))
+            for dtype, tail in log_layout(schema).values())
+  return per + np.dtype(np.int64).itemsize
 
 
 def _merge_extra(stats: dict[str, Any], extra: dict | None) -> None:
@@ -544,17 +571,7 @@ def _num_distinct(values: np.ndarray) -> int:
   return int(np.count_nonzero(np.bincount(idx, minlength=k)))
 
 
-def _mean_len(idx: np.ndarray, sample: np.ndarray, block: int = 1 << 16) -> float:
-  """Mean number of real (>= 0) entries of idx (E, L) over the rows where `sample` holds."""
-  total = 0
-  for lo in range(0, idx.shape[0], block):
-    real = idx[lo:lo + block] >= 0                                   # (b, L)
-    keep = sample[lo:lo + block]
-    total += int(np.count_nonzero(real if keep.all() else real[keep]))
-  return total / max(int(sample.sum()), 1)
-
-
-def _statistics(name: str, cols: dict[str, np.ndarray], cur_idx: np.ndarray, all_idx: np.ndarray,
+def _statistics(name: str, cols: dict[str, np.ndarray], mean_len: dict[str, float],
                 split_rows: dict[str, np.ndarray], num_scen: int, counts: dict[str, int],
                 min_scen: int, schema: Schema, ordered_by: str) -> dict[str, Any]:
   sample = cols["is_sample"]
@@ -578,8 +595,8 @@ def _statistics(name: str, cols: dict[str, np.ndarray], cur_idx: np.ndarray, all
       "samples_per_scenario": {str(k): int(per[k]) for k in range(1, num_scen + 1)},
       "test_samples_per_scenario": {str(k): int(per_test[k]) for k in range(1, num_scen + 1)},
       "click_rate_per_scenario": _rate_per_scenario(label, scen, num_scen),
-      "mean_cur_len": _mean_len(cur_idx, sample),
-      "mean_all_len": _mean_len(all_idx, sample),
+      "mean_cur_len": mean_len["cur"],
+      "mean_all_len": mean_len["all"],
       "max_cur_len": schema.max_cur_len,
       "max_all_len": schema.max_all_len,
       "all_seq_mode": schema.all_seq_mode,

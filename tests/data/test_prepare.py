@@ -398,3 +398,39 @@ def test_a_built_dataset_name_holding_a_path_is_refused_as_a_label(tmp_path):
   built.name, built.path = "built", str(out)
   with pytest.raises(DataError, match=r"path separator"):
     datasets.label(built)
+
+
+def test_short_disk_stops_before_anything_is_written(tmp_path, monkeypatch):
+  """`prepare` compares the disk the build needs (bytes per event x events) with the free
+  space (`shutil.disk_usage`, patched) before it writes: one byte short is a DataError with both
+  figures and no file; exactly enough builds, and the estimate bounds the arrays written."""
+  raw, out = cloudtheme_dir(tmp_path), str(tmp_path / "deep" / "built")
+  data = data_config(test_fraction=0.34, valid_fraction=0.34)
+  seen = []
+  real_usage = prepare.shutil.disk_usage
+
+  def usage(path, free):
+    seen.append(path)
+    return real_usage(path)._replace(free=free)
+
+  needed = {}
+  real_check = prepare.check_disk
+
+  def spy(out_, per_event, events):
+    needed["bytes"], needed["per_event"] = per_event * events, per_event
+    real_check(out_, per_event, events)
+
+  monkeypatch.setattr(prepare, "check_disk", spy)
+  monkeypatch.setattr(prepare.shutil, "disk_usage", lambda p: usage(p, 10**15))
+  prepare.prepare("cloudtheme", raw, str(tmp_path / "probe"), data)     # learns the figure
+  assert seen == [str(tmp_path)]                                        # nearest existing folder
+  monkeypatch.setattr(prepare.shutil, "disk_usage", lambda p: usage(p, needed["bytes"] - 1))
+  with pytest.raises(DataError, match=rf"needs about .* GB of disk \(\d+ events x "
+                                      rf"{needed['per_event']} bytes\) but .* GB free"):
+    prepare.prepare("cloudtheme", raw, out, data)
+  assert not os.path.exists(tmp_path / "deep")                          # nothing written
+  monkeypatch.setattr(prepare.shutil, "disk_usage", lambda p: usage(p, needed["bytes"]))
+  prepare.prepare("cloudtheme", raw, out, data)
+  ds = BuiltDataset(out)
+  written = sum(a.nbytes for a in ds.log.values()) + sum(a.nbytes for a in ds.splits.values())
+  assert written <= needed["bytes"]

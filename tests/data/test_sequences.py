@@ -192,3 +192,54 @@ def test_bad_arguments():
     build_sequences(u.astype(float), s, c, max_cur_len=2, max_all_len=2)
   with pytest.raises(ValueError, match="non-negative"):
     build_sequences(np.array([0, -1, 0]), s, c, max_cur_len=2, max_all_len=2)
+
+
+def test_blocked_build_equals_the_whole_log_build_on_random_logs(tmp_path):
+  """`iter_sequence_blocks` (blocks of 1..19 rows, so most histories cross blocks) and the files
+  of `write_sequences` equal `build_sequences` in value: both modes, ties (integer and float
+  times, a tie run never split), no time, sparse user keys (ranked), many scenarios (pair
+  slots instead of a dense table)."""
+  from mscan_jax.data.sequences import iter_sequence_blocks, write_sequences
+  rng = np.random.default_rng(1)
+  for trial in range(120):
+    e = int(rng.integers(1, 120))
+    user = rng.integers(0, int(rng.integers(1, 12)), e) * [1, 10**6][trial % 4 == 3]
+    scen = rng.integers(1, int(rng.integers(2, 5)), e) * [1, 30_000][trial % 5 == 4]   # pair slots
+    click = (rng.random(e) < rng.random()).astype(np.int8)
+    ls, lh = int(rng.integers(1, 7)), int(rng.integers(1, 12))
+    mode = ("impressions", "clicks")[trial % 2]
+    time = (None if trial % 3 == 0 else
+            np.sort(rng.integers(0, max(1, e // 3), e)).astype((np.int64, np.float64)[trial % 2]))
+    want = build_sequences(user, scen, click, max_cur_len=ls, max_all_len=lh, all_seq_mode=mode,
+                           time=time)
+    block = int(rng.integers(1, 20))
+    parts = list(iter_sequence_blocks(user, scen, click, max_cur_len=ls, max_all_len=lh,
+                                      all_seq_mode=mode, time=time, block_rows=block))
+    assert [p[0] for p in parts[1:]] == [p[1] for p in parts[:-1]] and parts[-1][1] == e
+    for k in (0, 1):
+      got = np.concatenate([p[2 + k] for p in parts])
+      assert got.dtype == np.int32
+      np.testing.assert_array_equal(got, want[k], err_msg=f"trial {trial}")
+    paths = [str(tmp_path / "cur.npy"), str(tmp_path / "all.npy")]
+    count = rng.random(e) < 0.5
+    dtype, n_cur, n_all = write_sequences(*paths, user, scen, click, max_cur_len=ls,
+                                          max_all_len=lh, all_seq_mode=mode, time=time,
+                                          block_rows=block, count_rows=count)
+    assert dtype == np.int32
+    for path, w, n in zip(paths, want, (n_cur, n_all)):
+      np.testing.assert_array_equal(np.load(path), w)
+      assert n == int((w[count] >= 0).sum())
+
+
+def test_blocks_check_the_time_order_across_their_boundaries():
+  from mscan_jax.data.sequences import iter_sequence_blocks
+  u = np.zeros(4, int)
+  with pytest.raises(ValueError, match="non-decreasing"):
+    list(iter_sequence_blocks(u, u + 1, u, max_cur_len=2, max_all_len=2,
+                              time=np.array([0, 5, 4, 6]), block_rows=2))
+
+
+def test_index_dtype_is_int32_below_two_to_the_31_rows():
+  from mscan_jax.data.sequences import index_dtype
+  assert index_dtype(0) == np.int32 and index_dtype(2**31 - 1) == np.int32
+  assert index_dtype(2**31) == np.int64

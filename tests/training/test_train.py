@@ -210,12 +210,10 @@ def test_outputs_are_atomic_and_results_json_comes_last(tmp_path, monkeypatch):
   saved = json.loads(open(os.path.join(workdir, "results.json")).read())
   old_predictions = open(os.path.join(workdir, "predictions.parquet"), "rb").read()
 
-  def disk_full(table, where, **kw):           # half a file, then the write fails
-    with open(where, "wb") as f:
-      f.write(b"PAR1 partial")
+  def disk_full(writer, table, **kw):          # the file is open (partial), then a write fails
     raise OSError("No space left on device")
 
-  monkeypatch.setattr(pq_mod, "write_table", disk_full)
+  monkeypatch.setattr(pq_mod.ParquetWriter, "write_table", disk_full)
   c.train.max_steps = 30                        # the same run, longer: resumes and re-exports
   with pytest.raises(OSError, match="No space left"):
     train.train_and_evaluate(c, workdir)
