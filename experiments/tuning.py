@@ -155,13 +155,16 @@ def select(trials: Sequence[tuple[Mapping[str, Any], Optional[dict]]]) -> dict:
 
 def merge_tables(old: Optional[dict], new: dict) -> dict:
   """`new` over `old` (a table of the same dataset and size): a row chosen anew replaces its old
-  choice, an incomplete row never replaces a chosen one, other old rows are kept (a sweep of some
-  rows, `--match`, adds them to the table)."""
+  choice; an incomplete row replaces it too unless the old one was chosen over the same trials
+  (a sweep of some rows, `--match`, leaves the others as they were; a grown space undoes every
+  choice made over the smaller one); old rows the new table lacks are kept."""
   if not old:
     return new
   rows = dict(old.get("rows", {}))
   for key, row in new["rows"].items():
-    if not row.get("incomplete") or key not in rows:
+    before = rows.get(key)
+    same_trials = before is not None and set(before.get("trials", {})) == set(row["trials"])
+    if not row.get("incomplete") or not same_trials or before.get("incomplete", True):
       rows[key] = row
   return {**new, "rows": rows}
 

@@ -61,15 +61,20 @@ def test_a_row_with_a_trial_not_finished_chooses_nothing_and_a_winner_may_not_co
   assert row["settings"] == {lr: 0.003} and not row["converged"]
 
 
-def test_a_partial_sweep_adds_its_rows_and_never_undoes_a_choice():
-  old = {"rows": {"mix": {"settings": {"x": 1}, "incomplete": False},
-                  "star": {"settings": {"x": 2}, "incomplete": False}}}
-  new = {"rows": {"mix": {"settings": {}, "incomplete": True},
-                  "star": {"settings": {"x": 3}, "incomplete": False},
-                  "mmoe": {"settings": {}, "incomplete": True}}}
+def test_a_partial_sweep_adds_its_rows_and_a_grown_space_undoes_the_old_choices():
+  two, three = {"1": 0.6, "2": 0.7}, {"1": 0.6, "2": 0.7, "3": None}
+  old = {"rows": {"mix": {"settings": {"x": 1}, "incomplete": False, "trials": two},
+                  "star": {"settings": {"x": 2}, "incomplete": False, "trials": two},
+                  "ple": {"settings": {"x": 2}, "incomplete": False, "trials": two},
+                  "m2m": {"settings": {"x": 2}, "incomplete": False, "trials": two}}}
+  new = {"rows": {"mix": {"settings": {}, "incomplete": True, "trials": two},
+                  "star": {"settings": {"x": 3}, "incomplete": False, "trials": two},
+                  "mmoe": {"settings": {}, "incomplete": True, "trials": two},
+                  "ple": {"settings": {}, "incomplete": True, "trials": three}}}
   rows = tuning.merge_tables(old, new)["rows"]
   assert rows["mix"]["settings"] == {"x": 1} and rows["star"]["settings"] == {"x": 3}
-  assert rows["mmoe"]["incomplete"]
+  assert rows["mmoe"]["incomplete"] and rows["ple"]["incomplete"]       # the space grew
+  assert rows["m2m"]["settings"] == {"x": 2}                             # not in this sweep
 
 
 def test_settings_for_a_dataset_or_row_without_a_table_is_empty(tuned_dir):
@@ -167,26 +172,35 @@ def _fake_trial(runs_dir, name, lr, score, reason="early_stopping", finished=Tru
         {"outputs": ["config.json"], **_results(score, reason)}))
 
 
-def test_the_command_selects_from_a_finished_sweep_and_writes_the_table(tuned_dir, tmp_path,
-                                                                        capsys):
-  out = tmp_path / "sweep"
-  runs = out / "runs"
-  _fake_trial(runs, "mix-s0", 1e-3, 0.60)
-  _fake_trial(runs, "mix-lr=0.003-s0", 3e-3, 0.66)
-  _fake_trial(runs, "mix-lr=0.01-s0", 1e-2, 0.0, finished=False)
+LRS = grids.TUNING_SPACE["train.learning_rate"]
+
+
+def _fake_sweep(out, scores, unfinished=()):
+  """Trials of Mix, one per learning rate of the space, with these validation scores."""
+  for lr, score in zip(LRS, scores):
+    name = grids.make_runs([{"model": "mix", "train.learning_rate": lr, "seed": 0}])[0].name
+    _fake_trial(out / "runs", name, lr, score, finished=lr not in unfinished)
   (out / "grid.json").write_text(json.dumps(
       {"dataset": "synthetic-default", "size": "study",
        "shared": {"data.name": "synthetic", "data.preset": "default"}}))
+
+
+def test_the_command_selects_from_a_finished_sweep_and_writes_the_table(tuned_dir, tmp_path,
+                                                                        capsys):
+  out = tmp_path / "sweep"
+  scores = [0.60 + 0.02 * i for i in range(len(LRS) - 1)] + [0.0]
+  _fake_sweep(out, scores, unfinished=(LRS[-1],))
   assert tune.main([f"--out={out}", "--select_only"]) == 0
   table = tuning.load_table("synthetic-default", "study")
-  assert table["rows"]["mix"]["incomplete"]            # lr 0.01 has not finished: no choice
+  assert table["rows"]["mix"]["incomplete"]            # the last rate has not finished: no choice
   assert tuning.settings_for("synthetic-default", "study", {"model": "mix"}) == {}
-  _fake_trial(runs, "mix-lr=0.01-s0-done", 1e-2, 0.64)
-  shutil.rmtree(runs / "mix-lr=0.01-s0")
+  shutil.rmtree(out)
+  _fake_sweep(out, scores[:-1] + [scores[-2]])          # finished; ties to the smaller rate
   assert tune.main([f"--out={out}", "--select_only"]) == 0
   table = tuning.load_table("synthetic-default", "study")
   row = table["rows"]["mix"]
-  assert row["settings"] == {"train.learning_rate": 0.003} and row["trials"]["0.01"] == 0.64
+  assert row["settings"] == {"train.learning_rate": LRS[-2]} and not row["incomplete"]
+  assert row["trials"][f"{LRS[-1]:g}"] == scores[-2]
   # the command that regenerates it: the sweep (resumable; its finished runs are only re-read)
   assert table["command"] == f"python -m experiments.tune --out={out}"
   assert "mix" in capsys.readouterr().out
@@ -207,13 +221,9 @@ def test_a_folder_reads_the_table_it_was_tuned_by_and_refuses_a_changed_one(tune
 
 def test_a_record_of_the_sweeps_small_files_selects_the_same_table(tuned_dir, tmp_path):
   out, record = tmp_path / "sweep", tmp_path / "record"
-  for name, lr, score in (("mix-s0", 1e-3, 0.60), ("mix-lr=0.003-s0", 3e-3, 0.66),
-                          ("mix-lr=0.01-s0", 1e-2, 0.64)):
-    _fake_trial(out / "runs", name, lr, score)
-    (out / "runs" / name / "predictions.parquet").write_bytes(b"large")
-  (out / "grid.json").write_text(json.dumps(
-      {"dataset": "synthetic-default", "size": "study",
-       "shared": {"data.name": "synthetic", "data.preset": "default"}}))
+  _fake_sweep(out, [0.60, 0.66] + [0.64] * (len(LRS) - 2))
+  for run in (out / "runs").iterdir():
+    (run / "predictions.parquet").write_bytes(b"large")
   assert tune.main([f"--out={out}", "--select_only", f"--record_dir={record}"]) == 0
   first = tuning.load_table("synthetic-default", "study")["rows"]["mix"]
   assert not (record / "runs" / "mix-s0" / "predictions.parquet").exists()
@@ -221,5 +231,5 @@ def test_a_record_of_the_sweeps_small_files_selects_the_same_table(tuned_dir, tm
   os.remove(tuning.table_path("synthetic-default", "study"))
   assert tune.main([f"--out={record}", "--select_only"]) == 0
   again = tuning.load_table("synthetic-default", "study")["rows"]["mix"]
-  assert again["settings"] == first["settings"] == {"train.learning_rate": 0.003}
+  assert again["settings"] == first["settings"] == {"train.learning_rate": LRS[1]}
   assert again["trials"] == first["trials"]
