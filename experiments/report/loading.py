@@ -7,8 +7,9 @@ runs, which all used data seed 0). Every statistic is over seed pairs.
 
 Whether a run converged (`not_converged`, the one rule every judgement of the report applies): a
 run converged when early stopping ended it (results.json `stop_reason` "early_stopping"); it did
-not when its step budget ran out first ("max_steps"). A model without parameters
-("not_trainable") and an older run that records no stop reason do not count against a
+not when its step budget ran out first ("max_steps"; for an older run that records no reason:
+when its best validation step is its last). A model without parameters ("not_trainable") and an
+older run that stopped after its best step without recording why do not count against a
 comparison (the tuning-and-convergence table prints the latter as unknown). A comparison that
 uses a run that did not converge is printed "not converged" and is not judged: no verdict, no
 bold, no `*`.
@@ -170,8 +171,14 @@ class RunResult:
 
   @property
   def stop_reason(self) -> Optional[str]:
-    """results.json `stop_reason`; None for an older run that does not record it."""
-    return self.results.get("stop_reason")
+    """results.json `stop_reason`. An older run that does not record it: "max_steps" when its
+    best validation step is its last (it was still improving when its budget ended it, the
+    rule of the reports before the stop reason existed), else None (unknown)."""
+    reason = self.results.get("stop_reason")
+    if reason is None and self.results.get("steps", 0) > 0 and (
+        self.results.get("best_step", -1) >= self.results["steps"]):
+      return BUDGET
+    return reason
 
   def has_predictions(self) -> bool:
     return os.path.exists(os.path.join(self.workdir, "predictions.parquet"))
