@@ -83,29 +83,9 @@ def apply_tuning(config, argv) -> str:
           + (f"; {', '.join(kept)} from the command line" if kept else ""))
 
 
-def _define_config_flag() -> None:
-  """`--config` and its overrides (`config.define_config_flag`): an unknown `--config.KEY` is
-  one `error:` line naming it and its valid neighbours, exit code 2."""
-  from mscan_jax import config as config_lib
-  try:
-    config_lib.define_config_flag(_CONFIG_HELP)
-  except config_lib.ConfigError as e:
-    _fail(str(e))
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, any bad flag reported as one `error:` line, exit code 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e))
-  return []
-
-
 def _fail(message: str, code: int = 2) -> None:
-  """One line `error: <message>` on stderr and exit code `code` (2: a usage error)."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
+  from mscan_jax import config as config_lib
+  config_lib.fail(message, code)
 
 
 def format_speed(results: dict) -> str:
@@ -133,5 +113,6 @@ def default_workdir(config) -> str:
 
 
 if __name__ == "__main__":
-  _define_config_flag()
-  app.run(main, flags_parser=_parse_flags)
+  from mscan_jax import config as config_lib
+  config_lib.define_config_flag_or_fail(_CONFIG_HELP)
+  app.run(main, flags_parser=config_lib.parse_flags_or_fail)

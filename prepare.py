@@ -33,7 +33,6 @@ The command sits beside `launch.py`, above the config (README, "Layout"): the bu
 `mscan_jax.data.prepare`, which knows no config file.
 """
 
-import sys
 import time
 
 from absl import app, flags
@@ -44,10 +43,7 @@ from mscan_jax.data import prepare as prepare_lib
 from mscan_jax.data.schema import DataError
 from mscan_jax.errors import ConfigError
 
-def _fail(message: str) -> None:
-  """One line on stderr, exit code 2 (a usage error), no traceback."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+_fail = config_lib.fail
 
 
 def _define_flags() -> None:
@@ -57,23 +53,11 @@ def _define_flags() -> None:
                       "recbole, aliccp_csv) or a file (aliccp_csv, a recbole .inter).", required=True)
   flags.DEFINE_string("out", None, "Output directory of the built dataset.", required=True)
   flags.DEFINE_bool("overwrite", False, "Replace an existing built dataset at --out.")
-  # `--config` and its overrides (`config.define_config_flag`, as launch.py): an unknown
-  # `--config.KEY` is one `error:` line naming it and its valid neighbours, exit code 2.
-  try:
-    config_lib.define_config_flag(
-        "mscan_jax/config.py; --config.data.X=Y sets the build options as for launch.py (column "
-        "mapping, caps, fractions, each loader's sub-dict).")
-  except ConfigError as e:
-    _fail(str(e))
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, any bad flag reported as one `error:` line, exit code 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e))
-  return []
+  # `--config` and its overrides, as launch.py: an unknown `--config.KEY` is one `error:` line
+  # naming it and its valid neighbours, exit code 2.
+  config_lib.define_config_flag_or_fail(
+      "mscan_jax/config.py; --config.data.X=Y sets the build options as for launch.py (column "
+      "mapping, caps, fractions, each loader's sub-dict).")
 
 
 def main(argv) -> None:
@@ -93,4 +77,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=config_lib.parse_flags_or_fail)

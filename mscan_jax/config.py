@@ -312,6 +312,34 @@ def define_config_flag(help_text: str):
   return config_flags.DEFINE_config_file("config", os.path.abspath(__file__), help_text)
 
 
+# ----------------------------------------------------------------------------- commands
+
+def fail(message: str, code: int = 2) -> None:
+  """A command's end on an error: one line `error: <message>` on stderr and exit code `code`
+  (2: the user's to fix), no traceback (launch.py, prepare.py)."""
+  import sys
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def define_config_flag_or_fail(help_text: str):
+  """`define_config_flag`, an unknown `--config.KEY` ending the command with `fail`."""
+  try:
+    return define_config_flag(help_text)
+  except ConfigError as e:
+    fail(str(e))
+
+
+def parse_flags_or_fail(argv: list[str]) -> list[str]:
+  """absl's parsing (a command's `flags_parser`), any bad flag ending it with `fail`."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+  return []
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, default=_default)
 
