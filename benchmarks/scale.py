@@ -1,8 +1,8 @@
 """The paper's Ali-CCP at full size on one machine: raw parse, build, training, full evaluation.
 
-    .venv/bin/python -m benchmarks.scale                        # 85M events: the full run
+    .venv/bin/python -m benchmarks.scale --drop_raw             # 85M events: the full run
     .venv/bin/python -m benchmarks.scale --events=2000000       # a small check (minutes)
-    .venv/bin/python -m benchmarks.scale --events=2000000 --keep --tmp=/big/disk
+    .venv/bin/python -m benchmarks.scale --events=2000000 --keep --tmp=/big/disk --model=mscan
 
 Issue 23: Ali-CCP has about 85M samples (Tianchi dataset 408: 42.3M train and 43.0M test
 skeleton rows); every phase must stay within 6 GB of peak RSS on a 24 GB machine. This script
@@ -15,15 +15,16 @@ skeleton rows); every phase must stay within 6 GB of peak RSS on a 24 GB machine
 2. prepares them (`mscan_jax.data.prepare.prepare("aliccp", ...)`, what `prepare.py` runs) in a
    child process: the raw parse and the build are timed apart, each with its own peak RSS (the
    child resets its high-water mark between them, `/proc/self/clear_refs`);
-3. runs `launch.py` on the built dataset in a child: `--steps` training steps (M-scan, the
-   default config), one validation pass, then the whole test split predicted, its AUC and
+3. runs `launch.py` on the built dataset in a child: `--steps` training steps (`--model`, Mix
+   by default: M-scan's test pass alone would take 10 h or more on 2 cores), one validation pass, then the whole test split predicted, its AUC and
    GAUC computed and `predictions.parquet` written; training, validation and test evaluation
    each with their own peak RSS (reset at the start of each `steps.predict`).
 
 It prints each phase's wall time and peak RSS, and the bytes per event of the raw files and of
 the built dataset on disk. Every child's own peak (`os.wait4`'s ru_maxrss) is printed too. The
-disk needed is about (raw + built) bytes per event times the events; the script refuses to
-start when `--tmp` has less free space than its estimate. Figures are printed, never asserted.
+disk needed is about (raw + spill + built) bytes per event times the events, or with
+`--drop_raw` (the raw files deleted once parsed) the larger of raw + spill and spill + built;
+the script refuses to start when `--tmp` has less free space than its estimate. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -38,15 +39,26 @@ import tempfile
 import time
 
 from benchmarks.aliccp_preprocess import SKELETON_SHARE, write_raw_pair
+from mscan_jax.data.prepare import SPILL_BYTES_PER_EVENT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1 << 30
 PAPER_EVENTS = 85_300_000                    # Ali-CCP: 42.3M train + 43.0M test skeleton rows
 TRAIN_SHARE = 42.3 / 85.3
 COMMON_BYTES_PER_EVENT = 230                 # real common files / skeleton rows, about
-# Disk per event for the refusal before generating: raw (~260 skeleton + 230 common) and the
+# Disk per event for the refusal before generating: raw (~260 skeleton + 230 common), the
+# reader's spill and the filter's copy of its log (`prepare.SPILL_BYTES_PER_EVENT` + 64) and the
 # built dataset (~330 at Ls 20, Lh 40, int32 indices); the run prints the measured figures.
-DISK_BYTES_PER_EVENT_ESTIMATE = 260 + COMMON_BYTES_PER_EVENT + 330
+RAW_BYTES_PER_EVENT = 260 + COMMON_BYTES_PER_EVENT
+BUILD_BYTES_PER_EVENT = SPILL_BYTES_PER_EVENT + 64 + 330
+
+
+def disk_needed(events: int, drop_raw: bool) -> int:
+  """Bytes of disk the run needs at its peak: the raw files and the spill, then (the raw files
+  deleted after the parse with `drop_raw`) the spill and the built dataset."""
+  if drop_raw:
+    return events * max(RAW_BYTES_PER_EVENT + SPILL_BYTES_PER_EVENT, BUILD_BYTES_PER_EVENT)
+  return events * (RAW_BYTES_PER_EVENT + BUILD_BYTES_PER_EVENT)
 
 # Helpers the children share: the high-water mark of the resident set and its reset.
 _RSS = r"""
@@ -68,7 +80,7 @@ def reset():
 
 _PREPARE = _RSS + r"""
 import json, sys, time
-marks_path, raw, out = sys.argv[1:4]
+marks_path, raw, out, drop_raw = sys.argv[1:5]
 from mscan_jax import config as config_lib
 from mscan_jax.data import prepare
 
@@ -77,6 +89,9 @@ _build = prepare.builder.build_dataset
 
 def build(out, *log, **kwargs):         # *log: no reference of ours outlives the call
   marks["parse"] = {"seconds": time.perf_counter() - t0, "peak": peak()}
+  if drop_raw == "1":                   # the reader is done with them (--drop_raw)
+    import shutil
+    shutil.rmtree(raw)
   reset()
   t1 = time.perf_counter()
   log = list(log)
@@ -157,14 +172,21 @@ def main(argv=None) -> None:
   p.add_argument("--keep", action="store_true", help="keep the raw files, dataset and run")
   p.add_argument("--prepare_only", action="store_true",
                  help="stop after the build (raw parse and build figures only)")
+  p.add_argument("--model", default="mix",
+                 help="the model trained and evaluated (M-scan's co-attention predicts ~1k "
+                      "samples/s on 2 CPU cores: 10 h or more for the full test split)")
+  p.add_argument("--drop_raw", action="store_true",
+                 help="delete the raw files once parsed, before the build (the disk of a 24 GB "
+                      "machine with ~75 GB free holds raw + spill or spill + built, not all three)")
   p.add_argument("extra", nargs="*", help="further launch.py flags, after --")
   a = p.parse_args(argv)
 
-  need = a.events * DISK_BYTES_PER_EVENT_ESTIMATE
+  need = disk_needed(a.events, a.drop_raw)
   free = shutil.disk_usage(a.tmp).free
   if need > free:
     raise SystemExit(f"error: {a.tmp}: {free / 1e9:.1f} GB free, about {need / 1e9:.1f} GB "
-                     f"needed ({a.events:,} events x {DISK_BYTES_PER_EVENT_ESTIMATE} bytes)")
+                     f"needed for {a.events:,} events"
+                     + ("" if a.drop_raw else "; --drop_raw needs less"))
   work = tempfile.mkdtemp(prefix="scale-", dir=a.tmp)
   raw, built = os.path.join(work, "raw"), os.path.join(work, "built")
   os.makedirs(raw)
@@ -175,7 +197,8 @@ def main(argv=None) -> None:
     rows.append(("generate raw", time.perf_counter() - t, None, ""))
     raw_bytes = du(raw)
 
-    seconds, child_peak = run_child(_PREPARE, [os.path.join(work, "prepare.json"), raw, built],
+    seconds, child_peak = run_child(_PREPARE, [os.path.join(work, "prepare.json"), raw, built,
+                                               "1" if a.drop_raw else "0"],
                                     os.path.join(work, "prepare.log"))
     with open(os.path.join(work, "prepare.json")) as f:
       pm = json.load(f)
@@ -184,12 +207,12 @@ def main(argv=None) -> None:
                  f"prepare child: {seconds:.0f} s; its ru_maxrss since the reset {child_peak / GIB:.2f}G"))
     built_bytes = du(built)
     if not a.keep:
-      shutil.rmtree(raw)
+      shutil.rmtree(raw, ignore_errors=True)
     pred_bytes = 0
     if a.prepare_only:
       return report(a, pm, rows, raw_bytes, built_bytes, pred_bytes)
 
-    args = ["--config.data.name=aliccp", f"--config.data.path={built}",
+    args = [f"--config.model={a.model}", "--config.data.name=aliccp", f"--config.data.path={built}",
             f"--config.train.max_steps={a.steps}", f"--config.train.eval_every_steps={a.steps}",
             "--config.train.progress=False", f"--workdir={os.path.join(work, 'run')}", *a.extra]
     seconds, child_peak = run_child(_LAUNCH, [os.path.join(work, "launch.json"),

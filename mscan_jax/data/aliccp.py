@@ -75,7 +75,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mscan_jax.data import builder
+from mscan_jax.data import builder, spill
 from mscan_jax.data.rawio import (DEFAULT_BLOCK_SIZE, DEFAULT_WORKERS, check_file,
                                   iter_line_blocks, merge_vocab, ordered_map, read_block, reindex,
                                   reindex_with_vocab)
@@ -427,21 +427,46 @@ def _check_unique_keys(keys: pa.Array, path: str, line_of) -> None:
                   f"({len(dup)} duplicated keys in all); each common-features row needs its own key")
 
 
-@dataclasses.dataclass
 class _Kept:
-  """Columns of the kept skeleton rows of one file, as lists of per-block chunks."""
-  sample_id: list = dataclasses.field(default_factory=list)   # int64
-  click: list = dataclasses.field(default_factory=list)       # int8
-  common_idx: list = dataclasses.field(default_factory=list)  # int32 row of the common table
-  item: list = dataclasses.field(default_factory=list)        # (n, Fi) int64 raw, -1 absent
-  scenario: list = dataclasses.field(default_factory=list)    # int64 raw
+  """The kept skeleton rows of the raw files, appended file after file to one set of columns
+  (`spill.Spill`: on disk or in memory), and the distinct raw values seen per item and scenario
+  field (per id, not per event: the vocab)."""
+
+  def __init__(self, store: spill.Spill):
+    self.sample_id = store.column("sample_id", np.int64)
+    self.click = store.column("click", np.int8)
+    self.common_idx = store.column("common_idx", np.int32)   # row of its file's common table
+    self.item = store.column("item_raw", np.int64, (len(ITEM_FIELDS),))     # -1 absent
+    self.scenario = store.column("scenario_raw", np.int64)
+    self._distinct: list[list[np.ndarray]] = [[] for _ in range(len(ITEM_FIELDS) + 1)]
+
+  def append(self, sid, click, idx, item, scen) -> None:
+    for w, v in ((self.sample_id, sid), (self.click, click), (self.common_idx, idx),
+                 (self.item, item), (self.scenario, scen)):
+      w.append(v)
+    for j, values in enumerate((*item.T, scen)):
+      parts = self._distinct[j]
+      parts.append(np.unique(values))
+      if len(parts) >= 64:                          # merged now and then: per id, not per row
+        parts[:] = [np.unique(np.concatenate(parts))]
+
+  def remove_parsed(self) -> None:
+    """Deletes the spill files of the raw values and common rows (none in memory)."""
+    for w in (self.common_idx, self.item, self.scenario):
+      if isinstance(w, spill.ColumnWriter) and os.path.exists(w.path):
+        os.remove(w.path)
+
+  def distinct(self, j: int) -> list[np.ndarray]:
+    """The distinct raw values of item field j (j = len(ITEM_FIELDS): the scenario)."""
+    return self._distinct[j]
 
 
-def read_skeleton(path: str, common: CommonTable, *, file_index: int,
+def read_skeleton(path: str, common: CommonTable, kept: _Kept, *, file_index: int,
                   block_size: int = DEFAULT_BLOCK_SIZE, missing_common: str = "error",
-                  counts: dict[str, int] | None = None, workers: int = DEFAULT_WORKERS) -> _Kept:
+                  counts: dict[str, int] | None = None, workers: int = DEFAULT_WORKERS) -> int:
   """Streams a `sample_skeleton_*.csv`, joining each row with `common` and applying the
-  drop policies of the module docstring. Counters are added to `counts`."""
+  drop policies of the module docstring; the kept rows are appended to `kept`. Counters are
+  added to `counts`. Returns the number of rows kept."""
   check_file(path)
   if missing_common not in ("error", "drop"):
     raise ValueError(f"missing_common must be 'error' or 'drop', got {missing_common!r}")
@@ -487,21 +512,16 @@ def read_skeleton(path: str, common: CommonTable, *, file_index: int,
     return (c, file_index * SAMPLE_ID_FILE_STRIDE + line + keep, click[keep].astype(np.int8),
             idx[keep].astype(np.int32), f.values[keep, :-1], f.values[keep, -1])
 
-  kept = _Kept()
-  rows = 0
+  rows, before = 0, kept.click.rows
   blocks = iter_line_blocks(path, block_size, skip_header=b"sample_id,")
   for c, sid, click, idx, item, scen in ordered_map(parse, blocks, workers):
     for k, v in c.items():
       _add(counts, k, v)
     rows += c["rows_read"]
-    kept.sample_id.append(sid)
-    kept.click.append(click)
-    kept.common_idx.append(idx)
-    kept.item.append(item)
-    kept.scenario.append(scen)
+    kept.append(sid, click, idx, item, scen)
   if rows == 0:
     raise DataError(f"{path}: the file is empty (no sample rows)")
-  return kept
+  return kept.click.rows - before
 
 
 def _add(counts: dict[str, int], key: str, value) -> None:
@@ -530,21 +550,27 @@ def raw_files(raw: str) -> list[tuple[str, str, str]]:
 
 
 def load_aliccp_raw(raw: str, *, block_size: int = DEFAULT_BLOCK_SIZE,
-                    missing_common: str = "error", workers: int = DEFAULT_WORKERS
+                    missing_common: str = "error", workers: int = DEFAULT_WORKERS,
+                    spill_dir: str | None = None
                     ) -> tuple[builder.EventLog, dict[str, np.ndarray], dict[str, Any]]:
   """Reads the raw Tianchi files in directory `raw` (train pair, then test pair).
 
   Returns (log, vocab, stats): the event log in time order (file order), the raw feature id of
   each contiguous id per field, and the parsing statistics (rows read and dropped per reason).
+  With `spill_dir` (a folder the caller owns and removes), the rows are written there block
+  by block as they are parsed and the log's columns are read-only memory maps of its files
+  (`spill`): what stays in memory is per id (the common tables, the vocab), not per event.
+  Without it, the same columns are built in memory.
   """
   pairs = raw_files(raw)
   stats: dict[str, Any] = {"source_format": "aliccp raw (Tianchi 408)", "bytes_read": 0}
-  kept_per_pair, user_tables = [], []
+  kept = _Kept(spill.Spill(spill_dir))
+  user_tables = []        # per file: (common user rows its kept samples use, their rows, count)
   for file_index, (split, skel, comm) in enumerate(pairs):
     common = read_common_features(comm, block_size, workers)
     counts: dict[str, int] = {}
-    kept = read_skeleton(skel, common, file_index=file_index, block_size=block_size,
-                         missing_common=missing_common, counts=counts, workers=workers)
+    n = read_skeleton(skel, common, kept, file_index=file_index, block_size=block_size,
+                      missing_common=missing_common, counts=counts, workers=workers)
     stats[f"{split}_common_rows"] = common.rows
     stats[f"{split}_common_feature_num_mismatch"] = common.num_mismatch
     for name, c in zip(USER_FIELDS, common.multi):
@@ -554,58 +580,80 @@ def load_aliccp_raw(raw: str, *, block_size: int = DEFAULT_BLOCK_SIZE,
       if v or not k.startswith("multi_valued_") or k == "multi_valued_210":
         stats[f"{split}_{k}"] = v
     stats["bytes_read"] += os.path.getsize(skel) + os.path.getsize(comm)
-    idx = np.concatenate(kept.common_idx) if kept.common_idx else np.zeros(0, np.int32)
-    used = np.unique(idx)
-    # Only the common rows that kept samples use: small, and the vocab holds used ids only.
-    user_tables.append((common.user[used], np.searchsorted(used, idx).astype(np.int32)))
-    kept.common_idx.clear()
-    kept_per_pair.append(kept)
+    user_tables.append((common.user, n))
     del common
-  return _assemble_raw(kept_per_pair, user_tables, stats, raw)
+  return _assemble_raw(kept, user_tables, stats, raw, spill.Spill(spill_dir))
 
 
-def _assemble_raw(kept_per_pair: list[_Kept], user_tables, stats, source):
-  """Concatenates the kept chunks and re-indexes every field (vocab over the kept rows).
+def _assemble_raw(kept: _Kept, user_tables, stats, source, store: spill.Spill):
+  """Re-indexes every field of the kept rows (vocab over the kept rows), block by block.
 
-  Item chunks are released once their fields are re-indexed, before the user matrix is made,
-  so the peak holds one copy of the per-row data, not two.
+  user_tables: per file (its common table's user rows (C, Fu), the number of kept rows of the
+  file). Only the common rows that kept samples use enter the vocab.
   """
-  cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)   # noqa: E731
-  sample_id = np.concatenate([cat(k.sample_id, np.int64) for k in kept_per_pair])
-  label = np.concatenate([cat(k.click, np.int8) for k in kept_per_pair])
+  sample_id, label = kept.sample_id.finish(), kept.click.finish()
+  common_idx, item_raw, scen_raw = (kept.common_idx.finish(), kept.item.finish(),
+                                    kept.scenario.finish())
   n = label.shape[0]
   if n == 0:
     raise DataError(f"{source}: no sample row left after the drop policies: {stats}")
   vocab: dict[str, np.ndarray] = {}
-  item = np.zeros((n, len(ITEM_FIELDS)), np.int32)                 # (E, Fi)
-  for j, name in enumerate(ITEM_FIELDS):
-    raw = np.concatenate([blk[:, j] for k in kept_per_pair for blk in k.item])
-    item[:, j], vocab[name] = reindex(raw, missing=-1)
-    del raw
-  scen_raw = np.concatenate([cat(k.scenario, np.int64) for k in kept_per_pair])
-  for k in kept_per_pair:
-    k.item.clear()
-    k.scenario.clear()
-  scenario, vocab[SCENARIO_FIELD] = reindex(scen_raw[:, None], missing=-1)
-  del scen_raw
-  user = np.zeros((n, len(USER_FIELDS)), np.int32)                 # (E, Fu)
+  for j, name in enumerate((*ITEM_FIELDS, SCENARIO_FIELD)):
+    vocab[name] = merge_vocab(kept.distinct(j), missing=-1)
+  # Per file: the common rows its kept samples use (sorted), found over blocks of rows.
+  used, lo = [], 0
+  for table, rows in user_tables:
+    mask = np.zeros(table.shape[0], bool)
+    for a in range(lo, lo + rows, spill.CHUNK_ROWS):
+      mask[common_idx[a:min(a + spill.CHUNK_ROWS, lo + rows)]] = True
+    spill.release(common_idx)
+    used.append(np.flatnonzero(mask))
+    lo += rows
+  user_rows = [table[u] for (table, _), u in zip(user_tables, used)]       # (C_f, Fu) raw
+  user_ids = np.zeros((sum(u.shape[0] for u in used), len(USER_FIELDS)), np.int32)
   for j, name in enumerate(USER_FIELDS):
-    v = merge_vocab([tab[:, j] for tab, _ in user_tables], missing=-1)
-    vocab[name] = v
-    user[:, j] = np.concatenate([reindex_with_vocab(tab[:, j], v, missing=-1)[local]
-                                 for tab, local in user_tables])
-  log = _event_log(user, item, scenario, label, sample_id, vocab, source, ITEM_FIELDS)
+    vocab[name] = merge_vocab([r[:, j] for r in user_rows], missing=-1)
+    user_ids[:, j] = np.concatenate([reindex_with_vocab(r[:, j], vocab[name], missing=-1)
+                                     for r in user_rows])
+  offsets = np.cumsum([0] + [u.shape[0] for u in used])
+  file_of = np.repeat(np.arange(len(user_tables)), [rows for _, rows in user_tables])
+  item_w = store.column("item", np.int32, (len(ITEM_FIELDS),))                # (E, Fi)
+  scen_w = store.column("scenario", np.int32, (1,))                          # (E, 1)
+  user_w = store.column("user", np.int32, (len(USER_FIELDS),))               # (E, Fu)
+  user_id_w = store.column("user_id", np.int32)                              # (E,)
+  for a in range(0, n, spill.CHUNK_ROWS):
+    b = min(a + spill.CHUNK_ROWS, n)
+    raw = item_raw[a:b]
+    item_w.append(np.stack([reindex_with_vocab(raw[:, j], vocab[name], missing=-1)
+                            for j, name in enumerate(ITEM_FIELDS)], axis=1))
+    scen_w.append(reindex_with_vocab(scen_raw[a:b], vocab[SCENARIO_FIELD], missing=-1)[:, None])
+    f = file_of[a:b]
+    rows = np.empty(b - a, np.int64)
+    for k in np.unique(f):
+      at = f == k
+      rows[at] = offsets[k] + np.searchsorted(used[k], common_idx[a:b][at])
+    user = user_ids[rows]
+    user_w.append(user)
+    user_id_w.append((user[:, 0].astype(np.int64) - 1).astype(np.int32))
+    spill.release(item_raw, scen_raw, common_idx)
+  del item_raw, scen_raw, common_idx
+  kept.remove_parsed()                   # the raw values: their ids are written now
+  log = _event_log(user_w.finish(), item_w.finish(), scen_w.finish(), label, sample_id,
+                   user_id_w.finish(), vocab, source, ITEM_FIELDS)
   stats["events"] = int(n)
   return log, vocab, stats
 
 
-def _event_log(user, item, scenario, label, sample_id, vocab, source,
+def _event_log(user, item, scenario, label, sample_id, user_id, vocab, source,
                item_names: Sequence[str]) -> builder.EventLog:
-  """The `EventLog` of re-indexed (E, F) int32 arrays; field sizes from the vocab."""
+  """The `EventLog` of re-indexed (E, F) int32 arrays; field sizes from the vocab. user_id
+  None: user field 0's id - 1."""
   fields = lambda names: tuple(Field(nm, max(int(vocab[nm].shape[0]), 2)) for nm in names)  # noqa: E731
+  if user_id is None:
+    user_id = (user[:, 0].astype(np.int64) - 1).astype(np.int32)
   return builder.EventLog(
-      user=user, item=item, scenario=scenario.astype(np.int32), label=label.astype(np.int8),
-      user_id=(user[:, 0].astype(np.int64) - 1).astype(np.int32),
+      user=user, item=item, scenario=spill.astype(scenario, np.int32),
+      label=spill.astype(label, np.int8), user_id=user_id,
       user_fields=fields(USER_FIELDS), item_fields=fields(tuple(item_names)),
       scenario_fields=fields((SCENARIO_FIELD,)), time=None, sample_id=sample_id, source=source)
 
@@ -725,6 +773,6 @@ def load_aliccp_csv(path: str, *, block_size: int = DEFAULT_BLOCK_SIZE
     item[:, j], vocab[name] = reindex(c["item"][keep, j], missing=0)
   scenario, vocab[SCENARIO_FIELD] = reindex(c["scenario"][keep][:, None], missing=0)
   stats["events"] = int(user.shape[0])
-  log = _event_log(user, item, scenario, c["click"][keep], c["sample_id"][keep], vocab, path,
+  log = _event_log(user, item, scenario, c["click"][keep], c["sample_id"][keep], None, vocab, path,
                    item_names)
   return log, vocab, stats

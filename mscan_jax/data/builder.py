@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from mscan_jax.data import sequences, splits as splits_lib
+from mscan_jax.data import sequences, spill, splits as splits_lib
 from mscan_jax.data.schema import (ALL_SEQ_MODES, SPLITS, DataError, Field, Schema, check_splits,
                                    log_layout, write_built)
 
@@ -108,14 +108,19 @@ def _check_binary(src: str, name: str, arr: np.ndarray) -> None:
 
 def validate_log(log: EventLog) -> None:
   """Raises one DataError naming the source, the column and the (input, 0-based) row of the
-  first problem; returns None when the log is valid."""
+  first problem; returns None when the log is valid. The pages of a spilled log's columns
+  (`spill`) are released after each check."""
   e = _check_rows(log)
-  _check_ids(log, e)
-  _check_label_and_user_key(log, e)
-  _check_samples_have_a_scenario(log, e)
-  _check_time(log, e)
-  _check_sample_ids(log, e)
-  _check_truth(log, e)
+  for check in (_check_ids, _check_label_and_user_key, _check_samples_have_a_scenario,
+                _check_time, _check_sample_ids, _check_truth):
+    check(log, e)
+    release(log)
+
+
+def release(log: EventLog) -> None:
+  """`spill.release` of every per-event column of `log` (a no-op for a log in memory)."""
+  spill.release(*(getattr(log, f.name) for f in dataclasses.fields(log)
+                  if f.name not in _NOT_PER_EVENT))
 
 
 def _check_rows(log: EventLog) -> int:
@@ -162,10 +167,20 @@ def _check_ids(log: EventLog, e: int) -> None:
                       f"field(s) {names} are declared")
     if not _is_int(arr):
       raise DataError(f"{src}: {group} columns {names} must hold integer ids, got dtype {arr.dtype}")
-    for j, field in enumerate(fields):
+    for field in fields:
       if field.vocab_size - 1 > _INT32_MAX:
         raise DataError(f"{src}: column {field.name!r}: vocab_size {field.vocab_size} does not fit "
                         "the stored int32 ids")
+    # Each field's range over blocks of rows; the rows of a field out of range are found after.
+    lo = np.full(len(fields), np.iinfo(np.int64).max)
+    hi = np.full(len(fields), np.iinfo(np.int64).min)
+    for _, _, block in spill.row_chunks(arr):
+      if block.shape[0]:
+        lo = np.minimum(lo, block.min(axis=0))
+        hi = np.maximum(hi, block.max(axis=0))
+    for j, field in enumerate(fields):
+      if lo[j] >= 0 and hi[j] < field.vocab_size:
+        continue
       col = arr[:, j]
       neg = col < 0
       if neg.any():
@@ -287,7 +302,7 @@ def _per_event(log: EventLog, keep: np.ndarray) -> dict[str, np.ndarray | None]:
                if f.name not in _NOT_PER_EVENT}
   if per_event["sample_id"] is None:
     per_event["sample_id"] = np.arange(keep.shape[0], dtype=np.int64)
-  return {k: (None if v is None else np.asarray(v)[keep]) for k, v in per_event.items()}
+  return {k: (None if v is None else spill.select(v, keep)) for k, v in per_event.items()}
 
 
 def _as_int64_columns(value: np.ndarray) -> np.ndarray:
@@ -484,8 +499,9 @@ def build_dataset(out_dir: str, log: EventLog, *, max_cur_len: int, max_all_len:
   dtypes = {"user": np.int32, "item": np.int32, "scenario": np.int32, "label": np.int8,
             "user_id": np.int32, "sample_id": np.int64, "is_sample": bool, "true_like": np.int8,
             "true_prob": np.float32, "true_exam": np.float32}
-  cols = {k: (v if order is None else v[order]).astype(dtypes[k], copy=False)
+  cols = {k: spill.astype(v if order is None else spill.take(v, order), dtypes[k])
           for k, v in cols.items()}
+  release(log)
 
   sample = cols["is_sample"]
 
@@ -547,6 +563,13 @@ def disk_bytes_per_event(log: EventLog, *, max_cur_len: int, max_all_len: int) -
   return per + np.dtype(np.int64).itemsize
 
 
+def log_bytes_per_event(log: EventLog) -> int:
+  """Bytes per event of the per-event columns of `log` (what a spilled copy of it takes)."""
+  e = max(int(np.asarray(log.label).shape[0]), 1)
+  return sum(int(np.asarray(getattr(log, f.name)).nbytes) // e for f in dataclasses.fields(log)
+             if f.name not in _NOT_PER_EVENT and getattr(log, f.name) is not None)
+
+
 def _merge_extra(stats: dict[str, Any], extra: dict | None) -> None:
   if not extra:
     return
@@ -575,11 +598,12 @@ def _statistics(name: str, cols: dict[str, np.ndarray], mean_len: dict[str, floa
                 split_rows: dict[str, np.ndarray], num_scen: int, counts: dict[str, int],
                 min_scen: int, schema: Schema, ordered_by: str) -> dict[str, Any]:
   sample = cols["is_sample"]
-  scen = cols["scenario"][sample, 0]                                 # (N,) of the samples
-  label = cols["label"][sample]
+  scen_all = spill.column(cols["scenario"], 0)                      # (E,) in memory
+  scen = scen_all[sample]                                            # (N,) of the samples
+  label = np.asarray(cols["label"])[sample]
   per = np.bincount(scen, minlength=num_scen + 1)
-  per_test = np.bincount(cols["scenario"][split_rows["test"], 0], minlength=num_scen + 1)
-  items = cols["item"][:, 0]
+  per_test = np.bincount(scen_all[split_rows["test"]], minlength=num_scen + 1)
+  items = spill.column(cols["item"], 0)                              # (E,) in memory
   policy = _policy(min_scen)
   stats: dict[str, Any] = {
       "name": name,
@@ -612,7 +636,8 @@ def _statistics(name: str, cols: dict[str, np.ndarray], mean_len: dict[str, floa
     truth = cols["true_like"][sample]
     stats["true_interest_rate"] = float(truth.mean())
     stats["true_interest_rate_per_scenario"] = _rate_per_scenario(truth, scen, num_scen)
-  stats["cold"] = cold_shares(cols["user_id"], items, cols["scenario"][:, 0], split_rows, num_scen)
+  stats["cold"] = cold_shares(cols["user_id"], items, scen_all, split_rows, num_scen)
+  spill.release(*cols.values())
   return stats
 
 

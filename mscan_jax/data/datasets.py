@@ -55,11 +55,11 @@ def _aliccp_options(data: ml_collections.ConfigDict) -> dict[str, int]:
   return {"block_size": int(o.block_size_mb * (1 << 20)) or rawio.DEFAULT_BLOCK_SIZE}
 
 
-def _load_aliccp(raw: str, data: ml_collections.ConfigDict):
+def _load_aliccp(raw: str, data: ml_collections.ConfigDict, spill_dir: str | None = None):
   from mscan_jax.data import aliccp, rawio
   return aliccp.load_aliccp_raw(raw, **_aliccp_options(data),
                                 workers=int(data.aliccp.workers) or rawio.DEFAULT_WORKERS,
-                                missing_common=data.aliccp.missing_common)
+                                missing_common=data.aliccp.missing_common, spill_dir=spill_dir)
 
 
 def _load_aliccp_csv(raw: str, data: ml_collections.ConfigDict):
@@ -145,6 +145,9 @@ class DatasetSpec:
   duplicates: str = "drop"        # exact duplicate rows, when config.data.duplicates is ""
   # A generated dataset's dials (`config.data.<name>.<dial>`): () -> {dial: {level: value}}
   dial_levels: Callable[[], dict[str, dict[str, float]]] | None = None
+  # The loader takes `spill_dir=`: it writes its rows there as it reads (`spill`), so its
+  # memory does not grow with the log (the others hold the log in memory: README).
+  spills: bool = False
 
   @property
   def prepared(self) -> bool:
@@ -160,7 +163,7 @@ DATASETS: dict[str, DatasetSpec] = {
                        load=_load_log, check=_check_log),
     # c = 18 for Ali-CCP (the authors' config), 1 to 10 for Cloud Theme (paper §4.4).
     "aliccp": DatasetSpec("Ali-CCP raw files (Tianchi dataset 408)", default_c=18.0,
-                          load=_load_aliccp, check=_check_aliccp),
+                          load=_load_aliccp, check=_check_aliccp, spills=True),
     "aliccp_csv": DatasetSpec("Ali-CCP processed CSV (33 or 20 columns)", default_c=18.0,
                               load=_load_aliccp_csv, check=_check_aliccp),
     # Cloud Theme's non-clicks are sampled negatives, which must never enter a history

@@ -19,8 +19,10 @@ to: short of it, `prepare` stops with a `DataError` giving both figures.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -46,6 +48,11 @@ def dataset_config(dataset: str, raw: str,
   return data
 
 
+# Disk per event of a spilling reader's files (Ali-CCP raw: the parsed rows, 61 bytes, and the
+# re-indexed log, 64), before the build's own (`builder.disk_bytes_per_event`).
+SPILL_BYTES_PER_EVENT = 125
+
+
 def prepare(dataset: str, raw: str, out: str, data: ml_collections.ConfigDict, *,
             overwrite: bool = False) -> dict[str, Any]:
   """Loads `raw` as `dataset` with the options of `data` (a `config.data`), builds it into
@@ -61,12 +68,33 @@ def prepare(dataset: str, raw: str, out: str, data: ml_collections.ConfigDict, *
     raise DataError(f"{out}: exists and is not a built dataset; choose another --out")
   elif os.path.exists(out) and not os.path.isdir(out):
     raise DataError(f"{out}: exists and is not a directory; choose another --out")
+  # A loader that spills writes its rows to a folder beside `out` (removed at the end).
+  spill_dir = (tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.spill-",
+                                dir=_existing_parent(out)) if spec.spills else None)
+  try:
+    return _prepare(spec, raw, out, data, options, spill_dir)
+  except OSError as e:
+    if e.errno != errno.ENOSPC or not spill_dir:
+      raise
+    raise DataError(f"{out}: the disk of {_existing_parent(out)} filled up while the raw rows "
+                    f"were written to {spill_dir} (the reader's spill, about "
+                    f"{SPILL_BYTES_PER_EVENT} bytes per event, removed now); free some space "
+                    "or choose another --out") from None
+  finally:
+    if spill_dir:
+      shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _prepare(spec, raw, out, data, options, spill_dir) -> dict[str, Any]:
   start = time.perf_counter()
-  log, vocab, load_stats = spec.load(raw, data)
+  log, vocab, load_stats = (spec.load(raw, data, spill_dir=spill_dir) if spill_dir
+                            else spec.load(raw, data))
   load_stats["load_seconds"] = round(time.perf_counter() - start, 2)
-  check_disk(out, builder.disk_bytes_per_event(log, max_cur_len=options["max_cur_len"],
-                                               max_all_len=options["max_all_len"]),
-             int(np.asarray(log.label).shape[0]))
+  per_event = builder.disk_bytes_per_event(log, max_cur_len=options["max_cur_len"],
+                                           max_all_len=options["max_all_len"])
+  if spill_dir:       # the filter's and the time order's copies of the spilled columns
+    per_event += 2 * builder.log_bytes_per_event(log)
+  check_disk(out, per_event, int(np.asarray(log.label).shape[0]))
   extra = source_stats(load_stats)
   if spec.all_seq_mode_reason:
     extra["all_seq_mode_reason"] = spec.all_seq_mode_reason
@@ -89,15 +117,21 @@ def prepare(dataset: str, raw: str, out: str, data: ml_collections.ConfigDict, *
 def check_disk(out: str, bytes_per_event: int, num_events: int) -> None:
   """A DataError, before anything is written, when the free disk where `out` will be written
   (its nearest existing folder) is less than `bytes_per_event * num_events`."""
-  where = os.path.dirname(os.path.abspath(out))
-  while not os.path.isdir(where):
-    where = os.path.dirname(where)
+  where = _existing_parent(out)
   needed = bytes_per_event * num_events
   free = shutil.disk_usage(where).free
   if needed > free:
     raise DataError(f"{out}: the built dataset needs about {needed / 1e9:.2f} GB of disk "
                     f"({num_events:,} events x {bytes_per_event} bytes) but {where} has "
                     f"{free / 1e9:.2f} GB free; free some space or choose another --out")
+
+
+def _existing_parent(out: str) -> str:
+  """The nearest existing folder above `out`."""
+  where = os.path.dirname(os.path.abspath(out))
+  while not os.path.isdir(where):
+    where = os.path.dirname(where)
+  return where
 
 
 def source_stats(load_stats: dict[str, Any]) -> dict[str, Any]:

@@ -47,11 +47,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import mmap
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from mscan_jax.data import spill
 
 SPLITS = ("train", "valid", "test")
 ALL_SEQ_MODES = ("impressions", "clicks")
@@ -209,7 +210,7 @@ def write_built(out_dir: str, schema: Schema, log: Mapping[str, np.ndarray],
   for key, (dtype, _) in layout.items():
     if key in written:
       continue
-    np.save(os.path.join(out_dir, "log", f"{key}.npy"), np.ascontiguousarray(log[key], dtype=dtype))
+    spill.save(os.path.join(out_dir, "log", f"{key}.npy"), log[key], dtype)   # mapped: by blocks
   for name in SPLITS:
     np.save(os.path.join(out_dir, "splits", f"{name}.npy"), np.asarray(splits[name], np.int64))
   if vocab:
@@ -256,10 +257,7 @@ class BuiltDataset:
     resident set (several GB at full size). `madvise(MADV_DONTNEED)` unmaps them; the page
     cache keeps them, so a later read costs a page fault, not a disk read.
     """
-    for arr in (*self.log.values(), *self.splits.values()):
-      mm = getattr(arr, "_mmap", None)                 # np.memmap's mapping
-      if mm is not None and hasattr(mm, "madvise"):
-        mm.madvise(mmap.MADV_DONTNEED)
+    spill.release(*self.log.values(), *self.splits.values())
 
   def split_size(self, split: str) -> int:
     return int(self.splits[split].shape[0])
