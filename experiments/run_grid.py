@@ -196,6 +196,29 @@ def tuned_settings(base: grids.Overrides, size: str, *, on: bool
   return (lambda overrides: tuning.settings_for(key, size, overrides)), tuning.table_id(key, size)
 
 
+def check_tuned_rows(runs: Sequence[grids.Run], base: grids.Overrides, size: str) -> None:
+  """A GridError when a run's row has an unfinished sweep in the tuning table (it would train
+  with the shared settings while its neighbours are tuned); rows the table lacks keep the
+  shared settings, and are named on one line."""
+  from experiments import tuning
+  key = datasets.tuning_label(data_config(base))
+  table = tuning.load_table(key, size)
+  states: dict[str, list[str]] = {"incomplete": [], "absent": []}
+  for r in runs:
+    state = tuning.row_state(table, r.overrides)
+    row = tuning.row_key(r.overrides)
+    if state in states and row not in states[state]:
+      states[state].append(row)
+  if states["incomplete"]:
+    raise GridError(
+        f"the tuning table {tuning.table_id(key, size)} has not chosen the settings of "
+        f"{len(states['incomplete'])} row(s) of this grid, whose sweep is unfinished: "
+        f"{', '.join(states['incomplete'][:8])}{' ...' if len(states['incomplete']) > 8 else ''}; "
+        "finish it (`python -m experiments.tune`, the table's command) or pass --tuned=false")
+  if states["absent"]:
+    print(f"not in the tuning table (shared settings): {', '.join(states['absent'])}")
+
+
 def _jsonable(x: Any) -> Any:
   return json.loads(json.dumps(x))
 
@@ -775,6 +798,8 @@ def main(argv: Sequence[str]) -> int:
       if not runs:
         raise GridError(f"--match={a.match!r} selects no run of grid {a.grid}")
     tuned, tuning_id = tuned_settings(base, size, on=a.tuned and a.grid != "tuning")
+    if tuning_id != "none":
+      check_tuned_rows(runs, base, size)
     if not a.dry_run:
       check_or_write_grid_info(a.out, {"dataset": dataset_label(base), "size": size,
                                        "shared": base, "grids": [a.grid],

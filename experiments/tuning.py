@@ -121,6 +121,15 @@ def row_settings(table: Optional[dict], overrides: Mapping[str, Any]) -> dict[st
   return dict(table.get("rows", {}).get(row_key(overrides), {}).get("settings", {}))
 
 
+def row_state(table: Optional[dict], overrides: Mapping[str, Any]) -> str:
+  """"tuned", "incomplete" (the row's sweep has an unfinished trial: it chooses nothing yet) or
+  "absent" (no table, or no such row)."""
+  row = (table or {}).get("rows", {}).get(row_key(overrides))
+  if row is None:
+    return "absent"
+  return "incomplete" if row.get("incomplete") else "tuned"
+
+
 def settings_for(dataset_key: str, size: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
   """The tuned settings of the row of `overrides` ({} without a table or row)."""
   return row_settings(load_table(dataset_key, size), overrides)

@@ -126,6 +126,23 @@ def test_the_grid_gives_each_run_its_rows_tuned_setting_and_set_overrides_it(
   assert all("train.learning_rate" not in l for l in lines)
 
 
+def test_a_row_whose_sweep_is_unfinished_stops_the_grid_before_any_run(tuned_dir, tmp_path,
+                                                                       capsys):
+  """A table row that chose nothing yet would train with the shared settings beside tuned
+  neighbours: the grid refuses it (exit code 2, the row named), unless --tuned=false."""
+  tuning.write_table({"dataset": "synthetic-tiny", "size": "tiny", "rows": {
+      "mscan": {"settings": {"train.learning_rate": 0.003}, "incomplete": False},
+      "mscan-saca=False": {"settings": {}, "incomplete": True}}},
+      tuning.table_path("synthetic-tiny", "tiny"))
+  args = ["--grid=table2", "--dataset=synthetic", "--preset=tiny", "--seeds=1",
+          f"--out={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}", "--dry_run"]
+  assert grid.main(args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error:") and "mscan-saca=False" in err and "unfinished" in err
+  assert grid.main([*args, "--tuned=false"]) == 0
+  assert tuning.row_state(None, {"model": "mscan"}) == "absent"
+
+
 def test_a_folder_started_with_another_tuning_is_refused(tmp_path):
   info = {"dataset": "synthetic-tiny", "size": "tiny", "shared": {}, "grids": ["table2"],
           "tuning": "tuned/synthetic-tiny@tiny.json@0123456789ab"}
