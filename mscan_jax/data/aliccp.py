@@ -615,8 +615,8 @@ def _assemble_raw(kept: _Kept, user_tables, stats, source, store: spill.Spill):
     vocab[name] = merge_vocab([r[:, j] for r in user_rows], missing=-1)
     user_ids[:, j] = np.concatenate([reindex_with_vocab(r[:, j], vocab[name], missing=-1)
                                      for r in user_rows])
-  offsets = np.cumsum([0] + [u.shape[0] for u in used])
-  file_of = np.repeat(np.arange(len(user_tables)), [rows for _, rows in user_tables])
+  offsets = np.cumsum([0] + [u.shape[0] for u in used])                 # table row of file k
+  ends = np.cumsum([rows for _, rows in user_tables])                  # kept rows up to file k
   item_w = store.column("item", np.int32, (len(ITEM_FIELDS),))                # (E, Fi)
   scen_w = store.column("scenario", np.int32, (1,))                          # (E, 1)
   user_w = store.column("user", np.int32, (len(USER_FIELDS),))               # (E, Fu)
@@ -627,7 +627,7 @@ def _assemble_raw(kept: _Kept, user_tables, stats, source, store: spill.Spill):
     item_w.append(np.stack([reindex_with_vocab(raw[:, j], vocab[name], missing=-1)
                             for j, name in enumerate(ITEM_FIELDS)], axis=1))
     scen_w.append(reindex_with_vocab(scen_raw[a:b], vocab[SCENARIO_FIELD], missing=-1)[:, None])
-    f = file_of[a:b]
+    f = np.searchsorted(ends, np.arange(a, b), side="right")          # the file of each row
     rows = np.empty(b - a, np.int64)
     for k in np.unique(f):
       at = f == k
