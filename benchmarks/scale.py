@@ -39,7 +39,7 @@ import tempfile
 import time
 
 from benchmarks.aliccp_preprocess import SKELETON_SHARE, write_raw_pair
-from mscan_jax.data.prepare import SPILL_BYTES_PER_EVENT
+from mscan_jax.data.aliccp import SPILL_BYTES_PER_EVENT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1 << 30
@@ -47,7 +47,7 @@ PAPER_EVENTS = 85_300_000                    # Ali-CCP: 42.3M train + 43.0M test
 TRAIN_SHARE = 42.3 / 85.3
 COMMON_BYTES_PER_EVENT = 230                 # real common files / skeleton rows, about
 # Disk per event for the refusal before generating: raw (~260 skeleton + 230 common), the
-# reader's spill and the filter's copy of its log (`prepare.SPILL_BYTES_PER_EVENT` + 64) and the
+# reader's spill and the filter's copy of its log (`aliccp.SPILL_BYTES_PER_EVENT` + 64) and the
 # built dataset (~330 at Ls 20, Lh 40, int32 indices); the run prints the measured figures.
 RAW_BYTES_PER_EVENT = 260 + COMMON_BYTES_PER_EVENT
 BUILD_BYTES_PER_EVENT = SPILL_BYTES_PER_EVENT + 64 + 330

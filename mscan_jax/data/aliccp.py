@@ -81,6 +81,21 @@ from mscan_jax.data.rawio import (DEFAULT_BLOCK_SIZE, DEFAULT_WORKERS, check_fil
                                   reindex_with_vocab)
 from mscan_jax.data.schema import DataError, Field
 
+# Disk per event of the reader's spill (`load_aliccp_raw(spill_dir=)`): the parsed rows (sample
+# id 8, click 1, common row 4, raw item fields 40, raw scenario 8) and the re-indexed log (user
+# 36, item 20, scenario 4, user key 4); and the size of a skeleton row, about (the generated
+# files of benchmarks.aliccp_preprocess, modelled on the real ones), to estimate the rows.
+SPILL_BYTES_PER_EVENT = 125
+SKELETON_BYTES_PER_ROW = 260
+
+
+def spill_bytes(raw: str) -> int:
+  """About how much disk `load_aliccp_raw(raw, spill_dir=)` writes: the skeleton files' rows
+  (their size over `SKELETON_BYTES_PER_ROW`) times `SPILL_BYTES_PER_EVENT`."""
+  rows = sum(os.path.getsize(skel) for _, skel, _ in raw_files(raw)) / SKELETON_BYTES_PER_ROW
+  return int(rows * SPILL_BYTES_PER_EVENT)
+
+
 USER_FIELDS = ("101", "121", "122", "124", "125", "126", "127", "128", "129")
 ITEM_FIELDS = ("205", "206", "207", "210", "216")
 SCENARIO_FIELD = "301"

@@ -62,6 +62,11 @@ def _load_aliccp(raw: str, data: ml_collections.ConfigDict, spill_dir: str | Non
                                 missing_common=data.aliccp.missing_common, spill_dir=spill_dir)
 
 
+def _aliccp_spill_bytes(raw: str) -> int:
+  from mscan_jax.data import aliccp
+  return aliccp.spill_bytes(raw)
+
+
 def _load_aliccp_csv(raw: str, data: ml_collections.ConfigDict):
   from mscan_jax.data import aliccp
   return aliccp.load_aliccp_csv(raw, **_aliccp_options(data))
@@ -145,9 +150,10 @@ class DatasetSpec:
   duplicates: str = "drop"        # exact duplicate rows, when config.data.duplicates is ""
   # A generated dataset's dials (`config.data.<name>.<dial>`): () -> {dial: {level: value}}
   dial_levels: Callable[[], dict[str, dict[str, float]]] | None = None
-  # The loader takes `spill_dir=`: it writes its rows there as it reads (`spill`), so its
-  # memory does not grow with the log (the others hold the log in memory: README).
-  spills: bool = False
+  # Set: the loader takes `spill_dir=` and writes its rows there as it reads (`spill`), so its
+  # memory does not grow with the log (the others hold the log in memory: README); this gives
+  # the disk that takes, about, from the raw path.
+  spill_bytes: Callable[[str], int] | None = None
 
   @property
   def prepared(self) -> bool:
@@ -163,7 +169,8 @@ DATASETS: dict[str, DatasetSpec] = {
                        load=_load_log, check=_check_log),
     # c = 18 for Ali-CCP (the authors' config), 1 to 10 for Cloud Theme (paper §4.4).
     "aliccp": DatasetSpec("Ali-CCP raw files (Tianchi dataset 408)", default_c=18.0,
-                          load=_load_aliccp, check=_check_aliccp, spills=True),
+                          load=_load_aliccp, check=_check_aliccp,
+                          spill_bytes=_aliccp_spill_bytes),
     "aliccp_csv": DatasetSpec("Ali-CCP processed CSV (33 or 20 columns)", default_c=18.0,
                               load=_load_aliccp_csv, check=_check_aliccp),
     # Cloud Theme's non-clicks are sampled negatives, which must never enter a history

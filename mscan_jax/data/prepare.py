@@ -48,11 +48,6 @@ def dataset_config(dataset: str, raw: str,
   return data
 
 
-# Disk per event of a spilling reader's files (Ali-CCP raw: the parsed rows, 61 bytes, and the
-# re-indexed log, 64), before the build's own (`builder.disk_bytes_per_event`).
-SPILL_BYTES_PER_EVENT = 125
-
-
 def prepare(dataset: str, raw: str, out: str, data: ml_collections.ConfigDict, *,
             overwrite: bool = False) -> dict[str, Any]:
   """Loads `raw` as `dataset` with the options of `data` (a `config.data`), builds it into
@@ -69,17 +64,19 @@ def prepare(dataset: str, raw: str, out: str, data: ml_collections.ConfigDict, *
   elif os.path.exists(out) and not os.path.isdir(out):
     raise DataError(f"{out}: exists and is not a directory; choose another --out")
   # A loader that spills writes its rows to a folder beside `out` (removed at the end).
-  spill_dir = (tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.spill-",
-                                dir=_existing_parent(out)) if spec.spills else None)
+  spill_dir = None
+  if spec.spill_bytes:
+    _check_free(out, spec.spill_bytes(raw), "the reader's spill of the raw rows")
+    spill_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.spill-",
+                                 dir=_existing_parent(out))
   try:
     return _prepare(spec, raw, out, data, options, spill_dir)
   except OSError as e:
     if e.errno != errno.ENOSPC or not spill_dir:
       raise
     raise DataError(f"{out}: the disk of {_existing_parent(out)} filled up while the raw rows "
-                    f"were written to {spill_dir} (the reader's spill, about "
-                    f"{SPILL_BYTES_PER_EVENT} bytes per event, removed now); free some space "
-                    "or choose another --out") from None
+                    f"were written to {spill_dir} (the reader's spill, removed now); free some "
+                    "space or choose another --out") from None
   finally:
     if spill_dir:
       shutil.rmtree(spill_dir, ignore_errors=True)
@@ -117,12 +114,16 @@ def _prepare(spec, raw, out, data, options, spill_dir) -> dict[str, Any]:
 def check_disk(out: str, bytes_per_event: int, num_events: int) -> None:
   """A DataError, before anything is written, when the free disk where `out` will be written
   (its nearest existing folder) is less than `bytes_per_event * num_events`."""
+  _check_free(out, bytes_per_event * num_events,
+              f"the built dataset ({num_events:,} events x {bytes_per_event} bytes)")
+
+
+def _check_free(out: str, needed: int, what: str) -> None:
+  """A DataError when the folder `out` goes to has less free disk than `needed` bytes."""
   where = _existing_parent(out)
-  needed = bytes_per_event * num_events
   free = shutil.disk_usage(where).free
   if needed > free:
-    raise DataError(f"{out}: the built dataset needs about {needed / 1e9:.2f} GB of disk "
-                    f"({num_events:,} events x {bytes_per_event} bytes) but {where} has "
+    raise DataError(f"{out}: {what} needs about {needed / 1e9:.2f} GB of disk but {where} has "
                     f"{free / 1e9:.2f} GB free; free some space or choose another --out")
 
 

@@ -425,8 +425,9 @@ def test_short_disk_stops_before_anything_is_written(tmp_path, monkeypatch):
   prepare.prepare("cloudtheme", raw, str(tmp_path / "probe"), data)     # learns the figure
   assert seen == [str(tmp_path)]                                        # nearest existing folder
   monkeypatch.setattr(prepare.shutil, "disk_usage", lambda p: usage(p, needed["bytes"] - 1))
-  with pytest.raises(DataError, match=rf"needs about .* GB of disk \(\d+ events x "
-                                      rf"{needed['per_event']} bytes\) but .* GB free"):
+  with pytest.raises(DataError, match=rf"the built dataset \([\d,]+ events x "
+                                      rf"{needed['per_event']} bytes\) needs about .* GB of "
+                                      r"disk but .* GB free"):
     prepare.prepare("cloudtheme", raw, out, data)
   assert not os.path.exists(tmp_path / "deep")                          # nothing written
   monkeypatch.setattr(prepare.shutil, "disk_usage", lambda p: usage(p, needed["bytes"]))

@@ -126,3 +126,19 @@ def test_prepare_spills_beside_out_and_removes_the_spill(tmp_path):
   for f in ("log/user.npy", "log/item.npy", "log/cur_idx.npy", "splits/test.npy"):
     with open(tmp_path / "built" / f, "rb") as x, open(tmp_path / "memory" / f, "rb") as y:
       assert x.read() == y.read(), f
+
+
+def test_prepare_refuses_before_the_spill_when_the_disk_is_short(tmp_path, monkeypatch):
+  """The reader's spill (about `aliccp.SPILL_BYTES_PER_EVENT` per skeleton row, the rows
+  estimated from the files' size) is checked against the free disk before anything is written."""
+  from mscan_jax import config as config_lib
+  from mscan_jax.data import prepare
+  from mscan_jax.data.schema import DataError
+  d = write_raw(str(tmp_path / "raw"))
+  need = aliccp.spill_bytes(d)
+  assert need > 0
+  real = prepare.shutil.disk_usage
+  monkeypatch.setattr(prepare.shutil, "disk_usage", lambda p: real(p)._replace(free=need - 1))
+  with pytest.raises(DataError, match=r"the reader's spill of the raw rows needs about .* GB"):
+    prepare.prepare("aliccp", d, str(tmp_path / "built"), config_lib.get_config().data)
+  assert sorted(os.listdir(tmp_path)) == ["raw"]                  # nothing written
