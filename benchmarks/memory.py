@@ -39,6 +39,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.launch_child import RSS, RUN_LAUNCH
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1 << 30
 
@@ -47,11 +49,7 @@ _CHILD = r"""
 import json, os, runpy, sys, time
 marks_path, launch = sys.argv[1], sys.argv[2]
 from mscan_jax.training import steps     # imports jax; starts no computation
-
-def peak():
-  with open("/proc/self/status") as f:
-    return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
-
+""" + RSS + r"""
 marks, t0 = [], time.perf_counter()
 _predict = steps.predict
 
@@ -63,15 +61,7 @@ def predict(params, dataset, rows, **kw):
                 "t": time.perf_counter() - t0})
   return out
 
-steps.predict = predict
-sys.argv = [launch] + sys.argv[3:]
-try:
-  runpy.run_path(launch, run_name="__main__")
-finally:
-  marks.append({"event": "exit", "peak": peak(), "t": time.perf_counter() - t0})
-  with open(marks_path, "w") as f:
-    json.dump(marks, f)
-"""
+""" + RUN_LAUNCH
 
 
 def build_data(users: int, cache_dir: str) -> tuple[str, dict]:

@@ -39,6 +39,7 @@ import tempfile
 import time
 
 from benchmarks.aliccp_preprocess import SKELETON_SHARE, write_raw_pair
+from benchmarks.launch_child import RSS, RUN_LAUNCH
 from mscan_jax.data.aliccp import SPILL_BYTES_PER_EVENT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,25 +61,8 @@ def disk_needed(events: int, drop_raw: bool) -> int:
     return events * max(RAW_BYTES_PER_EVENT + SPILL_BYTES_PER_EVENT, BUILD_BYTES_PER_EVENT)
   return events * (RAW_BYTES_PER_EVENT + BUILD_BYTES_PER_EVENT)
 
-# Helpers the children share: the high-water mark of the resident set and its reset.
-_RSS = r"""
-def peak():
-  with open("/proc/self/status") as f:
-    return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
 
-def current():
-  with open("/proc/self/status") as f:
-    return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
-
-def reset():
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")                      # resets VmHWM to the current resident set
-  except OSError:
-    pass                                # then a later phase's peak includes the earlier ones
-"""
-
-_PREPARE = _RSS + r"""
+_PREPARE = RSS + r"""
 import json, sys, time
 marks_path, raw, out, drop_raw, min_scenarios = sys.argv[1:6]
 from mscan_jax import config as config_lib
@@ -112,7 +96,7 @@ with open(marks_path, "w") as f:
   json.dump(marks, f)
 """
 
-_LAUNCH = _RSS + r"""
+_LAUNCH = RSS + r"""
 import json, runpy, sys, time
 marks_path, launch = sys.argv[1], sys.argv[2]
 from mscan_jax.training import steps
@@ -127,15 +111,7 @@ def predict(params, dataset, rows, **kw):
   marks[-1]["rss"] = current()           # where this phase's peak starts from
   return _predict(params, dataset, rows, **kw)
 
-steps.predict = predict
-sys.argv = [launch] + sys.argv[3:]
-try:
-  runpy.run_path(launch, run_name="__main__")
-finally:
-  marks.append({"event": "exit", "peak": peak(), "t": time.perf_counter() - t0})
-  with open(marks_path, "w") as f:
-    json.dump(marks, f)
-"""
+""" + RUN_LAUNCH
 
 
 def run_child(code: str, args: list[str], log_path: str) -> tuple[float, int]:
