@@ -23,13 +23,20 @@ def reset():
     pass                                # then a later phase's peak includes the earlier ones
 """
 
+# save(): the marks so far, written to marks_path through a temporary file (a killed run
+# leaves the marks of the phases it began).
 RUN_LAUNCH = r"""
+def save():
+  import os
+  with open(marks_path + ".tmp", "w") as f:
+    json.dump(marks, f)
+  os.replace(marks_path + ".tmp", marks_path)
+
 steps.predict = predict
 sys.argv = [launch] + sys.argv[3:]
 try:
   runpy.run_path(launch, run_name="__main__")
 finally:
   marks.append({"event": "exit", "peak": peak(), "t": time.perf_counter() - t0})
-  with open(marks_path, "w") as f:
-    json.dump(marks, f)
+  save()
 """

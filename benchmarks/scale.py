@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.scale --drop_raw             # 85M events: the full run
     .venv/bin/python -m benchmarks.scale --events=2000000       # a small check (minutes)
     .venv/bin/python -m benchmarks.scale --events=2000000 --keep --tmp=/big/disk --model=mscan
+    .venv/bin/python -m benchmarks.scale --built=KEPT_DIR/built     # train and evaluate only
 
 Issue 23: Ali-CCP has about 85M samples (Tianchi dataset 408: 42.3M train and 43.0M test
 skeleton rows); every phase must stay within 6 GB of peak RSS on a 24 GB machine. This script
@@ -109,6 +110,7 @@ def predict(params, dataset, rows, **kw):
                 "t": time.perf_counter() - t0})
   reset()
   marks[-1]["rss"] = current()           # where this phase's peak starts from
+  save()
   return _predict(params, dataset, rows, **kw)
 
 """ + RUN_LAUNCH
@@ -164,8 +166,12 @@ def main(argv=None) -> None:
                       "repeats one block of rows, so at 85M events most of its users stay in one "
                       "scenario and the paper's filter drops 83%% of the events (measured: 14.6M "
                       "of 85.3M kept); 1 keeps them all, so that every phase sees the full size")
+  p.add_argument("--built", default="",
+                 help="a dataset built by an earlier run (--keep): only train and evaluate it")
   p.add_argument("extra", nargs="*", help="further launch.py flags, after --")
   a = p.parse_args(argv)
+  if a.built:
+    return evaluate_built(a)
 
   need = disk_needed(a.events, a.drop_raw)
   free = shutil.disk_usage(a.tmp).free
@@ -199,27 +205,7 @@ def main(argv=None) -> None:
     if a.prepare_only:
       return report(a, pm, rows, raw_bytes, built_bytes, pred_bytes)
 
-    args = [f"--config.model={a.model}", "--config.data.name=aliccp", f"--config.data.path={built}",
-            f"--config.train.max_steps={a.steps}", f"--config.train.eval_every_steps={a.steps}",
-            "--config.train.progress=False", f"--workdir={os.path.join(work, 'run')}", *a.extra]
-    seconds, child_peak = run_child(_LAUNCH, [os.path.join(work, "launch.json"),
-                                              os.path.join(REPO, "launch.py"), *args],
-                                    os.path.join(work, "launch.log"))
-    with open(os.path.join(work, "launch.json")) as f:
-      lm = json.load(f)
-    calls = [m for m in lm if m["event"] == "predict"]
-    end = lm[-1]
-    rows.append((f"train {a.steps} steps", calls[0]["t"], calls[0]["peak"], "incl. start-up"))
-    for k, m in enumerate(calls):
-      last = k == len(calls) - 1
-      nxt = end if last else calls[k + 1]
-      name = "test evaluation" if last else "validation"
-      note = ("predict, AUC, GAUC, predictions.parquet" if last else "") + (
-          f"; launch child: {seconds:.0f} s, ru_maxrss since the last reset {child_peak / GIB:.2f}G" if last else "")
-      note = f"grew {(nxt['peak'] - m['rss']) / m['rows']:.0f} B/sample; " + note
-      rows.append((f"{name} ({m['rows']:,})", nxt["t"] - m["t"], nxt["peak"], note))
-    pred = os.path.join(work, "run", "predictions.parquet")
-    pred_bytes = os.path.getsize(pred) if os.path.exists(pred) else 0
+    pred_bytes = train_and_evaluate(a, built, work, rows)
   finally:
     if not a.keep:
       shutil.rmtree(work, ignore_errors=True)
@@ -228,9 +214,54 @@ def main(argv=None) -> None:
   report(a, pm, rows, raw_bytes, built_bytes, pred_bytes)
 
 
+def evaluate_built(a) -> None:
+  """--built=DIR: the launch phases only, on a dataset an earlier run kept."""
+  with open(os.path.join(a.built, "stats.json")) as f:
+    stats = json.load(f)
+  pm = {"events": stats["num_events"], "samples": stats["samples"]}
+  work = tempfile.mkdtemp(prefix="scale-", dir=a.tmp)
+  rows: list = []
+  try:
+    pred_bytes = train_and_evaluate(a, a.built, work, rows)
+  finally:
+    if not a.keep:
+      shutil.rmtree(work, ignore_errors=True)
+    else:
+      print(f"kept {work}")
+  report(a, pm, rows, 0, du(a.built), pred_bytes)
+
+
+def train_and_evaluate(a, built: str, work: str, rows: list) -> int:
+  """launch.py on `built` in a child: its phases appended to `rows`; returns the size of
+  predictions.parquet. The child writes its marks as each phase begins, so a run stopped
+  half-way leaves them in `work`/launch.json (kept with --keep)."""
+  args = [f"--config.model={a.model}", "--config.data.name=aliccp", f"--config.data.path={built}",
+          f"--config.train.max_steps={a.steps}", f"--config.train.eval_every_steps={a.steps}",
+          "--config.train.progress=False", f"--workdir={os.path.join(work, 'run')}", *a.extra]
+  seconds, child_peak = run_child(_LAUNCH, [os.path.join(work, "launch.json"),
+                                            os.path.join(REPO, "launch.py"), *args],
+                                  os.path.join(work, "launch.log"))
+  with open(os.path.join(work, "launch.json")) as f:
+    lm = json.load(f)
+  calls = [m for m in lm if m["event"] == "predict"]
+  end = lm[-1]
+  rows.append((f"train {a.steps} steps", calls[0]["t"], calls[0]["peak"], "incl. start-up"))
+  for k, m in enumerate(calls):
+    last = k == len(calls) - 1
+    nxt = end if last else calls[k + 1]
+    name = "test evaluation" if last else "validation"
+    note = ("predict, AUC, GAUC, predictions.parquet" if last else "") + (
+        f"; launch child: {seconds:.0f} s, ru_maxrss since the last reset {child_peak / GIB:.2f}G" if last else "")
+    note = f"grew {(nxt['peak'] - m['rss']) / m['rows']:.0f} B/sample; " + note
+    rows.append((f"{name} ({m['rows']:,})", nxt["t"] - m["t"], nxt["peak"], note))
+  pred = os.path.join(work, "run", "predictions.parquet")
+  return os.path.getsize(pred) if os.path.exists(pred) else 0
+
+
 def report(a, pm: dict, rows: list, raw_bytes: int, built_bytes: int, pred_bytes: int) -> None:
   events = pm["events"]
-  print(f"Ali-CCP raw format, {a.events:,} skeleton rows -> {events:,} events built "
+  source = f"the built dataset {a.built}" if a.built else f"{a.events:,} skeleton rows"
+  print(f"Ali-CCP raw format, {source} -> {events:,} events built "
         f"(samples: {', '.join(f'{k} {v:,}' for k, v in pm['samples'].items())}); "
         f"{os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.1f}")
   print(f"{'phase':<30} {'seconds':>8} {'peak RSS':>9} {'RSS/event':>9}")
