@@ -580,7 +580,7 @@ def load_aliccp_raw(raw: str, *, block_size: int = DEFAULT_BLOCK_SIZE,
   pairs = raw_files(raw)
   stats: dict[str, Any] = {"source_format": "aliccp raw (Tianchi 408)", "bytes_read": 0}
   kept = _Kept(spill.Spill(spill_dir))
-  user_tables = []        # per file: (common user rows its kept samples use, their rows, count)
+  user_tables = []        # per file: (its common table's user rows (C, Fu), its kept rows)
   for file_index, (split, skel, comm) in enumerate(pairs):
     common = read_common_features(comm, block_size, workers)
     counts: dict[str, int] = {}
