@@ -163,8 +163,10 @@ def astype(arr: np.ndarray, dtype) -> np.ndarray:
   """`arr.astype(dtype, copy=False)`: for a mapped `arr` of another dtype, converted block by
   block into a new file beside it and returned mapped read-only."""
   dtype = np.dtype(dtype)
-  if not is_mapped(arr) or arr.dtype == dtype:
-    return np.asarray(arr).astype(dtype, copy=False) if not is_mapped(arr) else arr
+  if not is_mapped(arr):
+    return np.asarray(arr).astype(dtype, copy=False)
+  if arr.dtype == dtype:
+    return arr
   out = ColumnWriter(_beside(arr, dtype.name), dtype, arr.shape[1:])
   for _, _, block in row_chunks(arr):
     out.append(block)
