@@ -221,10 +221,24 @@ def write_built(out_dir: str, schema: Schema, log: Mapping[str, np.ndarray],
   save_json(os.path.join(out_dir, "stats.json"), dict(stats))
 
 
-class BuiltDataset:
-  """A built dataset opened with memory-mapped arrays; `gather` makes contract batches."""
+# Resident pages of the memory-mapped dataset (with the process's other file-backed pages)
+# above which `BuiltDataset.gather` releases them (`release_pages`). Random gathers map pages
+# all over the log, and the kernel maps up to 16 neighbouring pages of each read
+# (fault-around): at Ali-CCP's 85M events one training batch of 1,024 rows and their 60 history
+# rows maps 1.4 GiB, and every further batch 0.2 GiB more, so without a bound the resident set
+# grows with the log (7.1 GiB after 20 steps, `benchmarks/scale.py`). A release costs about
+# 0.1 s there and the next gather's page faults about 0.15 s more, so it is done only past
+# the budget, never on a dataset smaller than it.
+PAGE_BUDGET_BYTES = 2 << 30
 
-  def __init__(self, path: str):
+
+class BuiltDataset:
+  """A built dataset opened with memory-mapped arrays; `gather` makes contract batches.
+
+  `page_budget`: the bytes of resident file pages above which `gather` releases the dataset's
+  mapped pages (`PAGE_BUDGET_BYTES`; None never releases)."""
+
+  def __init__(self, path: str, page_budget: int | None = PAGE_BUDGET_BYTES):
     schema_path = os.path.join(path, "schema.json")
     if not os.path.exists(schema_path):
       raise DataError(f"{path}: not a built dataset (no schema.json). Build one with "
@@ -248,6 +262,9 @@ class BuiltDataset:
     self.splits = {name: np.load(os.path.join(path, "splits", f"{name}.npy"), mmap_mode="r")
                    for name in SPLITS}
     self.num_events = self.log["label"].shape[0]
+    mapped = sum(a.nbytes for a in (*self.log.values(), *self.splits.values()))
+    # A dataset that fits in the budget is never released (no system call per batch).
+    self.page_budget = None if page_budget is None or mapped <= page_budget else page_budget
 
   def release_pages(self) -> None:
     """Drops the pages of the memory-mapped arrays from this process's resident set.
@@ -258,6 +275,14 @@ class BuiltDataset:
     cache keeps them, so a later read costs a page fault, not a disk read.
     """
     spill.release(*self.log.values(), *self.splits.values())
+
+  def bound_pages(self) -> None:
+    """`release_pages` when the resident file pages pass `page_budget` (after each gather, from
+    any thread: a page released while another gather reads it is mapped again)."""
+    if self.page_budget is not None:
+      resident = spill.resident_file_bytes()
+      if resident is not None and resident > self.page_budget:
+        self.release_pages()
 
   def split_size(self, split: str) -> int:
     return int(self.splits[split].shape[0])
@@ -297,6 +322,7 @@ class BuiltDataset:
       batch["true_prob"] = _take(lg["true_prob"], rows)
     if self.schema.has_exam:
       batch["true_exam"] = _take(lg["true_exam"], rows)
+    self.bound_pages()
     return batch
 
 

@@ -9,6 +9,8 @@ is where it must not make a whole in-memory copy:
 - `release(*arrays)`: the pages of a mapped array that the process has read count in its
   resident set until it lets them go (clean file pages, read again from the page cache or the
   disk when needed). Whole-column passes over a mapped log release as they go.
+- `resident_file_bytes()`: how much of the resident set such pages are now (Linux), so that a
+  reader can release them when they pass a budget (`BuiltDataset.gather`).
 - `row_chunks(arr)`: (lo, hi, arr[lo:hi]) over blocks of rows, releasing each after use.
 - `select(arr, keep)` and `take(arr, rows)`: a row selection or a permutation of a mapped array
   is written to a new file beside it (`<name>.<suffix>.npy`, mapped read-only); an in-memory
@@ -51,6 +53,17 @@ def release(*arrays) -> None:
     m = None if arr is None else _mapping(arr)
     if m is not None and not m.closed:
       m.madvise(mmap.MADV_DONTNEED)
+
+
+def resident_file_bytes() -> int | None:
+  """Bytes of this process's resident set that are file-backed or shared pages (the third field
+  of Linux's `/proc/self/statm`, in pages): the mapped pages `release` lets go of. None where
+  the system has no such file."""
+  try:
+    with open("/proc/self/statm", "rb") as f:
+      return int(f.read().split()[2]) * mmap.PAGESIZE
+  except (OSError, ValueError, IndexError):
+    return None
 
 
 def row_chunks(arr: np.ndarray, rows: int = CHUNK_ROWS

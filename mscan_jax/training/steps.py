@@ -186,10 +186,6 @@ def init_params(model, schema, seed: int):
 
 # ----------------------------------------------------------------------------- evaluation
 
-# Batches of `predict` between two `BuiltDataset.release_pages` (65,536 rows at batch 4096).
-RELEASE_PAGES_EVERY = 16
-
-
 def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: float, batch_size: int,
             sharding: NamedSharding, prefetch: int) -> dict[str, np.ndarray]:
   """Runs `eval_fn` over `rows` (padded last batch) and returns host arrays, one row per sample.
@@ -198,9 +194,9 @@ def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: floa
   first batch), so no device buffer outlives its batch and no per-batch allocation stays
   behind between the large step buffers (with `retain_host_memory` such leftovers fragment the
   heap). At most one batch is on the devices at a time, plus the input pipeline's `prefetch`
-  host batches. Every `RELEASE_PAGES_EVERY` batches the pages of the memory-mapped dataset read
-  so far leave the resident set (`BuiltDataset.release_pages`): at Ali-CCP's 43M test samples
-  they would add several GB of clean file pages to it. The rows kept are views of those arrays (one copy of the predictions in all)
+  host batches. The pages of the memory-mapped dataset that the gathers read leave the resident
+  set past a budget (`BuiltDataset.gather`): at Ali-CCP's 43M test samples they would add several
+  GB of clean file pages to it. The rows kept are views of those arrays (one copy of the predictions in all)
   when the padding is at the end, as with one process.
   """
   n_rows = max(1, -(-len(rows) // batch_size)) * batch_size     # padded to whole batches
@@ -233,8 +229,6 @@ def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: floa
       outs[k][start:start + len(v)] = v              # a host copy; the device buffer is freed
     start += len(res["mask"])
     del batch, res
-    if start // batch_size % RELEASE_PAGES_EVERY == 0:
-      dataset.release_pages()                        # the dataset pages read so far
   keep = outs.pop("mask")[:start] > 0
   n = int(keep.sum())
   if keep[:n].all():                                 # padding only at the end: views, no copy

@@ -142,3 +142,46 @@ def test_prepare_refuses_before_the_spill_when_the_disk_is_short(tmp_path, monke
   with pytest.raises(DataError, match=r"the reader's spill of the raw rows needs about .* GB"):
     prepare.prepare("aliccp", d, str(tmp_path / "built"), config_lib.get_config().data)
   assert sorted(os.listdir(tmp_path)) == ["raw"]                  # nothing written
+
+
+@pytest.mark.skipif(spill.resident_file_bytes() is None, reason="no /proc/self/statm")
+def test_read_pages_count_as_resident_file_pages_until_released(tmp_path):
+  """What `resident_file_bytes` measures is what `release` lets go of: reading a mapped 32 MiB
+  column adds about that much to it, and releasing the column takes it away again."""
+  n = 8 << 20                                        # int32 rows: 32 MiB
+  arr = spill.spill_arrays(str(tmp_path), {"a": np.arange(n, dtype=np.int32)})["a"]
+  before = spill.resident_file_bytes()
+  assert int(arr.sum(dtype=np.int64)) == n * (n - 1) // 2       # every page read
+  read = spill.resident_file_bytes()
+  spill.release(arr)
+  after = spill.resident_file_bytes()
+  assert read - before > 28 << 20
+  assert read - after > 28 << 20
+
+
+def test_gather_releases_the_dataset_pages_past_its_budget(tmp_path, monkeypatch):
+  """A dataset that fits in the page budget is never released; past its budget `gather`
+  releases after the batch, and the next batch reads back the same."""
+  from mscan_jax.data.schema import BuiltDataset
+  from tests.data.test_builder import build
+  _, ds = build(tmp_path)
+  rows = np.arange(ds.num_events)
+  want = ds.gather(rows)
+  tight = BuiltDataset(ds.path, page_budget=0)
+  tight.gather(rows)                                 # the pages released (a real release) ...
+  got = tight.gather(rows)                           # ... and read again
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  calls = []
+  monkeypatch.setattr(BuiltDataset, "release_pages", lambda self: calls.append(1))
+  assert ds.page_budget is None                      # the fixture fits in the default budget
+  ds.gather(rows)
+  assert calls == []
+  monkeypatch.setattr(spill, "resident_file_bytes", lambda: 1)
+  tight.gather(rows[:3])
+  assert calls == [1]
+  monkeypatch.setattr(spill, "resident_file_bytes", lambda: 0)      # within the budget
+  tight.gather(rows[:3])
+  monkeypatch.setattr(spill, "resident_file_bytes", lambda: None)   # no /proc: never
+  tight.gather(rows[:3])
+  assert calls == [1]
