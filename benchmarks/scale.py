@@ -31,6 +31,7 @@ the script refuses to start when `--tmp` has less free space than its estimate. 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -179,11 +180,10 @@ def main(argv=None) -> None:
     raise SystemExit(f"error: {a.tmp}: {free / 1e9:.1f} GB free, about {need / 1e9:.1f} GB "
                      f"needed for {a.events:,} events"
                      + ("" if a.drop_raw else "; --drop_raw needs less"))
-  work = tempfile.mkdtemp(prefix="scale-", dir=a.tmp)
-  raw, built = os.path.join(work, "raw"), os.path.join(work, "built")
-  os.makedirs(raw)
   rows = []                                  # (phase, seconds, peak bytes, note)
-  try:
+  with work_folder(a) as work:
+    raw, built = os.path.join(work, "raw"), os.path.join(work, "built")
+    os.makedirs(raw)
     t = time.perf_counter()
     generate(raw, a.events)
     rows.append(("generate raw", time.perf_counter() - t, None, ""))
@@ -206,12 +206,20 @@ def main(argv=None) -> None:
       return report(a, pm, rows, raw_bytes, built_bytes, pred_bytes)
 
     pred_bytes = train_and_evaluate(a, built, work, rows)
+  report(a, pm, rows, raw_bytes, built_bytes, pred_bytes)
+
+
+@contextlib.contextmanager
+def work_folder(a):
+  """A new folder under --tmp for the run's files, removed at the end unless --keep."""
+  work = tempfile.mkdtemp(prefix="scale-", dir=a.tmp)
+  try:
+    yield work
   finally:
     if not a.keep:
       shutil.rmtree(work, ignore_errors=True)
     else:
       print(f"kept {work}")
-  report(a, pm, rows, raw_bytes, built_bytes, pred_bytes)
 
 
 def evaluate_built(a) -> None:
@@ -219,15 +227,9 @@ def evaluate_built(a) -> None:
   with open(os.path.join(a.built, "stats.json")) as f:
     stats = json.load(f)
   pm = {"events": stats["num_events"], "samples": stats["samples"]}
-  work = tempfile.mkdtemp(prefix="scale-", dir=a.tmp)
   rows: list = []
-  try:
+  with work_folder(a) as work:
     pred_bytes = train_and_evaluate(a, a.built, work, rows)
-  finally:
-    if not a.keep:
-      shutil.rmtree(work, ignore_errors=True)
-    else:
-      print(f"kept {work}")
   report(a, pm, rows, 0, du(a.built), pred_bytes)
 
 
