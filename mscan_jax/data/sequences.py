@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mscan_jax.data import spill
 from mscan_jax.data.schema import ALL_SEQ_MODES
 
 # Elements per block when the (E, L) index arrays are filled: keeps temporaries in cache.
@@ -272,8 +273,7 @@ def write_sequences(cur_path: str, all_path: str, user_id: np.ndarray, scenario:
   counts = [0, 0]
   with open(cur_path, "wb") as fc, open(all_path, "wb") as fa:
     for f, cap in ((fc, max_cur_len), (fa, max_all_len)):
-      np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                               "fortran_order": False, "shape": (e, cap)})
+      spill.write_npy_header(f, dtype, (e, cap))
     for lo, hi, cur, alls in iter_sequence_blocks(
         user_id, scenario, click, max_cur_len=max_cur_len, max_all_len=max_all_len,
         all_seq_mode=all_seq_mode, time=time, block_rows=block_rows):

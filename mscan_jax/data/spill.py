@@ -196,6 +196,14 @@ def column(arr: np.ndarray, j: int) -> np.ndarray:
   return out
 
 
+def write_npy_header(f, dtype, shape: Sequence[int]) -> None:
+  """The `.npy` header of a C-order array of `dtype` and `shape`, written to the open binary
+  file `f`: its rows are then appended with plain writes (no writable map, whose dirty pages
+  would count as resident)."""
+  np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                           "fortran_order": False, "shape": tuple(shape)})
+
+
 def save(path: str, arr: np.ndarray, dtype) -> None:
   """`np.save(path, arr as dtype)`; a mapped `arr` is converted and written block by block."""
   dtype = np.dtype(dtype)
@@ -203,8 +211,7 @@ def save(path: str, arr: np.ndarray, dtype) -> None:
     np.save(path, np.ascontiguousarray(arr, dtype=dtype))
     return
   with open(path, "wb") as f:
-    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                             "fortran_order": False, "shape": tuple(arr.shape)})
+    write_npy_header(f, dtype, arr.shape)
     for _, _, block in row_chunks(arr):
       f.write(np.ascontiguousarray(block, dtype=dtype).data)
 
