@@ -226,9 +226,9 @@ def write_built(out_dir: str, schema: Schema, log: Mapping[str, np.ndarray],
 # all over the log, and the kernel maps up to 16 neighbouring pages of each read
 # (fault-around): at Ali-CCP's 85M events one training batch of 1,024 rows and their 60 history
 # rows maps 1.4 GiB, and every further batch 0.2 GiB more, so without a bound the resident set
-# grows with the log (7.1 GiB after 20 steps, `benchmarks/scale.py`). A release costs about
-# 0.1 s there and the next gather's page faults about 0.15 s more, so it is done only past
-# the budget, never on a dataset smaller than it.
+# grows with the log (7.1 GiB after 20 steps, `benchmarks/scale.py`; `benchmarks/gather_pages.py`).
+# A release costs about 0.1 s there and the next gather's page faults about 0.15 s more, so it is
+# done only past the budget, never on a dataset smaller than it.
 PAGE_BUDGET_BYTES = 2 << 30
 
 
