@@ -1,6 +1,6 @@
 """The tuning command: the sweep of `experiments.tuning`, then its table.
 
-    python -m experiments.tune --dataset=synthetic --size=study --population=5 \
+    python -m experiments.tune --dataset=synthetic --size=study --population=6 \
         --out=runs/tuning/synthetic-default@study
     python -m experiments.tune --dataset=log --data_path=BUILT_DIR --size=default --out=DIR
     python -m experiments.tune --select_only --out=DIR      # re-select from finished runs

@@ -2,7 +2,7 @@
 
 The rows, the tables and the selection; the command that runs a sweep is `experiments.tune`:
 
-    python -m experiments.tune --dataset=synthetic --size=study --population=5 \
+    python -m experiments.tune --dataset=synthetic --size=study --population=6 \
         --out=runs/tuning/synthetic-default@study
     python -m experiments.tune --dataset=log --data_path=BUILT_DIR --size=default --out=DIR
     python -m experiments.tune --select_only --out=DIR      # re-select from finished runs
@@ -15,7 +15,7 @@ same space (`grids.TUNING_SPACE`, the learning rate; the reference scorers their
 early stopping at model seed 0 and data seed 0 of the dataset's default data, and the trial with
 the best validation score (`results.json`'s `best_valid_auc`, by `config.train.select_metric`)
 is the row's setting. Test data is never read. The trials of a row differ only in the
-learning rate, so `--population=5` trains them as one program.
+learning rate, so `--population=6` trains them as one program.
 
 `experiments.tune` runs the sweep (the grid `tuning` through `experiments.run_grid`: resumable, the
 same flags), then writes the table `experiments/tuned/<dataset>@<size>.json` (`table_path`):
