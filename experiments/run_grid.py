@@ -80,6 +80,7 @@ from absl import flags
 from experiments import grids
 from experiments import placement as placement_lib
 from experiments import sharding
+from experiments import tuning
 from mscan_jax import config as config_lib
 from mscan_jax import models
 from mscan_jax.data import datasets
@@ -91,7 +92,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LAUNCHER = (sys.executable, os.path.join(REPO_ROOT, "launch.py"))
 RESULTS = "results.json"
 LOG = "log.txt"
-RUN_INFO = "run.json"
+RUN_INFO = rundir.RUN_INFO
 GRID_INFO = "grid.json"
 POPULATION_LAUNCHER = (sys.executable, "-m", "mscan_jax.training.population")
 POPULATION_SPEC = "members.json"
@@ -185,7 +186,6 @@ def tuned_settings(base: grids.Overrides, size: str, *, on: bool
                    ) -> tuple[Callable[[grids.Overrides], grids.Overrides], str]:
   """(run overrides -> its row's tuned settings, the table's id for grid.json): the tuning table
   of the folder's dataset and size (`experiments.tuning`); nothing with `on` False."""
-  from experiments import tuning
   if not on:
     return (lambda overrides: {}), "none"
   key = datasets.tuning_label(data_config(base))
@@ -200,7 +200,6 @@ def check_tuned_rows(runs: Sequence[grids.Run], base: grids.Overrides, size: str
   """A GridError when a run's row has an unfinished sweep in the tuning table (it would train
   with the shared settings while its neighbours are tuned); rows the table lacks keep the
   shared settings, and are named on one line."""
-  from experiments import tuning
   key = datasets.tuning_label(data_config(base))
   table = tuning.load_table(key, size)
   states: dict[str, list[str]] = {"incomplete": [], "absent": []}
@@ -572,10 +571,13 @@ def _log_since(path: str, offset: int, limit: int = 1 << 20) -> str:
 
 def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER, num_jobs: int = 1,
              echo: Callable[[str], None] = print,
-             placement: Optional[placement_lib.Placement] = None) -> Summary:
+             placement: Optional[placement_lib.Placement] = None,
+             record_dir: str = "") -> Summary:
   """Runs `jobs` (K at a time, dependencies first); finished ones are skipped
   (`rundir.unfinished_reason`). `placement` gives each child its devices and memory share
-  (`experiments.placement`; None: the parent's environment). A failed run whose log says it ran
+  (`experiments.placement`; None: the parent's environment). `record_dir`: each run's small
+  files (`tuning.RECORD_FILES`) are copied to `record_dir/runs/<name>/` as soon as it is done
+  or found finished, so that a grid of many sessions can be committed as it goes. A failed run whose log says it ran
   out of memory is reported as `oom` (not retried, like any failure in this call). If this call
   stops on an exception (Ctrl-C, a signal turned into SystemExit by `main`), the running
   children's process groups are killed first."""
@@ -593,6 +595,9 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
     for run in job.runs():
       finished += 1
       status[run.run.name] = state
+      if record_dir and state in ("done", "skipped"):
+        rundir.copy_small_files(run.workdir, os.path.join(record_dir, "runs", run.run.name),
+                                tuning.RECORD_FILES)
       echo(f"[{finished}/{total}] {state:<7} {run.run.name}{note}")
 
   for job in jobs:
@@ -727,6 +732,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_bool("tuned", True, "Give every run its row's tuned settings "
                     "(experiments/tuned/<dataset>@<size>.json, `python -m experiments.tuning`); "
                     "--set overrides them. The grid `tuning` never uses them.", **d)
+  flags.DEFINE_string("record_dir", "", "Copy grid.json and each finished run's small files "
+                      "(config.json, results.json, metrics.jsonl, run.json; no checkpoints, no "
+                      "predictions) into this folder as the runs finish: a record to commit "
+                      "while a long grid runs.", **d)
   flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.", **d)
   flags.DEFINE_string("match", "", "Only the runs whose name matches this regular expression "
                       "(a slice of a grid; its sibling runs are added as needed).", **d)
@@ -836,7 +845,10 @@ def main(argv: Sequence[str]) -> int:
   if a.devices or placement.gpu:
     print(placement.describe())
   with _signals_exit():
-    summary = run_jobs(jobs, launcher=launcher, num_jobs=num_jobs, placement=placement)
+    if a.record_dir:
+      rundir.copy_small_files(a.out, a.record_dir, [GRID_INFO])
+    summary = run_jobs(jobs, launcher=launcher, num_jobs=num_jobs, placement=placement,
+                       record_dir=a.record_dir)
   print(summary.format())
   return 0 if summary.ok else 1
 

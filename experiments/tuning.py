@@ -190,27 +190,22 @@ def _finished_results(workdir: str) -> Optional[dict]:
   return results if isinstance(results, dict) and "best_valid_auc" in results else None
 
 
-RECORD_FILES = (rundir.CONFIG, rundir.RESULTS, rundir.METRICS)
+RECORD_FILES = (rundir.CONFIG, rundir.RESULTS, rundir.METRICS, rundir.RUN_INFO)
 
 
 def record_sweep(out: str, dest: str) -> int:
-  """Copies a sweep's small files (grid.json; each trial's config.json, results.json and
-  metrics.jsonl) to `dest`, atomically per file: a record to commit, from which `build_table`
-  selects the same table. Returns the number of finished trials copied."""
+  """Copies a sweep's small files (grid.json; each finished trial's `RECORD_FILES`) to `dest`,
+  atomically per file: a record to commit, from which `build_table` selects the same table.
+  Returns the number of finished trials recorded."""
   copied = 0
-  files = [("grid.json", os.path.join(out, "grid.json"))]
+  rundir.copy_small_files(out, dest, ["grid.json"])
   runs_dir = os.path.join(out, "runs")
   for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
     if _finished_results(os.path.join(runs_dir, name)) is None:
       continue
     copied += 1
-    files += [(os.path.join("runs", name, f), os.path.join(runs_dir, name, f))
-              for f in RECORD_FILES if os.path.exists(os.path.join(runs_dir, name, f))]
-  for rel, src in files:
-    target = os.path.join(dest, rel)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with open(src) as f:
-      rundir.write_text_atomic(target, f.read())
+    rundir.copy_small_files(os.path.join(runs_dir, name), os.path.join(dest, "runs", name),
+                            RECORD_FILES)
   return copied
 
 

@@ -30,11 +30,12 @@ import signal
 import sys
 import tempfile
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 RESULTS = "results.json"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+RUN_INFO = "run.json"          # the grid runner's record of a run (experiments.run_grid)
 PREDICTIONS = "predictions.parquet"
 LOCK = ".lock"
 
@@ -87,6 +88,31 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def write_json_atomic(path: str, obj: Any, default: Callable[[Any], Any] | None = None) -> None:
   write_text_atomic(path, json.dumps(obj, indent=2, default=default) + "\n")
+
+
+def copy_small_files(src_dir: str, dest_dir: str, names: Sequence[str]) -> int:
+  """Copies each of `names` that exists in `src_dir` to `dest_dir`, atomically, where the copy
+  is missing or differs (a record to commit while the source keeps growing). Returns the number
+  of files written."""
+  written = 0
+  for name in names:
+    src, dest = os.path.join(src_dir, name), os.path.join(dest_dir, name)
+    if not os.path.exists(src):
+      continue
+    with open(src, "rb") as f:
+      data = f.read()
+    if os.path.exists(dest):
+      with open(dest, "rb") as f:
+        if f.read() == data:
+          continue
+    os.makedirs(dest_dir, exist_ok=True)
+
+    def write(tmp: str, data=data) -> None:
+      with open(tmp, "wb") as f:
+        f.write(data)
+    write_atomic(dest, write)
+    written += 1
+  return written
 
 
 # ----------------------------------------------------------------------------- completion

@@ -125,6 +125,31 @@ def test_skip_resume_and_failure(tmp_path, launcher):
   assert len(_calls(os.path.join(str(tmp_path / "runs"), "mscan-alpha=0.3-s0"))) == 2
 
 
+def test_record_dir_gets_each_finished_runs_small_files_as_it_finishes(tmp_path, launcher):
+  runs = grids.build("alpha", seeds=[0])          # alpha 0.3 fails in the fake launcher
+  jobs = grid.plan(runs, str(tmp_path / "runs"), {"data.name": "synthetic"})
+  done_dir = os.path.join(str(tmp_path / "runs"), "mscan-alpha=1.0-s0")   # finished before
+  os.makedirs(done_dir)
+  open(os.path.join(done_dir, "results.json"), "w").write('{"auc": {}, "outputs": []}')
+  open(os.path.join(done_dir, "checkpoint-marker"), "w").close()
+  record = tmp_path / "record"
+  recorded = []
+
+  def echo(line):                   # the record is written before the run's line is printed
+    name = line.split()[2]               # "[k/N] state NAME ..."
+    recorded.append((name, (record / "runs" / name / "results.json").exists()))
+  grid.run_jobs(jobs, launcher=launcher, num_jobs=1, echo=echo, record_dir=str(record))
+  assert dict(recorded) == {"mscan-alpha=1.0-s0": True, "mscan-alpha=0.0-s0": True,
+                            "mscan-alpha=0.03-s0": True, "mscan-s0": True,
+                            "mscan-alpha=0.3-s0": False}
+  assert sorted(os.listdir(record / "runs" / "mscan-s0")) == ["results.json", "run.json"]
+  assert not (record / "runs" / "mscan-alpha=1.0-s0" / "checkpoint-marker").exists()
+  # A finished run whose results changed since (e.g. rerun by hand) is recorded again.
+  open(os.path.join(done_dir, "results.json"), "w").write('{"auc": {"all": 0.6}, "outputs": []}')
+  grid.run_jobs(jobs, launcher=launcher, num_jobs=1, echo=lambda _: None, record_dir=str(record))
+  assert "0.6" in (record / "runs" / "mscan-alpha=1.0-s0" / "results.json").read_text()
+
+
 def test_failed_dependency_fails_its_finetunes(tmp_path, launcher):
   mix = grids.Run("mix-s0", {"model": "fail", "seed": 0})      # the fake launcher fails it
   ft = grids.Run("finetune-scenario=1-s0", {"model": "finetune", "single.scenario": 1, "seed": 0})
@@ -165,6 +190,10 @@ def test_main_cli_and_settings_guard(tmp_path, launcher, capsys):
   assert info["shared"]["data.path"] == str(data)
   assert "14 done, 0 skipped" in capsys.readouterr().out
   assert grid.main(argv) == 0 and "0 done, 14 skipped" in capsys.readouterr().out
+  record = tmp_path / "record"         # a record of an already finished grid
+  assert grid.main(argv + [f"--record_dir={record}"]) == 0
+  assert json.loads((record / "grid.json").read_text()) == info
+  assert sorted(os.listdir(record / "runs")) == sorted(r.name for r in runs)
   # Other shared settings on the same folder are refused.
   assert grid.main(argv[:-1] + ["--set=train.num_epochs=3"]) == 2
   assert "train.num_epochs" in capsys.readouterr().err
