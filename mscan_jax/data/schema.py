@@ -57,6 +57,9 @@ from mscan_jax.data import spill
 SPLITS = ("train", "valid", "test")
 ALL_SEQ_MODES = ("impressions", "clicks")
 INDEX_DTYPES = ("int32", "int64")
+# Schema keys that say how a dataset is named and stored, not what a model sees
+# (`Schema.model_differences`): datasets that differ only in them train in one population.
+STORAGE_ONLY_KEYS = ("name", "index_dtype")
 
 # Batch keys every model may read; `true_*` only exist where the data knows the truth.
 BATCH_KEYS = ("user", "item", "scenario", "label", "cur_seq", "cur_len", "all_seq",
@@ -117,6 +120,13 @@ class Schema:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+  def model_differences(self, other: "Schema") -> list[str]:
+    """The keys in which `other` differs from this schema in what a model sees: all but
+    `STORAGE_ONLY_KEYS` (a dataset's name and how its history indices are stored, which never
+    reach a batch: `BuiltDataset.gather` returns the gathered ids)."""
+    mine, theirs = self.to_dict(), other.to_dict()
+    return sorted(k for k in mine if k not in STORAGE_ONLY_KEYS and mine[k] != theirs[k])
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "Schema":

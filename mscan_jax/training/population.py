@@ -192,10 +192,8 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
 
 def _train_population(configs, workdirs) -> list[dict | BaseException]:
   members = [loop.set_up(c, w) for c, w in zip(configs, workdirs)]
-  schema = members[0].dataset.schema.to_dict()
   for i, st in enumerate(members[1:], 1):
-    other = st.dataset.schema.to_dict()
-    diff = sorted(k for k in schema if k != "name" and schema[k] != other.get(k))
+    diff = members[0].dataset.schema.model_differences(st.dataset.schema)
     if diff:
       raise PopulationError(f"population member {i}'s data ({st.dataset.path}) differs from "
                             f"member 0's ({members[0].dataset.path}) in its schema: {diff}")

@@ -1,5 +1,6 @@
 """Population training: members equal their runs trained alone; folders; early stop; errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -71,6 +72,18 @@ def test_members_differing_in_shape_are_refused(tmp_path):
     population.check_members([_tiny(tmp_path), _tiny(tmp_path, embed_dim=16)])
   with pytest.raises(population.PopulationError, match="one distinct run folder"):
     population.train_population([_tiny(tmp_path)] * 2, [str(tmp_path / "a")] * 2)
+
+
+def test_member_datasets_may_differ_in_storage_not_in_what_the_model_sees():
+  # Data seeds built at different times: one with int64 history indices (before int32 existed),
+  # one with int32. The model never sees the indices, so they share a population.
+  from mscan_jax.data.schema import Field, Schema
+  a = Schema(user_fields=(Field("user_id", 20),), item_fields=(Field("item_id", 30),),
+             scenario_fields=(Field("scenario_id", 4),), max_cur_len=5, max_all_len=8,
+             name="seed0", index_dtype="int32")
+  assert a.model_differences(dataclasses.replace(a, name="seed1", index_dtype="int64")) == []
+  assert a.model_differences(dataclasses.replace(a, max_all_len=9, has_truth=True)) == [
+      "has_truth", "max_all_len"]
 
 
 def test_shape_key_ignores_member_keys_only(tmp_path):
