@@ -17,10 +17,11 @@ part that grows with the samples, at any size, in seconds rather than hours:
 3. `steps.write_predictions` into `--tmp` (row groups), the file then removed.
 
 Each step's peak resident set (VmHWM, reset between steps through /proc/self/clear_refs) and its
-growth per sample are printed. The predict pass's own batches and the dataset pages it maps are
-bounded apart from the samples (`BuiltDataset.gather`'s page budget, released at the pass's
-end), so the test phase's peak at N samples is about the larger of the pass and the last rows
-here. Figures are printed, never asserted; seconds depend on the machine's load.
+growth above the start, per sample, are printed. The predict pass's own batches and the dataset
+pages it maps do not grow with the samples (`BuiltDataset.gather`'s page budget, all released at
+the pass's end), so the test phase's peak at N samples is about the resident set a run's test
+phase starts from (`benchmarks.scale` prints it) plus the largest growth printed here. Figures
+are printed, never asserted; seconds depend on the machine's load.
 """
 
 from __future__ import annotations
