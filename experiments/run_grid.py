@@ -577,8 +577,9 @@ def run_jobs(jobs: Sequence[Job], *, launcher: Sequence[str] = DEFAULT_LAUNCHER,
   (`rundir.unfinished_reason`). `placement` gives each child its devices and memory share
   (`experiments.placement`; None: the parent's environment). `record_dir`: each run's small
   files (`tuning.RECORD_FILES`) are copied to `record_dir/runs/<name>/` as soon as it is done
-  or found finished, so that a grid of many sessions can be committed as it goes. A failed run whose log says it ran
-  out of memory is reported as `oom` (not retried, like any failure in this call). If this call
+  or found finished, so that a grid of many sessions can be committed as it goes. A failed run
+  whose log says it ran out of memory is reported as `oom` (not retried, like any failure in
+  this call). If this call
   stops on an exception (Ctrl-C, a signal turned into SystemExit by `main`), the running
   children's process groups are killed first."""
   if num_jobs < 1:
