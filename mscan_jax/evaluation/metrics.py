@@ -63,6 +63,12 @@ def _check_same_length(**arrays: np.ndarray) -> None:
     raise ValueError(f"arrays must have the same length, got {lengths}")
 
 
+def _narrow(index: np.ndarray, bound: int) -> np.ndarray:
+  """`index` (values in 0..bound-1) as int32 when `bound` allows (43M-sample orders and group
+  indices: 4 bytes per sample instead of numpy's int64), else unchanged."""
+  return index.astype(np.int32, copy=False) if bound <= np.iinfo(np.int32).max else index
+
+
 class _GroupRanks:
   """Mid-ranks of scores within groups; label-independent, so one sort serves several labels.
 
@@ -91,7 +97,7 @@ class _GroupRanks:
       order = score_order
       g = np.zeros(n, np.uint8)
     g = g.astype(np.min_scalar_type(max(n_groups - 1, 0)), copy=False)   # (N,) smallest int
-    self.order = order.astype(np.int32 if n <= np.iinfo(np.int32).max else np.int64)
+    self.order = _narrow(order, n)
     del order
     s = scores[self.order]
     new_run = np.ones(n, dtype=bool)                                      # start of a tie run
@@ -295,8 +301,9 @@ def evaluate_predictions(labels: Any, scores: Any, probs: Any, scenarios: Any, u
     targets["true_interest_"] = arrays["true_like"]
     _check_labels(targets["true_interest_"], "true_like")
   scen_values, scen_index = np.unique(arrays["scenarios"], return_inverse=True)
+  scen_index = _narrow(scen_index, len(scen_values))
   counts = np.bincount(scen_index, minlength=len(scen_values))
-  score_order = np.argsort(s, kind="stable")                              # one float sort
+  score_order = _narrow(np.argsort(s, kind="stable"), n)                 # one float sort
   # One grouping at a time (all, per scenario, per user), freed before the next: the peak is
   # one `_GroupRanks` and its temporaries, not three.
   ranks = _GroupRanks(s, np.zeros(n, np.uint8), 1, score_order)
@@ -306,6 +313,7 @@ def evaluate_predictions(labels: Any, scores: Any, probs: Any, scenarios: Any, u
   per_auc = {t: ranks.auc(lab)[0] for t, lab in targets.items()}
   ranks = scen_index = None
   user_values, user_index = np.unique(arrays["user_ids"], return_inverse=True)
+  user_index = _narrow(user_index, len(user_values))
   ranks = _GroupRanks(s, user_index, len(user_values), score_order)
   user_index = score_order = None
   by_user = {t: ranks.auc(lab) for t, lab in targets.items()}
