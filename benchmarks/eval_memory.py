@@ -34,24 +34,15 @@ import time
 
 import numpy as np
 
+from benchmarks.launch_child import RSS
+
 GIB = 2 ** 30
 PAPER_TEST_SAMPLES = 43_000_000       # Ali-CCP's test skeleton rows (Tianchi dataset 408)
 ALICCP_USERS = 400_000                # about; GAUC's groups
 CLICK_RATE = 0.039                    # Ali-CCP's test click rate, about
 
 
-def _status(key: str) -> int:
-  with open("/proc/self/status") as f:
-    return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
-
-
-def _reset_peak() -> bool:
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")                      # VmHWM back to the current resident set
-    return True
-  except OSError:
-    return False
+exec(RSS)          # peak(), current(), reset(): the resident-set helpers of benchmarks.scale
 
 
 def output_dtypes(model: str) -> dict[str, np.dtype]:
@@ -118,21 +109,22 @@ def main(argv=None) -> int:
   from mscan_jax.training import steps
 
   dtypes = output_dtypes(a.model)
-  start = _status("VmRSS")
+  start = current()
   t = time.perf_counter()
   pred = fake_predictions(dtypes, a.samples, a.users, a.seed)
-  rows = [("predictions in memory", time.perf_counter() - t, _status("VmHWM"))]
-  held = _status("VmRSS")
-  can_reset = _reset_peak()
+  rows = [("predictions in memory", time.perf_counter() - t, peak())]
+  held = current()
+  can_reset = os.access("/proc/self/clear_refs", os.W_OK)
+  reset()
   t = time.perf_counter()
   metrics = steps.compute_metrics(pred)
-  rows.append(("AUC, GAUC, per-scenario AUC, log loss", time.perf_counter() - t, _status("VmHWM")))
-  _reset_peak()
+  rows.append(("AUC, GAUC, per-scenario AUC, log loss", time.perf_counter() - t, peak()))
+  reset()
   with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
     path = os.path.join(tmp, "predictions.parquet")
     t = time.perf_counter()
     steps.write_predictions(path, pred)
-    rows.append(("predictions.parquet", time.perf_counter() - t, _status("VmHWM")))
+    rows.append(("predictions.parquet", time.perf_counter() - t, peak()))
     size = os.path.getsize(path)
 
   load = os.getloadavg()[0]
@@ -143,8 +135,8 @@ def main(argv=None) -> int:
         f"{start / GIB:.2f} GiB; with them: {held / GIB:.2f} GiB "
         f"({(held - start) / a.samples:.0f} B/sample)")
   print(f"{'step':<40} {'seconds':>8} {'peak RSS':>9} {'above start':>12}")
-  for name, sec, peak in rows:
-    print(f"{name:<40} {sec:8.1f} {peak / GIB:8.2f}G {(peak - start) / a.samples:8.0f} B/sample")
+  for name, sec, top in rows:
+    print(f"{name:<40} {sec:8.1f} {top / GIB:8.2f}G {(top - start) / a.samples:8.0f} B/sample")
   if not can_reset:
     print("note: /proc/self/clear_refs refused the reset; each peak includes the steps before it")
   print(f"predictions.parquet: {size / 1e6:.1f} MB; #All AUC {metrics['auc']['all']:.4f} "

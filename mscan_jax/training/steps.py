@@ -197,8 +197,8 @@ def predict(params, dataset: BuiltDataset, rows: np.ndarray, *, eval_fn, c: floa
   host batches. The pages of the memory-mapped dataset that the gathers read leave the resident
   set past a budget (`BuiltDataset.gather`), and all of them at the end, so that the metrics
   computed next do not add their peak to up to 2 GiB of clean file pages (at 85M events the test
-  phase peaked at 5.55 GiB without this release). The rows kept are views of those arrays (one copy of the predictions in all)
-  when the padding is at the end, as with one process.
+  phase peaked at 5.55 GiB without this release). The rows kept are views of those arrays (one
+  copy of the predictions in all) when the padding is at the end, as with one process.
   """
   n_rows = max(1, -(-len(rows) // batch_size)) * batch_size     # padded to whole batches
   outs: dict[str, np.ndarray] = {}
